@@ -1,0 +1,75 @@
+"""The one registry of formats: name → module, imported only when used.
+
+A module whose optional dependency is missing hides its own format instead of
+breaking the program (`labelflow formats` shows why).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from pipelines.errors import FormatError
+from pipelines.formats.base import Detection, Format
+from pipelines.storage import Source
+
+_MODULES: dict[str, str] = {
+    "parquet": "pipelines.formats.parquet",
+    "coco": "pipelines.formats.coco",
+}
+
+_loaded: dict[str, Format] = {}
+_broken: dict[str, str] = {}
+
+
+def names() -> list[str]:
+    return list(_MODULES)
+
+
+def get(name: str) -> Format:
+    if name in _loaded:
+        return _loaded[name]
+    if name not in _MODULES:
+        msg = f"unknown format {name!r}; known: {', '.join(_MODULES)}"
+        raise FormatError(msg)
+    try:
+        fmt = importlib.import_module(_MODULES[name]).FORMAT
+    except ImportError as exc:
+        _broken[name] = str(exc)
+        msg = f"format {name!r} is unavailable: {exc}"
+        raise FormatError(msg) from exc
+    _loaded[name] = fmt
+    return fmt
+
+
+def available() -> dict[str, Format | str]:
+    """Every registered format, or the reason it cannot be loaded."""
+    out: dict[str, Format | str] = {}
+    for name in _MODULES:
+        try:
+            out[name] = get(name)
+        except FormatError:
+            out[name] = _broken.get(name, "unavailable")
+    return out
+
+
+def detect(source: Source) -> list[tuple[str, Detection]]:
+    """Every format that recognises `source`, most confident first."""
+    found = []
+    for name, fmt in available().items():
+        if isinstance(fmt, str):
+            continue
+        hit = fmt.detect(source)
+        if hit and hit.confidence > 0:
+            found.append((name, hit))
+    return sorted(found, key=lambda nh: -nh.__getitem__(1).confidence)
+
+
+def resolve(source: Source, name: str | None) -> Format:
+    """The named format, or the most confident detection for `source`."""
+    if name and name != "auto":
+        return get(name)
+    found = detect(source)
+    if not found:
+        msg = f"{source.url}: no format recognises this source; pass --from (see `labelflow formats`)"
+        raise FormatError(msg)
+    return get(found[0][0])

@@ -1,0 +1,114 @@
+"""What a format module provides, and the task objects the runner passes to it.
+
+A format module knows its format and nothing of the runner: it answers
+`detect` cheaply, splits a source into picklable `ReadTask`s, reads one task
+into Batches, and, for output, splits the staging tables into `WriteTask`s and
+writes one. The runner knows no format by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.builder import DEFAULT_BATCH_ROWS, BatchBuilder
+from pipelines.schema import Batch
+from pipelines.storage import Source
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How sure a format is that it can read a source (0..1), and why."""
+
+    confidence: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    dataset: str = ""
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    on_error: str = "reject"
+    """`reject`: a record that cannot be mapped goes to rejects; `fail`: it stops the source."""
+    image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """file name → (width, height), for formats whose coordinates need sizes the export lacks."""
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class ReadTask:
+    """One independent piece of reading: a file, a member, or a byte range of one."""
+
+    format: str
+    source: Source
+    member: str = ""
+    subset: str | None = None
+    start: int = 0
+    end: int | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    options: ReadOptions = field(default_factory=ReadOptions)
+
+    @property
+    def uri(self) -> str:
+        return self.source.uri(self.member)
+
+    def builder(self, source_format: str | None = None) -> BatchBuilder:
+        return BatchBuilder(
+            self.options.dataset,
+            source_format or self.format,
+            self.uri,
+            batch_rows=self.options.batch_rows,
+            on_error=self.options.on_error,
+        )
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    workers: int = 1
+    prefer_stage: str | None = None
+    """For formats with review stages (iTAG): which stage's results a writer keeps."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteTask:
+    """One output partition: a subset, a shard of items, or the whole dataset."""
+
+    format: str
+    subset: str | None = None
+    shard: int = 0
+    shards: int = 1
+    options: WriteOptions = field(default_factory=WriteOptions)
+
+
+@dataclass
+class WriteResult:
+    files: list[str] = field(default_factory=list)
+    items: int = 0
+    annotations: int = 0
+    lossy: dict[str, int] = field(default_factory=dict)
+    """Human message → count, e.g. {"polygons written as boxes": 312}."""
+
+    def lose(self, what: str, n: int = 1) -> None:
+        self.lossy[what] = self.lossy.get(what, 0) + n
+
+
+@dataclass(frozen=True)
+class Format:
+    """A registry entry. `read`/`write` are None where the direction is not supported.
+
+    `single_file` writers produce one file (the output URL names it) rather
+    than a folder.
+    """
+
+    name: str
+    description: str
+    detect: Callable[[Source], Detection | None]
+    plan_read: Callable[[Source, ReadOptions], list[ReadTask]] | None = None
+    read: Callable[[ReadTask], Iterator[Batch]] | None = None
+    plan_write: Callable[[Any, WriteOptions], list[WriteTask]] | None = None
+    write: Callable[[WriteTask, Any, Any], WriteResult] | None = None
+    single_file: bool = False
+    staging_layout: bool = False
+    """True for the format that *is* the staging layout: writing it is committing staging."""

@@ -1,0 +1,128 @@
+"""labelflow's own Parquet layout: the five tables as hive-partitioned datasets.
+
+    OUT/items/dataset=<name>/part-00003-0000.parquet
+    OUT/annotations/..., OUT/points/..., OUT/attributes/..., OUT/rejects/...
+
+Readable as it is with DuckDB:
+`read_parquet('OUT/annotations/**/*.parquet', hive_partitioning=true)`.
+This is also the staging layout every other writer reads from.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
+from pipelines.schema import TABLES, Batch, conform
+from pipelines.storage import Source, fs_for
+
+ROW_GROUP_ROWS = 128 * 1024
+_COMPRESSION = "zstd"
+
+
+def _partition_value(dataset: str) -> str:
+    # Hive partition values are path segments: keep them one segment.
+    return dataset.replace("/", "_").replace("=", "_") or "default"
+
+
+class PartWriter:
+    """Writes one task's batches as one Parquet file per table, in row groups of ~128k rows."""
+
+    def __init__(self, root_url: str, dataset: str, part: str) -> None:
+        self.fs, self.root = fs_for(root_url)
+        self.dataset = dataset
+        self.part = part
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        self._handles: list = []
+        self._pending: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
+        self._pending_rows: dict[str, int] = dict.fromkeys(TABLES, 0)
+        self.rows: dict[str, int] = dict.fromkeys(TABLES, 0)
+        self.files: list[str] = []
+
+    def add(self, batch: Batch) -> None:
+        for name, table in batch.tables().items():
+            if table.num_rows == 0:
+                continue
+            self._pending[name].append(table.drop_columns(["dataset"]))
+            self._pending_rows[name] += table.num_rows
+            self.rows[name] += table.num_rows
+            if self._pending_rows[name] >= ROW_GROUP_ROWS:
+                self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        if not self._pending[name]:
+            return
+        table = pa.concat_tables(self._pending[name])
+        self._pending[name], self._pending_rows[name] = [], 0
+        writer = self._writers.get(name)
+        if writer is None:
+            path = posixpath.join(
+                self.root, name, f"dataset={_partition_value(self.dataset)}", f"part-{self.part}.parquet"
+            )
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            handle = self.fs.open(path, "wb")
+            self._handles.append(handle)
+            writer = pq.ParquetWriter(handle, table.schema, compression=_COMPRESSION)
+            self._writers[name] = writer
+            self.files.append(path)
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+
+    def close(self) -> None:
+        for name in TABLES:
+            self._flush(name)
+        for writer in self._writers.values():
+            writer.close()
+        for handle in self._handles:
+            handle.close()
+
+
+def detect(source: Source) -> Detection | None:
+    if not source.is_dir:
+        return None
+    tables = {f.split("/", 1)[0] for f in source.glob(".parquet")}
+    if {"items", "annotations"} <= tables:
+        return Detection(1.0, "items/ and annotations/ folders of Parquet files")
+    return None
+
+
+def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
+    files = sorted(source.glob(".parquet"))
+    return [
+        ReadTask("parquet", source, member=f, options=options)
+        for f in files
+        if f.split("/", 1)[0] in TABLES
+    ]
+
+
+def read(task: ReadTask) -> Iterator[Batch]:
+    """Re-read one staged Parquet file; dataset comes from its hive partition or the option."""
+    name = task.member.split("/", 1)[0]
+    dataset = task.options.dataset or _dataset_from_path(task.member)
+    with task.source.open(task.member) as f:
+        pf = pq.ParquetFile(f)
+        for rb in pf.iter_batches(batch_size=task.options.batch_rows):
+            table = pa.Table.from_batches([rb])
+            if "dataset" not in table.column_names:
+                table = table.append_column("dataset", pa.array([dataset] * table.num_rows))
+            yield Batch(**{name: conform(table, name)})
+
+
+def _dataset_from_path(member: str) -> str:
+    for seg in member.split("/"):
+        if seg.startswith("dataset="):
+            return seg.split("=", 1)[1]
+    return ""
+
+
+FORMAT = Format(
+    name="parquet",
+    description="labelflow's five tables as hive-partitioned Parquet (zstd); the staging layout",
+    detect=detect,
+    plan_read=plan_read,
+    read=read,
+    staging_layout=True,
+)

@@ -1,0 +1,22 @@
+"""Image sizes from headers only: formats with normalized coordinates need them."""
+
+from __future__ import annotations
+
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.storage import Source
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def image_size(source: Source, member: str) -> tuple[int, int] | None:
+    """(width, height) read from the image header (PIL opens lazily: no pixel decode).
+
+    None when the file is missing or not an image; the content decides, not the
+    suffix (exports ship PNG data named .jpg).
+    """
+    try:
+        with source.open(member) as f, Image.open(f) as img:
+            return img.size
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None

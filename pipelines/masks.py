@@ -1,0 +1,74 @@
+"""Mask codecs: every format's mask becomes COCO compressed RLE (pycocotools' string form).
+
+The annotations table stores `mask` as that string plus `mask_h` × `mask_w`, the
+size of the whole image the mask covers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pycocotools import mask as cocomask
+
+
+def encode(mask: np.ndarray) -> str:
+    """A 2-D array (non-zero = set) → COCO compressed RLE counts string."""
+    arr = np.asfortranarray(mask.astype(np.uint8, copy=False))
+    return cocomask.encode(arr)["counts"].decode("ascii")
+
+
+def decode(counts: str, height: int, width: int) -> np.ndarray:
+    """COCO compressed RLE string → uint8 array of shape (height, width)."""
+    return cocomask.decode({"size": [height, width], "counts": counts.encode("ascii")})
+
+
+def from_uncompressed(counts: Sequence[int], height: int, width: int) -> str:
+    """COCO's uncompressed RLE (column-major run lengths, starting with zeros) → string."""
+    rle = cocomask.frPyObjects({"size": [height, width], "counts": list(counts)}, height, width)
+    return rle["counts"].decode("ascii")
+
+
+def to_uncompressed(counts: str, height: int, width: int) -> list[int]:
+    """Inverse of `from_uncompressed`: run lengths in column-major order."""
+    flat = decode(counts, height, width).ravel(order="F")
+    return runs(flat)
+
+
+def runs(flat: np.ndarray) -> list[int]:
+    """Run lengths of a 0/1 vector, starting with a (possibly empty) run of zeros."""
+    flat = np.asarray(flat, dtype=np.uint8)
+    if flat.size == 0:
+        return [0]
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    lengths = np.diff(bounds).tolist()
+    return lengths if flat[0] == 0 else [0, *lengths]
+
+
+def from_runs(lengths: Sequence[int], height: int, width: int, order: str = "C") -> np.ndarray:
+    """Alternating 0/1 run lengths (zeros first) → array; `order` is the scan order (C = rows)."""
+    values = np.zeros(len(lengths), dtype=np.uint8)
+    values[1::2] = 1
+    flat = np.repeat(values, np.asarray(lengths, dtype=np.int64))
+    if flat.size != height * width:
+        msg = f"run lengths cover {flat.size} pixels, expected {height}×{width}={height * width}"
+        raise ValueError(msg)
+    return flat.reshape((height, width), order=order)
+
+
+def place(sub: np.ndarray, left: int, top: int, height: int, width: int) -> np.ndarray:
+    """A mask given over a box (left, top) → the same mask on a full height × width canvas."""
+    canvas = np.zeros((height, width), dtype=np.uint8)
+    h = max(0, min(sub.shape[0], height - top))
+    w = max(0, min(sub.shape[1], width - left))
+    canvas[top : top + h, left : left + w] = sub[:h, :w]
+    return canvas
+
+
+def area(counts: str, height: int, width: int) -> float:
+    return float(cocomask.area({"size": [height, width], "counts": counts.encode("ascii")}))
+
+
+def bbox(counts: str, height: int, width: int) -> list[float]:
+    return [float(v) for v in cocomask.toBbox({"size": [height, width], "counts": counts.encode("ascii")})]

@@ -1,0 +1,354 @@
+"""Plans a run as independent tasks and runs them on an executor.
+
+    sources ──plan_read──▶ ReadTasks ──(pool)──▶ staging Parquet ──plan_write──▶ WriteTasks ──(pool)──▶ OUT
+
+Each task reads or writes a bounded piece (a file, a byte range, an output
+partition) and returns only counts, so memory per worker stays constant and
+the parent never holds data. The runner knows no format by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.compute as pc
+
+import transforms
+from pipelines import formats
+from pipelines.errors import LabelflowError
+from pipelines.formats.base import ReadOptions, ReadTask, WriteOptions, WriteResult, WriteTask
+from pipelines.formats.parquet import PartWriter
+from pipelines.schema import DATA_TABLES, TABLES
+from pipelines.staging import Staging
+from pipelines.storage import Output, Source, fs_for
+
+Progress = Callable[[int, int, str], None]
+"""Called as progress(done, total, what) after each task."""
+
+
+@dataclass
+class TaskResult:
+    uri: str
+    rows: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    still_normalized: int = 0
+    bytes: int = 0
+    error: str | None = None
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """What a run did: per table read / written / rejected, lossiness, failures, speed."""
+
+    counts: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {t: {"read": 0, "written": 0, "rejected": 0} for t in DATA_TABLES}
+    )
+    rejects: int = 0
+    lossy: dict[str, int] = field(default_factory=dict)
+    still_normalized: int = 0
+    failures: list[str] = field(default_factory=list)
+    sources: list[tuple[str, str]] = field(default_factory=list)
+    files: int = 0
+    bytes_in: int = 0
+    seconds: float = 0.0
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_in / 1e6 / self.seconds if self.seconds else 0.0
+
+    def unaccounted(self) -> dict[str, int]:
+        """Per table, read − written − rejected − lost to the target; zero when all reconcile."""
+        lost = sum(self.lossy.values())
+        out = {}
+        for table, c in self.counts.items():
+            gap = c["read"] - c["written"] - c["rejected"]
+            if table == "annotations":
+                gap -= min(gap, lost)
+            if gap:
+                out[table] = gap
+        return out
+
+
+def plan(
+    sources: Sequence[str], options: ReadOptions, source_format: str | None, report: Report
+) -> list[ReadTask]:
+    tasks: list[ReadTask] = []
+    for url in sources:
+        try:
+            source = Source(url)
+            fmt = formats.resolve(source, source_format)
+            if fmt.plan_read is None:
+                msg = f"{url}: format {fmt.name!r} cannot be read"
+                raise LabelflowError(msg)
+            planned = fmt.plan_read(source, options)
+            if not planned:
+                msg = f"{url}: nothing to read as {fmt.name}"
+                raise LabelflowError(msg)
+            report.sources.append((url, fmt.name))
+            tasks.extend(planned)
+        except LabelflowError as exc:
+            report.failures.append(str(exc))
+    return tasks
+
+
+def run_read_task(task: ReadTask, staging_url: str, part: str) -> TaskResult:
+    """Read one task into the staging dataset. Never raises for bad input: reports it."""
+    result = TaskResult(uri=task.uri)
+    writer = PartWriter(staging_url, task.options.dataset, part)
+    fmt = formats.get(task.format)
+    try:
+        for batch in fmt.read(task):
+            batch = transforms.standard(batch)
+            if batch.rejects.num_rows:
+                kinds = pc.value_counts(batch.rejects.column("record_kind").cast("string"))
+                for kv in kinds.to_pylist():
+                    key = kv["values"] or "annotations"
+                    result.rejected[key] = result.rejected.get(key, 0) + kv["counts"]
+            if batch.annotations.num_rows:
+                units = batch.annotations.column("units").cast("string")
+                result.still_normalized += pc.sum(pc.equal(units, "norm")).as_py() or 0
+            writer.add(batch)
+        writer.close()
+        result.rows = {k: v for k, v in writer.rows.items() if k in DATA_TABLES}
+        result.rows["rejects"] = writer.rows["rejects"]
+        result.files = writer.files
+        result.bytes = (task.end or _size(task)) - task.start
+    except LabelflowError as exc:
+        result.error = str(exc)
+    except Exception as exc:  # a reader bug or a library error: still one clear line
+        result.error = f"{task.uri}: {type(exc).__name__}: {exc}"
+    if result.error:
+        _discard(writer)
+    return result
+
+
+def _size(task: ReadTask) -> int:
+    try:
+        return task.source.size(task.member) if task.member or not task.source.is_dir else 0
+    except (OSError, LabelflowError):
+        return 0
+
+
+def _discard(writer: PartWriter) -> None:
+    # A source that failed half-way contributes nothing: partial rows would mislead.
+    try:
+        writer.close()
+    except Exception:  # the files are deleted next; a close error changes nothing
+        pass
+    for path in writer.files:
+        if writer.fs.exists(path):
+            writer.fs.rm(path)
+
+
+def run_write_task(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
+    fmt = formats.get(task.format)
+    assert fmt.write is not None
+    return fmt.write(task, staging, out)
+
+
+class Executor:
+    """Runs task functions: inline, on a local process pool, or on a Dask cluster."""
+
+    def __init__(self, kind: str = "local", workers: int | None = None, scheduler: str | None = None):
+        self.kind = kind
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.scheduler = scheduler
+        self._pool: Any = None
+
+    def map(self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str) -> Iterable:
+        total = len(calls)
+        if self.kind == "dask":
+            yield from self._dask(fn, calls, progress, what)
+            return
+        if self.workers == 1 or total <= 1:
+            for i, args in enumerate(calls):
+                yield fn(*args)
+                if progress:
+                    progress(i + 1, total, what)
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        if self._pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["pipelines.runner"])
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        futures = [self._pool.submit(fn, *args) for args in calls]
+        for i, fut in enumerate(as_completed(futures)):
+            if progress:
+                progress(i + 1, total, what)
+        for fut in futures:
+            yield fut.result()
+
+    def _dask(self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str):
+        from distributed import Client, as_completed
+
+        if self._pool is None:
+            self._pool = Client(self.scheduler) if self.scheduler else Client(
+                n_workers=self.workers, threads_per_worker=1, processes=True
+            )
+        futures = [self._pool.submit(fn, *args, pure=False) for args in calls]
+        for i, _ in enumerate(as_completed(futures)):
+            if progress:
+                progress(i + 1, len(calls), what)
+        yield from self._pool.gather(futures)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            (self._pool.shutdown if hasattr(self._pool, "shutdown") else self._pool.close)()
+            self._pool = None
+
+
+def convert(
+    sources: Sequence[str],
+    to: str,
+    out: str,
+    *,
+    source_format: str | None = None,
+    dataset: str | None = None,
+    workers: int | None = None,
+    strict: bool = False,
+    on_error: str = "reject",
+    executor: str = "local",
+    scheduler: str | None = None,
+    staging: str | None = None,
+    image_sizes: dict[str, tuple[int, int]] | None = None,
+    write_options: WriteOptions | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Read every source, stage it as Parquet, and write it out as `to` into `out`.
+
+    With `strict`, the first failed source fails the run and nothing is
+    committed; otherwise the other sources complete and the failures are
+    reported (the CLI exits non-zero). `out` is replaced whole on success.
+    """
+    started = time.perf_counter()
+    report = Report(output=out)
+    target = formats.get(to)
+    if not target.staging_layout and target.write is None:
+        msg = f"format {to!r} cannot be written"
+        raise LabelflowError(msg)
+    ex = Executor(executor, workers, scheduler)
+    output = Output(out)
+    options = ReadOptions(
+        dataset=dataset or _dataset_name(sources),
+        on_error=on_error,
+        image_sizes=image_sizes or {},
+        workers=ex.workers,
+    )
+    own_staging = None
+    try:
+        tasks = plan(sources, options, source_format, report)
+        if strict and report.failures:
+            raise LabelflowError(report.failures[0])
+        staged = _reuse_staging(tasks, target, dataset)
+        if staged:
+            staging_url = staged
+        elif target.staging_layout:
+            staging_url = output.tmp_url
+        else:
+            own_staging = staging or tempfile.mkdtemp(prefix="labelflow-staging-")
+            staging_url = own_staging
+        if not staged:
+            _read_all(tasks, staging_url, ex, report, strict, progress)
+        if strict and report.failures:
+            raise LabelflowError(report.failures[0])
+        if target.staging_layout:
+            for c in report.counts.values():
+                c["written"] = c["read"] - c["rejected"]
+            if staged:
+                _copy_tree(staged, output.tmp_url)
+        else:
+            _write_all(target, Staging(staging_url), output, ex, report, write_options, progress)
+        output.commit()
+    except BaseException:
+        output.abort()
+        raise
+    finally:
+        ex.close()
+        if own_staging and not staging:
+            shutil.rmtree(own_staging, ignore_errors=True)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _read_all(tasks, staging_url, ex: Executor, report: Report, strict: bool, progress) -> None:
+    calls = [(t, staging_url, f"{i:05d}") for i, t in enumerate(tasks)]
+    for res in ex.map(run_read_task, calls, progress, "read"):
+        if res.error:
+            report.failures.append(res.error)
+            if strict:
+                return
+            continue
+        report.bytes_in += res.bytes
+        report.still_normalized += res.still_normalized
+        report.rejects += res.rows.get("rejects", 0)
+        for table in DATA_TABLES:
+            rej = res.rejected.get(table, 0)
+            report.counts[table]["read"] += res.rows.get(table, 0) + rej
+            report.counts[table]["rejected"] += rej
+            if table == "annotations":  # rejects of other record kinds (tracks, shapes)
+                other = sum(v for k, v in res.rejected.items() if k not in TABLES)
+                report.counts[table]["read"] += other
+                report.counts[table]["rejected"] += other
+
+
+def _write_all(target, staging: Staging, output: Output, ex, report, write_options, progress) -> None:
+    opts = write_options or WriteOptions(workers=ex.workers)
+    wtasks = target.plan_write(staging, opts)
+    if not report.sources or report.counts["items"]["read"] == 0:
+        # Staging given directly: what the writer reads is what was read.
+        for table in DATA_TABLES:
+            report.counts[table]["read"] = int(staging.scalar(f"SELECT count(*) FROM {table}"))
+    for res in ex.map(run_write_task, [(t, staging, output) for t in wtasks], progress, "write"):
+        report.counts["items"]["written"] += res.items
+        report.counts["annotations"]["written"] += res.annotations
+        report.files += len(res.files)
+        for k, v in res.lossy.items():
+            report.lossy[k] = report.lossy.get(k, 0) + v
+    for table in ("points", "attributes"):
+        report.counts[table]["written"] = report.counts[table]["read"] - report.counts[table][
+            "rejected"
+        ]
+
+
+def _reuse_staging(tasks: list[ReadTask], target, dataset: str | None) -> str | None:
+    """A single labelflow Parquet source is already a staging dataset: no need to re-stage."""
+    fmts = {t.format for t in tasks}
+    if len(fmts) != 1 or dataset or not formats.get(next(iter(fmts))).staging_layout:
+        return None
+    urls = {t.source.url for t in tasks}
+    return urls.pop() if len(urls) == 1 else None
+
+
+def _copy_tree(src_url: str, dst_url: str) -> None:
+    src_fs, src = fs_for(src_url)
+    dst_fs, dst = fs_for(dst_url)
+    for path in src_fs.find(src):
+        rel = path[len(src.rstrip("/")) :].lstrip("/")
+        target = f"{dst.rstrip('/')}/{rel}"
+        dst_fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        with src_fs.open(path, "rb") as fi, dst_fs.open(target, "wb") as fo:
+            shutil.copyfileobj(fi, fo, 1 << 20)
+
+
+def _dataset_name(sources: Sequence[str]) -> str:
+    if not sources:
+        return "default"
+    name = Source(sources[0]).name
+    for suffix in (".zip", ".json", ".jsonl", ".xml", ".manifest", ".txt"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name or "default"

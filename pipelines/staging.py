@@ -1,0 +1,207 @@
+"""The staging Parquet dataset that every writer reads from, through DuckDB.
+
+Layout: `ROOT/<table>/dataset=<name>/part-<task>-<n>.parquet`. Rows keep
+source order: part files are named in task order and DuckDB gives each row
+its file and row number, so writers emit items and annotations in the order
+the source had them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pipelines.schema import TABLES, conform
+from pipelines.storage import fs_for
+
+_FETCH_ROWS = 65_536
+
+
+@dataclass
+class ItemGroup:
+    """One item with everything attached to it, for writers that emit per item."""
+
+    item: dict[str, Any]
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    attributes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """owner_id → attribute rows; the item's own attributes are under its item_id."""
+
+
+class Staging:
+    """A read-only view of a staging dataset, local or on object storage."""
+
+    def __init__(self, url: str, memory_limit: str = "1GB", threads: int = 1) -> None:
+        self.url = url.rstrip("/")
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "memory_limit": self.memory_limit, "threads": self.threads}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            self._con = self._connect()
+        return self._con
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(config={"memory_limit": self.memory_limit, "threads": self.threads})
+        fs, root = fs_for(self.url)
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        local = protocol in ("file", "local")
+        if not local:
+            con.register_filesystem(fs)
+        for name in TABLES:
+            table_dir = posixpath.join(root, name)
+            files = [p for p in fs.find(table_dir) if p.endswith(".parquet")] if fs.exists(
+                table_dir
+            ) else []
+            if files:
+                glob = table_dir if local else f"{protocol}://{table_dir}"
+                con.execute(
+                    f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{glob}/**/*.parquet', "
+                    "hive_partitioning=true, union_by_name=true, filename=true, "
+                    "file_row_number=true)"
+                )
+            else:
+                empty = TABLES[name].empty_table().append_column(
+                    "filename", pa.array([], pa.string())
+                ).append_column("file_row_number", pa.array([], pa.int64()))
+                con.register(f"_{name}_empty", empty)
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+        return con
+
+    def table(self, name: str, where: str = "", params: Sequence[Any] = ()) -> pa.Table:
+        """A whole table (or a filtered part of it) in source order, with the schema's types."""
+        sql = f"SELECT * FROM {name} {f'WHERE {where}' if where else ''} ORDER BY filename, file_row_number"
+        return conform(self.con.sql(sql, params=list(params)).to_arrow_table(), name)
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self.con.execute(sql, list(params)).fetchone()
+        return row[0] if row else None
+
+    def subsets(self) -> list[str | None]:
+        rows = self.con.execute(
+            "SELECT subset, min(filename), min(file_row_number) FROM items GROUP BY subset "
+            "ORDER BY 2, 3"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def labels(self) -> list[tuple[str | None, str | None]]:
+        """Every (label, label_id) pair, in order of first appearance."""
+        return [
+            (r[0], r[1])
+            for r in self.con.execute(
+                "SELECT label, label_id FROM annotations WHERE label IS NOT NULL "
+                "GROUP BY label, label_id ORDER BY min(filename), min(file_row_number)"
+            ).fetchall()
+        ]
+
+    def iter_items(
+        self,
+        *,
+        subset: str | None = None,
+        all_subsets: bool = True,
+        shard: int = 0,
+        shards: int = 1,
+        ann_columns: Sequence[str] | None = None,
+        point_columns: Sequence[str] | None = None,
+        with_attributes: bool = True,
+    ) -> Iterator[ItemGroup]:
+        """Items in source order with their annotations, points and attributes.
+
+        `all_subsets=False` restricts to `subset` (None meaning items without
+        one); `shard`/`shards` split the items by a hash of item_id so writers
+        can run one task per shard. Only the listed columns are fetched.
+        """
+        con = self.con
+        conds, params = [], []
+        if not all_subsets:
+            if subset is None:
+                conds.append("subset IS NULL")
+            else:
+                conds.append("subset = ?")
+                params.append(subset)
+        if shards > 1:
+            conds.append(f"hash(item_id) % {int(shards)} = {int(shard)}")
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
+        con.execute(
+            "CREATE OR REPLACE TABLE _sel AS SELECT item_id, row_number() OVER "
+            f"(ORDER BY filename, file_row_number) AS _pos FROM items {where}",
+            params,
+        )
+        items = self._rows(
+            "SELECT i.* EXCLUDE (filename, file_row_number), s._pos FROM items i "
+            "JOIN _sel s USING (item_id) ORDER BY s._pos"
+        )
+        a_cols = _select(ann_columns, "a")
+        anns = self._rows(
+            f"SELECT {a_cols}, s._pos FROM annotations a JOIN _sel s USING (item_id) "
+            "ORDER BY s._pos, a.filename, a.file_row_number"
+        )
+        p_cols = _select(point_columns, "p")
+        pts = (
+            self._rows(
+                f"SELECT {p_cols}, p.ann_id AS _ann, s._pos FROM points p "
+                "JOIN _sel s USING (item_id) ORDER BY s._pos, p.ann_id, p.part, p.idx"
+            )
+            if point_columns != ()
+            else iter(())
+        )
+        attrs = (
+            self._rows(
+                "SELECT t.* EXCLUDE (filename, file_row_number), s._pos FROM attributes t "
+                "JOIN _sel s USING (item_id) ORDER BY s._pos, t.filename, t.file_row_number"
+            )
+            if with_attributes
+            else iter(())
+        )
+        yield from _merge(items, anns, pts, attrs)
+
+    def _rows(self, sql: str) -> Iterator[dict[str, Any]]:
+        # Each stream gets its own cursor: a new query on a connection ends the previous one.
+        reader = self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS)
+        for batch in reader:
+            yield from batch.to_pylist()
+
+
+def _select(columns: Sequence[str] | None, alias: str) -> str:
+    if not columns:
+        return f"{alias}.* EXCLUDE (filename, file_row_number)"
+    return ", ".join(f"{alias}.{c}" for c in columns)
+
+
+def _merge(items, anns, pts, attrs) -> Iterator[ItemGroup]:
+    """Zip four streams sorted by item position into one group per item."""
+    streams = [anns, pts, attrs]
+    heads = [next(s, None) for s in streams]
+    for item in items:
+        pos = item.pop("_pos")
+        group = ItemGroup(item=item)
+        while heads[0] is not None and heads[0]["_pos"] == pos:
+            row = heads[0]
+            del row["_pos"]
+            group.annotations.append(row)
+            heads[0] = next(anns, None)
+        while heads[1] is not None and heads[1]["_pos"] == pos:
+            row = heads[1]
+            del row["_pos"]
+            group.points.setdefault(row.pop("_ann"), []).append(row)
+            heads[1] = next(pts, None)
+        while heads[2] is not None and heads[2]["_pos"] == pos:
+            row = heads[2]
+            del row["_pos"]
+            group.attributes.setdefault(row["owner_id"], []).append(row)
+            heads[2] = next(attrs, None)
+        yield group
+

@@ -1,0 +1,193 @@
+"""Every path is an fsspec URL: local, s3://, memory://, zip:// — or a .zip read in place.
+
+`Source` is what a reader reads (a file, a folder, or an archive seen as a
+folder); `Output` is where a run writes, committed atomically at the end.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import IO
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.implementations.zip import ZipFileSystem
+
+from pipelines.errors import LabelflowError, UnsafePathError
+
+HEAD_BYTES = 65_536
+
+
+def fs_for(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and the path inside it for a URL (a local path is a URL too)."""
+    return url_to_fs(url)
+
+
+def safe_member(name: str) -> str:
+    """A relative member path that cannot climb out of its root; raises otherwise."""
+    clean = name.replace("\\", "/")
+    if clean.startswith("/") or (len(clean) > 1 and clean[1] == ":"):
+        raise UnsafePathError(f"absolute path not allowed: {name!r}")
+    norm = posixpath.normpath(clean)
+    if norm == ".." or norm.startswith("../"):
+        raise UnsafePathError(f"path escapes its root: {name!r}")
+    return "" if norm == "." else norm
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input as the user named it. Picklable: the filesystem is rebuilt where used."""
+
+    url: str
+
+    @cached_property
+    def _resolved(self) -> tuple[fsspec.AbstractFileSystem, str, bool]:
+        fs, path = fs_for(self.url)
+        if not fs.exists(path):
+            raise LabelflowError(f"{self.url}: no such file or folder")
+        if path.lower().endswith(".zip") and fs.isfile(path):
+            return ZipFileSystem(fs.open(path, "rb")), "", True
+        return fs, path, fs.isdir(path)
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self._resolved[0]
+
+    @property
+    def root(self) -> str:
+        return self._resolved[1]
+
+    @property
+    def is_dir(self) -> bool:
+        """True for a folder or an archive; False for a single file."""
+        return self._resolved[2]
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.url.rstrip("/")) or self.url
+
+    def path(self, member: str = "") -> str:
+        if not member:
+            return self.root
+        rel = safe_member(member)
+        return posixpath.join(self.root, rel) if self.root else rel
+
+    def uri(self, member: str = "") -> str:
+        """A readable name for messages and the `source_uri` column."""
+        return f"{self.url}!{member}" if member and self.url.lower().endswith(".zip") else (
+            posixpath.join(self.url, member) if member else self.url
+        )
+
+    def open(self, member: str = "", mode: str = "rb") -> IO:
+        return self.fs.open(self.path(member), mode)
+
+    def size(self, member: str = "") -> int:
+        return int(self.fs.size(self.path(member)))
+
+    def head(self, member: str = "", n: int = HEAD_BYTES) -> bytes:
+        with self.open(member) as f:
+            return f.read(n)
+
+    def exists(self, member: str) -> bool:
+        return self.fs.exists(self.path(member))
+
+    @cached_property
+    def files(self) -> tuple[str, ...]:
+        """Every file under a folder or archive, as sorted relative paths.
+
+        An archive member whose name would escape the root is an error, not a
+        silently skipped file: such an archive is hostile or broken.
+        """
+        if not self.is_dir:
+            return ()
+        root = self.root.rstrip("/")
+        out = []
+        for p in self.fs.find(root or "", withdirs=False):
+            rel = p[len(root) :].lstrip("/") if root else p.lstrip("/")
+            if isinstance(self.fs, ZipFileSystem):
+                rel = safe_member(rel)
+            out.append(rel)
+        return tuple(sorted(out))
+
+    def glob(self, suffix: str = "", under: str = "") -> Iterator[str]:
+        prefix = f"{under.rstrip('/')}/" if under else ""
+        for rel in self.files:
+            if rel.startswith(prefix) and rel.lower().endswith(suffix):
+                yield rel
+
+
+def safe_join(root: str, rel: str) -> str:
+    """Join an output root and a path derived from input, refusing any escape."""
+    return posixpath.join(root, safe_member(rel)) if rel else root
+
+
+class Output:
+    """A run's destination, written under a temporary sibling and committed at the end.
+
+    A failed run leaves the destination as it was; a successful one replaces
+    it whole, so re-running into the same place never duplicates rows. On a
+    local disk the swap is a rename; on object storage (no rename) the new
+    objects are moved into place only once every task has succeeded.
+    """
+
+    def __init__(self, url: str, run_id: str | None = None) -> None:
+        self.url = url.rstrip("/") or url
+        self.fs, self.final = fs_for(self.url)
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        parent, base = posixpath.split(self.final.rstrip("/"))
+        self.tmp = posixpath.join(parent, f".{base}.labelflow-{self.run_id}")
+        self.tmp_url = _with_protocol(self.url, self.tmp)
+
+    def path(self, rel: str = "") -> str:
+        return safe_join(self.tmp, rel)
+
+    def open(self, rel: str, mode: str = "wb") -> IO:
+        path = self.path(rel)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        return self.fs.open(path, mode)
+
+    def commit(self) -> None:
+        local = _is_local(self.fs)
+        if not self.fs.exists(self.tmp):
+            self.fs.makedirs(self.tmp, exist_ok=True)
+        if local:
+            import os
+            import shutil
+
+            trash = f"{self.tmp}.old"
+            if os.path.lexists(self.final):
+                os.replace(self.final, trash)
+            os.replace(self.tmp, self.final)
+            if os.path.lexists(trash):
+                if os.path.isdir(trash):
+                    shutil.rmtree(trash)
+                else:
+                    os.remove(trash)
+            return
+        if self.fs.exists(self.final):
+            self.fs.rm(self.final, recursive=True)
+        if self.fs.isdir(self.tmp):
+            for src in self.fs.find(self.tmp):
+                self.fs.mv(src, self.final + src[len(self.tmp) :])
+            self.fs.rm(self.tmp, recursive=True)
+        else:
+            self.fs.mv(self.tmp, self.final)
+
+    def abort(self) -> None:
+        if self.fs.exists(self.tmp):
+            self.fs.rm(self.tmp, recursive=True)
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _with_protocol(url: str, path: str) -> str:
+    if "://" not in url:
+        return path
+    return f"{url.split('://', 1)[0]}://{path.lstrip('/') if url.startswith('s3') else path}"
