@@ -152,7 +152,9 @@ class BatchBuilder:
         self._run_dims.append(dims)
         self._coords.extend(coords if len(coords) == n * dims else coords[: n * dims])
 
-    def named_points(self, ann_id: str, item_id: str, rows: Sequence[dict], *, part: int = 0) -> None:
+    def named_points(
+        self, ann_id: str, item_id: str, rows: Sequence[dict], *, part: int = 0
+    ) -> None:
         """Append vertices that carry more than coordinates (name, visibility, z).
 
         Each row has x, y and optionally z, name, visibility; idx follows the order.
@@ -329,7 +331,9 @@ def _plain_struct(schema: pa.Schema, constant: tuple[str, ...]) -> pa.StructType
     return _PLAIN_CACHE[key]
 
 
-def _assemble(schema: pa.Schema, struct: pa.StructArray, constants: dict[str, pa.Array]) -> pa.Table:
+def _assemble(
+    schema: pa.Schema, struct: pa.StructArray, constants: dict[str, pa.Array]
+) -> pa.Table:
     arrays = []
     for f in schema:
         if f.name in constants:

@@ -71,4 +71,7 @@ def area(counts: str, height: int, width: int) -> float:
 
 
 def bbox(counts: str, height: int, width: int) -> list[float]:
-    return [float(v) for v in cocomask.toBbox({"size": [height, width], "counts": counts.encode("ascii")})]
+    return [
+        float(v)
+        for v in cocomask.toBbox({"size": [height, width], "counts": counts.encode("ascii")})
+    ]

@@ -161,13 +161,17 @@ def run_write_task(task: WriteTask, staging: Staging, out: Output) -> WriteResul
 class Executor:
     """Runs task functions: inline, on a local process pool, or on a Dask cluster."""
 
-    def __init__(self, kind: str = "local", workers: int | None = None, scheduler: str | None = None):
+    def __init__(
+        self, kind: str = "local", workers: int | None = None, scheduler: str | None = None
+    ):
         self.kind = kind
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.scheduler = scheduler
         self._pool: Any = None
 
-    def map(self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str) -> Iterable:
+    def map(
+        self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str
+    ) -> Iterable:
         total = len(calls)
         if self.kind == "dask":
             yield from self._dask(fn, calls, progress, what)
@@ -196,8 +200,10 @@ class Executor:
         from distributed import Client, as_completed
 
         if self._pool is None:
-            self._pool = Client(self.scheduler) if self.scheduler else Client(
-                n_workers=self.workers, threads_per_worker=1, processes=True
+            self._pool = (
+                Client(self.scheduler)
+                if self.scheduler
+                else Client(n_workers=self.workers, threads_per_worker=1, processes=True)
             )
         futures = [self._pool.submit(fn, *args, pure=False) for args in calls]
         for i, _ in enumerate(as_completed(futures)):
@@ -305,7 +311,9 @@ def _read_all(tasks, staging_url, ex: Executor, report: Report, strict: bool, pr
                 report.counts[table]["rejected"] += other
 
 
-def _write_all(target, staging: Staging, output: Output, ex, report, write_options, progress) -> None:
+def _write_all(
+    target, staging: Staging, output: Output, ex, report, write_options, progress
+) -> None:
     opts = write_options or WriteOptions(workers=ex.workers)
     wtasks = target.plan_write(staging, opts)
     if not report.sources or report.counts["items"]["read"] == 0:
@@ -319,9 +327,9 @@ def _write_all(target, staging: Staging, output: Output, ex, report, write_optio
         for k, v in res.lossy.items():
             report.lossy[k] = report.lossy.get(k, 0) + v
     for table in ("points", "attributes"):
-        report.counts[table]["written"] = report.counts[table]["read"] - report.counts[table][
-            "rejected"
-        ]
+        report.counts[table]["written"] = (
+            report.counts[table]["read"] - report.counts[table]["rejected"]
+        )
 
 
 def _reuse_staging(tasks: list[ReadTask], target, dataset: str | None) -> str | None:

@@ -63,9 +63,11 @@ class Staging:
             con.register_filesystem(fs)
         for name in TABLES:
             table_dir = posixpath.join(root, name)
-            files = [p for p in fs.find(table_dir) if p.endswith(".parquet")] if fs.exists(
-                table_dir
-            ) else []
+            files = (
+                [p for p in fs.find(table_dir) if p.endswith(".parquet")]
+                if fs.exists(table_dir)
+                else []
+            )
             if files:
                 glob = table_dir if local else f"{protocol}://{table_dir}"
                 con.execute(
@@ -74,9 +76,12 @@ class Staging:
                     "file_row_number=true)"
                 )
             else:
-                empty = TABLES[name].empty_table().append_column(
-                    "filename", pa.array([], pa.string())
-                ).append_column("file_row_number", pa.array([], pa.int64()))
+                empty = (
+                    TABLES[name]
+                    .empty_table()
+                    .append_column("filename", pa.array([], pa.string()))
+                    .append_column("file_row_number", pa.array([], pa.int64()))
+                )
                 con.register(f"_{name}_empty", empty)
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
         return con
@@ -204,4 +209,3 @@ def _merge(items, anns, pts, attrs) -> Iterator[ItemGroup]:
             group.attributes.setdefault(row["owner_id"], []).append(row)
             heads[2] = next(attrs, None)
         yield group
-

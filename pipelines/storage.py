@@ -78,8 +78,10 @@ class Source:
 
     def uri(self, member: str = "") -> str:
         """A readable name for messages and the `source_uri` column."""
-        return f"{self.url}!{member}" if member and self.url.lower().endswith(".zip") else (
-            posixpath.join(self.url, member) if member else self.url
+        return (
+            f"{self.url}!{member}"
+            if member and self.url.lower().endswith(".zip")
+            else (posixpath.join(self.url, member) if member else self.url)
         )
 
     def open(self, member: str = "", mode: str = "rb") -> IO:

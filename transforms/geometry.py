@@ -18,7 +18,10 @@ def _missing(anns: pa.Table, column: str, kinds: tuple[str, ...]) -> bool:
     if anns.num_rows == 0 or anns.column(column).null_count == 0:
         return False
     kind = pl.from_arrow(anns.select(["kind", column]))
-    return kind.filter(pl.col(column).is_null() & pl.col("kind").cast(pl.String).is_in(kinds)).height > 0
+    return (
+        kind.filter(pl.col(column).is_null() & pl.col("kind").cast(pl.String).is_in(kinds)).height
+        > 0
+    )
 
 
 def fill_bbox_from_points(batch: Batch) -> Batch:

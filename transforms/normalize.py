@@ -16,7 +16,10 @@ def normalize_coordinates(batch: Batch) -> Batch:
     items). Annotations whose item has no size stay `norm`.
     """
     anns = batch.annotations
-    if anns.num_rows == 0 or not pc.any(pc.equal(anns.column("units").cast("string"), "norm")).as_py():
+    if (
+        anns.num_rows == 0
+        or not pc.any(pc.equal(anns.column("units").cast("string"), "norm")).as_py()
+    ):
         return batch
     out = run_sql(
         "normalize_coordinates",

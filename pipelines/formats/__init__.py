@@ -70,6 +70,8 @@ def resolve(source: Source, name: str | None) -> Format:
         return get(name)
     found = detect(source)
     if not found:
-        msg = f"{source.url}: no format recognises this source; pass --from (see `labelflow formats`)"
+        msg = (
+            f"{source.url}: no format recognises this source; pass --from (see `labelflow formats`)"
+        )
         raise FormatError(msg)
     return get(found[0][0])

@@ -61,7 +61,10 @@ class PartWriter:
         writer = self._writers.get(name)
         if writer is None:
             path = posixpath.join(
-                self.root, name, f"dataset={_partition_value(self.dataset)}", f"part-{self.part}.parquet"
+                self.root,
+                name,
+                f"dataset={_partition_value(self.dataset)}",
+                f"part-{self.part}.parquet",
             )
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             handle = self.fs.open(path, "wb")
