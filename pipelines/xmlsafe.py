@@ -29,7 +29,7 @@ def iterparse(f: IO[bytes], uri: str, tags: tuple[str, ...]) -> Iterator[etree._
             yield elem
             elem.clear(keep_tail=False)
             parent = elem.getparent()
-            if parent is not None and elem.tag != "meta":
+            if parent is not None:
                 while elem.getprevious() is not None:
                     del parent[0]
     except etree.XMLSyntaxError as exc:
