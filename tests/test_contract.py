@@ -1,0 +1,143 @@
+"""One contract, every format: each case file under tests/fixtures/contract/ names a
+sample, its format and what reading it must give. A new format adds case files,
+not test code.
+
+Case file (JSON):
+
+    {"format": "coco",
+     "path": "peer/coco_instances/coco_instances",   # or "fixtures/<dir under tests/fixtures>"
+     "detect": true,                                 # auto-detection must pick `format`
+     "counts": {"items": 2, "annotations": 3, "points": 12, "attributes": 4, "rejects": 0},
+     "kinds": {"polygon": 2, "mask": 1},
+     "roundtrip": true}                              # or {"columns": [...], "points": false}
+
+Round trip: source → Parquet → `format` → Parquet, and the two Parquet outputs
+must hold the same annotations per item (matched by file name), field by field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import transforms
+from pipelines import formats
+from pipelines.formats.base import ReadOptions
+from pipelines.runner import convert
+from pipelines.schema import TABLES
+from pipelines.storage import Source
+from tests.conftest import FIXTURES, PEER
+
+CASES = sorted((FIXTURES / "contract").glob("*.json"))
+ROUNDTRIP_COLUMNS = (
+    "kind",
+    "label",
+    "bbox_x",
+    "bbox_y",
+    "bbox_w",
+    "bbox_h",
+    "angle_deg",
+    "iscrowd",
+    "mask",
+    "frame_index",
+    "track_id",
+    "text",
+)
+
+
+def _case(path: Path) -> dict:
+    case = json.loads(path.read_text())
+    prefix, _, rest = case["path"].partition("/")
+    case["source"] = str((PEER if prefix == "peer" else FIXTURES) / rest)
+    return case
+
+
+def _read(case: dict) -> dict[str, pa.Table]:
+    source = Source(case["source"])
+    fmt = formats.get(case["format"])
+    tables: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
+    for task in fmt.plan_read(source, ReadOptions(dataset="contract")):
+        for batch in fmt.read(task):
+            batch = transforms.standard(batch)
+            for name, table in batch.tables().items():
+                assert table.schema.equals(TABLES[name], check_metadata=False), (name, table.schema)
+                tables[name].append(table)
+    return {n: pa.concat_tables(ts) if ts else TABLES[n].empty_table() for n, ts in tables.items()}
+
+
+@pytest.mark.parametrize("case_path", CASES, ids=[p.stem for p in CASES])
+def test_detects(case_path: Path) -> None:
+    case = _case(case_path)
+    if not case.get("detect", True):
+        return
+    found = formats.detect(Source(case["source"]))
+    assert found, f"no format detected {case['source']}"
+    assert found[0][0] == case["format"], found
+
+
+@pytest.mark.parametrize("case_path", CASES, ids=[p.stem for p in CASES])
+def test_reads_expected_tables(case_path: Path) -> None:
+    case = _case(case_path)
+    tables = _read(case)
+    counts = {name: t.num_rows for name, t in tables.items()}
+    for name, expected in case.get("counts", {}).items():
+        assert counts[name] == expected, (name, counts)
+    if "kinds" in case:
+        kinds = Counter(tables["annotations"].column("kind").to_pylist())
+        assert dict(kinds) == case["kinds"]
+    ids = tables["annotations"].column("ann_id").to_pylist()
+    assert len(ids) == len(set(ids)), "ann_id must be unique"
+    item_ids = tables["items"].column("item_id").to_pylist()
+    assert len(item_ids) == len(set(item_ids)), "item_id must be unique"
+    assert set(tables["annotations"].column("item_id").to_pylist()) <= set(item_ids)
+
+
+def _annotations_by_file(out: Path, columns: tuple[str, ...], with_points: bool) -> dict:
+    def load(name: str) -> list[dict]:
+        files = sorted((out / name).rglob("*.parquet"))
+        return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
+
+    files = {i["item_id"]: (i["file_name"] or i["native_id"]) for i in load("items")}
+    pts: dict[str, list] = {}
+    for p in load("points") if with_points else []:
+        pts.setdefault(p["ann_id"], []).append(
+            (p["part"], p["idx"], round(p["x"], 3), round(p["y"], 3), p["visibility"] or 0)
+        )
+    out_map: dict[str, list] = {}
+    for a in load("annotations"):
+        row = tuple(_norm(a.get(c)) for c in columns) + (tuple(sorted(pts.get(a["ann_id"], []))),)
+        out_map.setdefault(files[a["item_id"]], []).append(row)
+    return {k: sorted(v, key=repr) for k, v in out_map.items()}
+
+
+def _norm(v):
+    if isinstance(v, float):
+        return round(v, 3)
+    return v
+
+
+@pytest.mark.parametrize("case_path", CASES, ids=[p.stem for p in CASES])
+def test_roundtrip(case_path: Path, tmp_path: Path) -> None:
+    case = _case(case_path)
+    rt = case.get("roundtrip", False)
+    if not rt:
+        return
+    rt = rt if isinstance(rt, dict) else {}
+    columns = tuple(rt.get("columns", ROUNDTRIP_COLUMNS))
+    first, native, second = tmp_path / "a", tmp_path / "native", tmp_path / "b"
+    src_fmt = case["format"]
+    r1 = convert([case["source"]], "parquet", str(first), source_format=src_fmt, workers=1)
+    assert r1.ok, r1.failures
+    r2 = convert([str(first)], src_fmt, str(native), workers=1)
+    assert r2.ok, r2.failures
+    r3 = convert([str(native)], "parquet", str(second), source_format=src_fmt, workers=1)
+    assert r3.ok, r3.failures
+    with_points = rt.get("points", True)
+    before = _annotations_by_file(first, columns, with_points)
+    after = _annotations_by_file(second, columns, with_points)
+    assert after == before
