@@ -89,11 +89,17 @@ class _Scanner:
             self.root = "object" if first == b"{" else "array"
             self.elem_depth = 2 if self.root == "object" else 1
         quotes = self._real_quotes(arr)
-        spos = np.flatnonzero(_STRUCT[arr])
-        if spos.size:
-            before = np.searchsorted(quotes, spos)
-            spos = spos[((before + int(self.in_string)) & 1) == 0]
+        # In-string mask by quote parity: a running count of quotes, kept mod 2.
+        is_quote = np.zeros(len(arr), dtype=np.uint8)
+        is_quote[quotes] = 1
+        parity = np.cumsum(is_quote, dtype=np.uint8)
+        parity &= 1
+        if self.in_string:
+            parity ^= 1
         self.in_string ^= bool(quotes.size & 1)
+        structural = _STRUCT[arr]
+        structural &= parity == 0
+        spos = np.flatnonzero(structural)
         if not spos.size:
             return
         chars = arr[spos]
@@ -103,6 +109,8 @@ class _Scanner:
             raise ParseError(self.uri, f"byte {bad}", "unbalanced closing bracket")
         self.depth = int(depth_after[-1])
         e = self.elem_depth
+        # Events: everything above element level, plus the openers of top-level values
+        # (an opener reaching depth e is a value's, never an element's).
         is_open = (chars == _OPEN[0]) | (chars == _OPEN[1])
         top = (depth_after < e) | (is_open & (depth_after == e))
         commas = spos[(chars == _COMMA) & (depth_after == e)] + offset

@@ -9,6 +9,7 @@ the parent never holds data. The runner knows no format by name.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -278,6 +279,8 @@ def convert(
                 _copy_tree(staged, output.tmp_url)
         else:
             _write_all(target, Staging(staging_url), output, ex, report, write_options, progress)
+            if report.rejects:
+                _keep_rejects(staging_url, output, target.single_file)
         output.commit()
     except BaseException:
         output.abort()
@@ -314,7 +317,9 @@ def _read_all(tasks, staging_url, ex: Executor, report: Report, strict: bool, pr
 def _write_all(
     target, staging: Staging, output: Output, ex, report, write_options, progress
 ) -> None:
-    opts = write_options or WriteOptions(workers=ex.workers)
+    opts = write_options or WriteOptions()
+    if opts.workers < 1:
+        opts = dataclasses.replace(opts, workers=ex.workers)
     wtasks = target.plan_write(staging, opts)
     if not report.sources or report.counts["items"]["read"] == 0:
         # Staging given directly: what the writer reads is what was read.
@@ -330,6 +335,18 @@ def _write_all(
         report.counts[table]["written"] = (
             report.counts[table]["read"] - report.counts[table]["rejected"]
         )
+
+
+def _keep_rejects(staging_url: str, output: Output, single_file: bool) -> None:
+    """Rejects travel with every output: `OUT/rejects/`, or `OUT.rejects/` beside a file."""
+    src = f"{staging_url.rstrip('/')}/rejects"
+    fs, path = fs_for(src)
+    if not fs.exists(path):
+        return
+    if single_file:
+        _copy_tree(src, f"{output.url}.rejects")
+    else:
+        _copy_tree(src, f"{output.tmp_url.rstrip('/')}/rejects")
 
 
 def _reuse_staging(tasks: list[ReadTask], target, dataset: str | None) -> str | None:

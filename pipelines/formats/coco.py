@@ -109,11 +109,15 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         subset = subset_of(member or source.name)
         # The first task carries the images and the dataset-level fields.
         first = {**base, "head": head, "role": "images"}
-        tasks.append(ReadTask("coco", source, member, subset, context=first, options=options))
+        images = values["images"]
+        tasks.append(
+            ReadTask("coco", source, member, subset, images.start, images.end, first, options)
+        )
         anns = values.get("annotations")
         for group in _groups(anns.chunks if anns and anns.kind == "array" else []):
             ctx = {**base, "role": "annotations", "chunks": group}
-            tasks.append(ReadTask("coco", source, member, subset, context=ctx, options=options))
+            start, end = group[0].start, group[-1].end
+            tasks.append(ReadTask("coco", source, member, subset, start, end, ctx, options))
     return tasks
 
 
