@@ -115,7 +115,7 @@ class _Scanner:
         top = (depth_after < e) | (is_open & (depth_after == e))
         commas = spos[(chars == _COMMA) & (depth_after == e)] + offset
         last = offset
-        for p, c, d in zip(
+        for p, c, d in zip(  # noqa: B905 - three views of one mask, equal by construction
             (spos[top] + offset).tolist(), chars[top].tolist(), depth_after[top].tolist()
         ):
             self._commas(commas, last, p)

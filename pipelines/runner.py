@@ -1,6 +1,7 @@
 """Plans a run as independent tasks and runs them on an executor.
 
-    sources ──plan_read──▶ ReadTasks ──(pool)──▶ staging Parquet ──plan_write──▶ WriteTasks ──(pool)──▶ OUT
+    sources ─plan_read─▶ ReadTasks ─(pool)─▶ staging Parquet
+            ─plan_write─▶ WriteTasks ─(pool)─▶ OUT
 
 Each task reads or writes a bounded piece (a file, a byte range, an output
 partition) and returns only counts, so memory per worker stays constant and
@@ -9,6 +10,7 @@ the parent never holds data. The runner knows no format by name.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -144,10 +146,8 @@ def _size(task: ReadTask) -> int:
 
 def _discard(writer: PartWriter) -> None:
     # A source that failed half-way contributes nothing: partial rows would mislead.
-    try:
+    with contextlib.suppress(Exception):  # the files are deleted next
         writer.close()
-    except Exception:  # the files are deleted next; a close error changes nothing
-        pass
     for path in writer.files:
         if writer.fs.exists(path):
             writer.fs.rm(path)
@@ -191,7 +191,7 @@ class Executor:
             ctx.set_forkserver_preload(["pipelines.runner"])
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
         futures = [self._pool.submit(fn, *args) for args in calls]
-        for i, fut in enumerate(as_completed(futures)):
+        for i, _ in enumerate(as_completed(futures)):
             if progress:
                 progress(i + 1, total, what)
         for fut in futures:
