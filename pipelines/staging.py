@@ -57,6 +57,7 @@ class Staging:
     def _connect(self) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(config={"memory_limit": self.memory_limit, "threads": self.threads})
         fs, root = fs_for(self.url)
+        fs.invalidate_cache()
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         local = protocol in ("file", "local")
         if not local:

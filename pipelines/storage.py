@@ -6,6 +6,7 @@ folder); `Output` is where a run writes, committed atomically at the end.
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -170,18 +171,24 @@ class Output:
                 else:
                     os.remove(trash)
             return
+        # Other processes wrote the objects: listings cached here are stale.
+        self.fs.invalidate_cache()
         if self.fs.exists(self.final):
             self.fs.rm(self.final, recursive=True)
         if self.fs.isdir(self.tmp):
             for src in self.fs.find(self.tmp):
                 self.fs.mv(src, self.final + src[len(self.tmp) :])
-            self.fs.rm(self.tmp, recursive=True)
+            with contextlib.suppress(FileNotFoundError):  # object stores have no empty folders
+                self.fs.rm(self.tmp, recursive=True)
         else:
             self.fs.mv(self.tmp, self.final)
+        self.fs.invalidate_cache()
 
     def abort(self) -> None:
+        self.fs.invalidate_cache()
         if self.fs.exists(self.tmp):
-            self.fs.rm(self.tmp, recursive=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(self.tmp, recursive=True)
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -15,6 +15,17 @@ from pipelines.storage import Source
 _MODULES: dict[str, str] = {
     "parquet": "pipelines.formats.parquet",
     "coco": "pipelines.formats.coco",
+    "cvat": "pipelines.formats.cvat",
+    "datumaro": "pipelines.formats.datumaro",
+    "yolo": "pipelines.formats.yolo",
+    "ultralytics": "pipelines.formats.ultralytics",
+    "voc": "pipelines.formats.voc",
+    "labelme": "pipelines.formats.labelme",
+    "labelme_xml": "pipelines.formats.labelme_xml",
+    "mot": "pipelines.formats.mot",
+    "mots": "pipelines.formats.mots",
+    "aimmo": "pipelines.formats.aimmo",
+    "itag": "pipelines.formats.itag",
 }
 
 _loaded: dict[str, Format] = {}
@@ -33,8 +44,8 @@ def get(name: str) -> Format:
         raise FormatError(msg)
     try:
         fmt = importlib.import_module(_MODULES[name]).FORMAT
-    except ImportError as exc:
-        _broken[name] = str(exc)
+    except Exception as exc:  # a missing dependency or a broken module hides one format
+        _broken[name] = f"{type(exc).__name__}: {exc}"
         msg = f"format {name!r} is unavailable: {exc}"
         raise FormatError(msg) from exc
     _loaded[name] = fmt

@@ -1,0 +1,119 @@
+"""Storage: s3:// against a real S3 endpoint (moto's server on loopback), zip archives
+read in place, paths that would escape, atomic commits, and the Dask executor."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.errors import UnsafePathError
+from pipelines.runner import convert
+from pipelines.storage import Output, Source, safe_member
+from tests.conftest import PEER
+
+COCO_VAL = PEER / "coco_instances/coco_instances/annotations/instances_val.json"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[fsspec.AbstractFileSystem]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        # fsspec passes FSSPEC_S3_<KWARG> to every s3fs instance, worker processes included.
+        "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fsspec.config.set_conf_env(fsspec.config.conf)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("labels")
+    try:
+        yield fs
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        fsspec.config.conf.pop("s3", None)
+
+
+def test_s3_in_and_out(s3: fsspec.AbstractFileSystem, tmp_path: Path) -> None:
+    s3.put(str(COCO_VAL), "labels/in/instances_val.json")
+    report = convert(["s3://labels/in/instances_val.json"], "parquet", "s3://labels/build", workers=2)
+    assert report.ok, report.failures
+    s3.invalidate_cache()
+    parts = s3.find("labels/build/annotations")
+    assert parts and all(p.endswith(".parquet") for p in parts)
+    with s3.open(parts[0], "rb") as f:
+        assert pq.read_table(f).num_rows == 2
+    report = convert(["s3://labels/build"], "coco", "s3://labels/coco", workers=2)
+    assert report.ok, report.failures
+    s3.invalidate_cache()
+    written = json.loads(s3.cat("labels/coco/annotations/instances_val.json"))
+    original = json.loads(COCO_VAL.read_text())
+    assert [a["bbox"] for a in written["annotations"]] == [
+        a["bbox"] for a in original["annotations"]
+    ]
+    assert not [p for p in s3.ls("labels") if ".labelflow-" in p]
+
+
+def test_zip_read_in_place(tmp_path: Path) -> None:
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(COCO_VAL, "annotations/instances_val.json")
+    report = convert([str(archive)], "parquet", str(tmp_path / "out"), workers=1)
+    assert report.ok and report.counts["annotations"]["written"] == 2
+    uri = pq.read_table(tmp_path / "out" / "items").column("source_uri")[0].as_py()
+    assert uri == f"{archive}!annotations/instances_val.json"
+
+
+def test_zip_member_escaping_root_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("../../etc/instances_x.json", "{}")
+    with pytest.raises(UnsafePathError):
+        _ = Source(str(archive)).files
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "C:/x", "a\\..\\..\\x"])
+def test_unsafe_members(name: str) -> None:
+    with pytest.raises(UnsafePathError):
+        safe_member(name)
+
+
+def test_output_escape_refused_and_abort_leaves_nothing(tmp_path: Path) -> None:
+    out = Output(str(tmp_path / "out"))
+    with out.open("a/b.txt") as f:
+        f.write(b"x")
+    with pytest.raises(UnsafePathError):
+        out.open("../../escape.txt")
+    out.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dask_executor_on_local_cluster(tmp_path: Path) -> None:
+    report = convert(
+        [str(PEER / "coco_instances/coco_instances")],
+        "parquet",
+        str(tmp_path / "out"),
+        executor="dask",
+        workers=2,
+    )
+    assert report.ok, report.failures
+    assert report.counts["annotations"]["written"] == 3
+    assert pq.read_table(tmp_path / "out" / "annotations").num_rows == 3
