@@ -1,0 +1,183 @@
+"""What the LabelMe JSON and LabelMe 3.0 XML flavours share: paths, masks, partitions.
+
+Both flavours keep one annotation file per image. A file below a folder takes the
+first folder as its subset (LabelMe 3.0's `Annotations/` prefix is not a subset), and
+`file_name` is the image's path relative to that subset folder, so a writer puts each
+file back where it was: `<subset>/<dir>/<stem>.<ext>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import posixpath
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipelines.builder import parse_attribute
+from pipelines.formats import _per_image as per_image
+from pipelines.formats.base import WriteOptions, WriteTask
+from pipelines.staging import ItemGroup, Staging
+from pipelines.storage import Source
+
+ANNOTATIONS_DIR = "Annotations"
+
+
+def item_place(rel: str, suffix: str) -> tuple[str | None, str, str]:
+    """(subset, item_id, folder below the subset) of an annotation file's relative path."""
+    parts = rel.split("/")
+    if len(parts) > 1 and parts[0] == ANNOTATIONS_DIR:
+        parts = parts[1:]
+    stem = parts[-1][: -len(suffix)] if parts[-1].lower().endswith(suffix) else parts[-1]
+    subset = parts[0] if len(parts) > 1 else None
+    inner = "/".join(parts[1:-1]) if len(parts) > 1 else ""
+    return subset, "/".join([*parts[:-1], stem]), inner
+
+
+def image_name(inner: str, image_path: str | None) -> str | None:
+    """The image's path relative to the subset folder; its base name if it would climb out."""
+    if not image_path:
+        return None
+    clean = image_path.replace("\\", "/")
+    joined = posixpath.normpath(posixpath.join(inner, clean)) if inner else clean
+    joined = posixpath.normpath(joined)
+    if joined.startswith(("../", "/")) or joined == "..":
+        return posixpath.basename(clean) or None
+    return joined
+
+
+def output_stem(item: dict[str, Any]) -> str:
+    """`<dir>/<stem>` of an item's annotation file below its subset folder."""
+    name = item.get("file_name") or item.get("native_id") or item["item_id"]
+    parts = [p for p in str(name).replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    if not parts:
+        parts = [item["item_id"].replace("/", "_")]
+    stem, ext = posixpath.splitext(parts[-1])
+    parts[-1] = stem if stem and ext else parts[-1]
+    return "/".join(parts)
+
+
+class OutputNames:
+    """Output stems for one write task; items whose stems collide (a.jpg and a.png) get a
+    suffix from their item id, decided over the whole dataset so every shard agrees."""
+
+    def __init__(self, staging: Staging) -> None:
+        self.colliding = per_image.colliding_stems(staging, per_subset=True)
+
+    def stem(self, item: dict[str, Any]) -> str:
+        stem = output_stem(item)
+        name = str(item.get("file_name") or item.get("native_id") or item["item_id"])
+        key = (item.get("subset"), per_image.strip_ext(name.replace("\\", "/")).lower())
+        if key in self.colliding:
+            digest = hashlib.sha1(item["item_id"].encode()).hexdigest()[:8]
+            return f"{stem}_{digest}"
+        return stem
+
+
+def mask_from_png(data: bytes) -> np.ndarray | str:
+    """A boolean mask from PNG bytes (any non-zero channel is set), or why there is none."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            arr = np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        return f"not a readable image: {exc}"
+    return arr.any(axis=2) if arr.ndim == 3 else arr.astype(bool)
+
+
+def png_bytes(mask: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_member(source: Source, candidates: list[str]) -> str | None:
+    """The first candidate path that is a file of the source."""
+    for rel in candidates:
+        try:
+            if rel and source.exists(rel):
+                return rel
+        except Exception:  # a candidate that would escape the source is just not there
+            continue
+    return None
+
+
+def plan_write(name: str, staging: Staging, options: WriteOptions) -> list[WriteTask]:
+    """One task per subset and shard: every item is its own file, so shards never collide."""
+    shards = max(1, options.workers)
+    return [
+        WriteTask(name, subset=subset, shard=shard, shards=shards, options=options)
+        for subset in staging.subsets()
+        for shard in range(shards)
+    ]
+
+
+def annotation_values(group: ItemGroup, owner_id: str) -> list[tuple[str, Any, str | None]]:
+    """(key, original value, source) of an owner's attribute rows."""
+    return [
+        (a["key"], parse_attribute(a["value"], a["value_type"]), a.get("source"))
+        for a in group.attributes.get(owner_id, [])
+    ]
+
+
+def group_numbers(group: ItemGroup) -> dict[str, int]:
+    """group_id → a small integer per item: numeric ids are kept, others numbered after."""
+    ids = [a["group_id"] for a in group.annotations if a.get("group_id") is not None]
+    out = {g: int(g) for g in ids if g.isdigit()}
+    nxt = max(out.values(), default=0) + 1
+    for g in ids:
+        if g not in out:
+            out[g] = nxt
+            nxt += 1
+    return out
+
+
+def rings(points: list[dict[str, Any]]) -> list[list[tuple[float, float]]]:
+    """An annotation's vertices grouped by part, in order."""
+    parts: dict[int, list[tuple[float, float]]] = {}
+    for p in sorted(points, key=lambda p: (p.get("part") or 0, p.get("idx") or 0)):
+        parts.setdefault(p.get("part") or 0, []).append((p["x"], p["y"]))
+    return list(parts.values())
+
+
+def box_corners(ann: dict[str, Any]) -> list[tuple[float, float]]:
+    """The four corners of a (possibly rotated) box, clockwise from its top-left."""
+    x, y, w, h = ann["bbox_x"], ann["bbox_y"], ann["bbox_w"], ann["bbox_h"]
+    corners = [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+    angle = ann.get("angle_deg") or 0.0
+    if not angle:
+        return corners
+    a = math.radians(angle)
+    cx, cy = x + w / 2, y + h / 2
+    return [
+        (
+            cx + (px - cx) * math.cos(a) - (py - cy) * math.sin(a),
+            cy + (px - cx) * math.sin(a) + (py - cy) * math.cos(a),
+        )
+        for px, py in corners
+    ]
+
+
+def ellipse_polygon(ann: dict[str, Any], n: int = 32) -> list[tuple[float, float]]:
+    """An ellipse's outline as n vertices (for flavours without ellipses)."""
+    x, y, w, h = ann["bbox_x"], ann["bbox_y"], ann["bbox_w"], ann["bbox_h"]
+    cx, cy, rx, ry = x + w / 2, y + h / 2, w / 2, h / 2
+    a = math.radians(ann.get("angle_deg") or 0.0)
+    out = []
+    for k in range(n):
+        t = 2 * math.pi * k / n
+        ex, ey = rx * math.cos(t), ry * math.sin(t)
+        out.append(
+            (cx + ex * math.cos(a) - ey * math.sin(a), cy + ex * math.sin(a) + ey * math.cos(a))
+        )
+    return out
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), inclusive, of the set pixels; None for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())

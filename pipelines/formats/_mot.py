@@ -1,0 +1,109 @@
+"""What MOT 1.1 and MOTS PNG share: labels.txt, class ids, track numbers, output names.
+
+Both formats number classes from 1 by their line in labels.txt, so readers
+keep that number as `label_id` and writers reuse the staged `label_id`s when
+they are small positive integers (a MOT or COCO source keeps its class ids);
+otherwise labels are numbered 1..N in order of first appearance.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any
+
+from pipelines.errors import ParseError
+from pipelines.staging import Staging
+from pipelines.storage import Source
+
+LABELS_FILE = "labels.txt"
+
+
+def read_labels(source: Source, member: str) -> list[str]:
+    """The class names of a labels.txt, one a line; class id = line number (from 1)."""
+    with source.open(member) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ParseError(source.uri(member), f"line {line}", "not UTF-8 text") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def class_ids(staging: Staging, limit: int | None = None) -> dict[str, int]:
+    """label → class id for the whole dataset, so every partition writes the same numbers.
+
+    `limit` is the largest id the target can encode (MOTS: 65 in a 16-bit PNG).
+    """
+    first: dict[str, str | None] = {}
+    consistent = True
+    for label, label_id in staging.labels():
+        if label in first and first[label] != label_id:
+            consistent = False
+        first.setdefault(label, label_id)
+    numbers = {}
+    for label, label_id in first.items():
+        if label_id is None or not label_id.isdigit() or int(label_id) < 1:
+            consistent = False
+            break
+        numbers[label] = int(label_id)
+    if consistent and numbers and len(set(numbers.values())) == len(numbers):
+        top = max(numbers.values())
+        if top <= 2 * len(numbers) + 16 and (limit is None or top <= limit):
+            return numbers
+    return {label: n for n, label in enumerate(first, 1)}
+
+
+def labels_text(ids: dict[str, int]) -> str:
+    """labels.txt for a class map; ids with no label get a `class_<n>` placeholder line."""
+    names = {n: label for label, n in ids.items()}
+    top = max(names, default=0)
+    return "".join(f"{names.get(n, f'class_{n}')}\n" for n in range(1, top + 1))
+
+
+class TrackNumbers:
+    """Integer track ids for a writer: numeric ids are kept, others numbered after them.
+
+    One instance per output partition, so a track keeps its number across frames.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._given: dict[str, int] = {}
+        self._used: set[int] = set()
+        self._next = 1
+
+    def number(self, track_id: Any) -> int | None:
+        if track_id is None or track_id == "":
+            return None
+        key = str(track_id)
+        if key in self._given:
+            return self._given[key]
+        n = int(key) if key.isdigit() and int(key) > 0 else None
+        if n is None or n in self._used or (self.limit is not None and n > self.limit):
+            while self._next in self._used or str(self._next) in self._given:
+                self._next += 1
+            n = self._next
+            if self.limit is not None and n > self.limit:
+                return None
+        self._given[key] = n
+        self._used.add(n)
+        return n
+
+
+def frame_stem(item: dict[str, Any]) -> str:
+    """The output file stem of an item: its file name, else native id, else item id."""
+    name = item.get("file_name") or item.get("native_id") or item["item_id"]
+    base = posixpath.basename(str(name).replace("\\", "/"))
+    stem, ext = posixpath.splitext(base)
+    return stem if ext and stem else base
+
+
+def subset_dir(subset: str | None, *parts: str | None) -> str:
+    """`subset/part/...` skipping empty pieces: the root of one output partition."""
+    return posixpath.join(*[p for p in (subset, *parts) if p]) if (subset or any(parts)) else ""
+
+
+def number_text(value: float) -> str:
+    """A number as MOT files write it: integers without a decimal point."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
