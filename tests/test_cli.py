@@ -1,0 +1,113 @@
+"""The command line, run configs and the Airflow layer, end to end on real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from pipelines import formats
+from pipelines.airflow import labelflow_task, run_config
+from pipelines.cli import app
+from pipelines.config import RunConfig, load_sizes
+from pipelines.errors import LabelflowError
+from tests.conftest import PEER, ROOT
+
+runner = CliRunner()
+EXAMPLE = ROOT / "tests/fixtures/example/annotations/instances_demo.json"
+
+
+def test_formats_lists_every_registered_format() -> None:
+    result = runner.invoke(app, ["formats"])
+    assert result.exit_code == 0
+    for name in formats.names():
+        assert name in result.output
+
+
+def test_detect_names_format_and_reason() -> None:
+    result = runner.invoke(app, ["detect", str(EXAMPLE)])
+    assert result.exit_code == 0
+    assert "coco" in result.output and '"images"' in result.output
+
+
+def test_convert_prints_summary_and_round_trips(tmp_path: Path) -> None:
+    out = tmp_path / "build"
+    result = runner.invoke(app, ["convert", str(EXAMPLE), "--to", "parquet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "annotations" in result.output and "562" in result.output
+    assert pq.read_table(out / "annotations").num_rows == 562
+    back = tmp_path / "coco"
+    result = runner.invoke(app, ["convert", str(out), "--to", "coco", "--out", str(back)])
+    assert result.exit_code == 0, result.output
+    written = json.loads((back / "annotations/instances_demo.json").read_text())
+    original = json.loads(EXAMPLE.read_text())
+    assert len(written["annotations"]) == len(original["annotations"])
+    assert {c["id"]: c["name"] for c in written["categories"]} == {
+        c["id"]: c["name"] for c in original["categories"]
+    }
+
+
+def test_bad_file_gives_one_clear_line_and_nonzero_exit(tmp_path: Path) -> None:
+    bad = tmp_path / "instances_bad.json"
+    bad.write_text(EXAMPLE.read_text()[:5000])
+    result = runner.invoke(
+        app, ["convert", str(bad), "--to", "parquet", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert f"{bad}: byte 5000: unexpected end of file" in result.output
+
+
+def test_unknown_format_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["convert", str(EXAMPLE), "--to", "nope", "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1 and "unknown format 'nope'" in result.output
+
+
+def test_run_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"sources: [{EXAMPLE}]\nto: parquet\nout: {tmp_path / 'b'}\nworkers: 1\n")
+    result = runner.invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "b" / "items").num_rows == 120
+
+
+def test_config_rejects_unknown_keys() -> None:
+    with pytest.raises(LabelflowError, match="unknown key.*sorces"):
+        RunConfig.from_dict({"sorces": [], "to": "parquet", "out": "x"})
+    with pytest.raises(LabelflowError, match="missing required key 'out'"):
+        RunConfig.from_dict({"sources": [], "to": "parquet"})
+
+
+def test_sizes_csv(tmp_path: Path) -> None:
+    f = tmp_path / "sizes.csv"
+    f.write_text("file_name,width,height\na.jpg,1920,1080\nb.png,5,10\n")
+    assert load_sizes(str(f)) == {"a.jpg": (1920, 1080), "b.png": (5, 10)}
+    f.write_text("a.jpg,wide,1080\n")
+    with pytest.raises(LabelflowError, match="line 1"):
+        load_sizes(str(f))
+
+
+def test_airflow_callable_returns_summary_and_fails_loudly(tmp_path: Path) -> None:
+    src = str(PEER / "coco_instances/coco_instances")
+    summary = run_config({"sources": [src], "to": "parquet", "out": str(tmp_path / "a")})
+    assert summary["counts"]["annotations"]["written"] == 3
+    bad = tmp_path / "instances_bad.json"
+    bad.write_text(EXAMPLE.read_text()[:5000])
+    with pytest.raises(LabelflowError, match="truncated"):
+        run_config({"sources": [str(bad)], "to": "parquet", "out": str(tmp_path / "b")})
+
+
+def test_airflow_task_names_the_extra_when_airflow_is_missing() -> None:
+    try:
+        import airflow  # noqa: F401
+    except ImportError:
+        with pytest.raises(LabelflowError, match=r"pip install 'labelflow\[airflow\]'"):
+            labelflow_task("configs/example.yaml")
+    else:
+        task = labelflow_task("configs/example.yaml")
+        assert task.task_id == "labelflow_example"
