@@ -77,7 +77,7 @@ def test_run_config(tmp_path: Path) -> None:
 
 
 def test_config_rejects_unknown_keys() -> None:
-    with pytest.raises(LabelflowError, match="unknown key.*sorces"):
+    with pytest.raises(LabelflowError, match=r"unknown key.*sorces"):
         RunConfig.from_dict({"sorces": [], "to": "parquet", "out": "x"})
     with pytest.raises(LabelflowError, match="missing required key 'out'"):
         RunConfig.from_dict({"sources": [], "to": "parquet"})
