@@ -268,7 +268,9 @@ def convert(
         else:
             own_staging = staging or tempfile.mkdtemp(prefix="labelflow-staging-")
             staging_url = own_staging
-        if not staged:
+        if staged:
+            _count_staged(Staging(staged), report)
+        else:
             _read_all(tasks, staging_url, ex, report, strict, progress)
         if strict and report.failures:
             raise LabelflowError(report.failures[0])
@@ -321,10 +323,6 @@ def _write_all(
     if opts.workers < 1:
         opts = dataclasses.replace(opts, workers=ex.workers)
     wtasks = target.plan_write(staging, opts)
-    if not report.sources or report.counts["items"]["read"] == 0:
-        # Staging given directly: what the writer reads is what was read.
-        for table in DATA_TABLES:
-            report.counts[table]["read"] = int(staging.scalar(f"SELECT count(*) FROM {table}"))
     for res in ex.map(run_write_task, [(t, staging, output) for t in wtasks], progress, "write"):
         report.counts["items"]["written"] += res.items
         report.counts["annotations"]["written"] += res.annotations
@@ -335,6 +333,13 @@ def _write_all(
         report.counts[table]["written"] = (
             report.counts[table]["read"] - report.counts[table]["rejected"]
         )
+
+
+def _count_staged(staging: Staging, report: Report) -> None:
+    """A staging dataset given as the source: what it holds is what was read."""
+    for table in DATA_TABLES:
+        report.counts[table]["read"] = int(staging.scalar(f"SELECT count(*) FROM {table}"))
+    report.rejects = int(staging.scalar("SELECT count(*) FROM rejects"))
 
 
 def _keep_rejects(staging_url: str, output: Output, single_file: bool) -> None:
