@@ -9,6 +9,7 @@ otherwise labels are numbered 1..N in order of first appearance.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterable
 from typing import Any
 
 from pipelines.errors import ParseError
@@ -62,33 +63,55 @@ def labels_text(ids: dict[str, int]) -> str:
 
 
 class TrackNumbers:
-    """Integer track ids for a writer: numeric ids are kept, others numbered after them.
+    """Integer track ids for one output partition, so a track keeps its number across frames.
 
-    One instance per output partition, so a track keeps its number across frames.
+    Numeric ids in range are kept; the others get the lowest numbers no kept id uses. The
+    partition's ids are known up front, so a later numeric id never meets its number taken.
     """
 
-    def __init__(self, limit: int | None = None) -> None:
-        self.limit = limit
+    def __init__(self, ids: Iterable[Any], lowest: int = 1, limit: int | None = None) -> None:
+        self.lowest, self.limit = lowest, limit
         self._given: dict[str, int] = {}
-        self._used: set[int] = set()
-        self._next = 1
+        for t in ids:
+            n = self._numeric(str(t))
+            if n is not None:
+                self._given[str(t)] = n
+        self._used = set(self._given.values())
+        self._next = lowest
+
+    def _numeric(self, key: str) -> int | None:
+        if not key.isdigit() or int(key) < self.lowest:
+            return None
+        n = int(key)
+        return n if self.limit is None or n <= self.limit else None
 
     def number(self, track_id: Any) -> int | None:
+        """The track's number; None for no track, or when the range is used up."""
         if track_id is None or track_id == "":
             return None
         key = str(track_id)
-        if key in self._given:
-            return self._given[key]
-        n = int(key) if key.isdigit() and int(key) > 0 else None
-        if n is None or n in self._used or (self.limit is not None and n > self.limit):
-            while self._next in self._used or str(self._next) in self._given:
+        if key not in self._given:
+            while self._next in self._used:
                 self._next += 1
-            n = self._next
-            if self.limit is not None and n > self.limit:
+            if self.limit is not None and self._next > self.limit:
                 return None
-        self._given[key] = n
-        self._used.add(n)
-        return n
+            self._given[key] = self._next
+            self._used.add(self._next)
+        return self._given[key]
+
+
+def track_ids(staging: Staging, subset: str | None, **where: str | None) -> list[str]:
+    """Distinct track ids of one partition: a subset, optionally one `sequence_id`."""
+    conds, params = ["i.subset IS NOT DISTINCT FROM ?"], [subset]
+    for column, value in where.items():
+        conds.append(f"i.{column} IS NOT DISTINCT FROM ?")
+        params.append(value)
+    rows = staging.con.execute(
+        "SELECT DISTINCT a.track_id FROM annotations a JOIN items i USING (item_id) "
+        f"WHERE a.track_id IS NOT NULL AND {' AND '.join(conds)}",
+        params,
+    ).fetchall()
+    return sorted(r[0] for r in rows)
 
 
 def frame_stem(item: dict[str, Any]) -> str:

@@ -34,6 +34,7 @@ from pipelines.formats._mot import (
     number_text,
     read_labels,
     subset_dir,
+    track_ids,
 )
 from pipelines.formats._staged import item_groups
 from pipelines.formats.base import (
@@ -374,7 +375,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     seq = task.options.extra.get(_SEQ_KEY)
     root = subset_dir(task.subset, seq)
     classes = class_ids(staging)
-    tracks = TrackNumbers()
+    tracks = TrackNumbers(track_ids(staging, task.subset, sequence_id=seq))
     lines: list[tuple[int, int, str]] = []
     sizes, exts, fps, renamed, last = set(), set(), None, 0, 0
     name = None

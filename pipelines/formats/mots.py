@@ -35,6 +35,7 @@ from pipelines.formats._mot import (
     labels_text,
     read_labels,
     subset_dir,
+    track_ids,
 )
 from pipelines.formats._staged import item_groups
 from pipelines.formats.base import (
@@ -235,7 +236,8 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     classes = class_ids(staging, limit=_MAX_CLASS)
-    tracks = TrackNumbers(limit=MAX_INSTANCES - 1)
+    ids = track_ids(staging, task.subset)
+    tracks = TrackNumbers(ids, lowest=0, limit=MAX_INSTANCES - 1)
     folder = subset_dir(task.subset, INSTANCES)
     written: set[str] = set()
     for group in item_groups(
