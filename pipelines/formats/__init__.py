@@ -15,6 +15,7 @@ from pipelines.storage import Source
 _MODULES: dict[str, str] = {
     "parquet": "pipelines.formats.parquet",
     "coco": "pipelines.formats.coco",
+    "encord": "pipelines.formats.encord",
     "cvat": "pipelines.formats.cvat",
     "datumaro": "pipelines.formats.datumaro",
     "yolo": "pipelines.formats.yolo",
