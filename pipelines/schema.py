@@ -172,6 +172,7 @@ KINDS = (
     "text_span",  # text_start .. text_end of a text item
     "time_range",  # frame_start/end, time_start_s/end_s
     "lasso",  # point-cloud selection, kept verbatim in `text`
+    "cuboid_plain",  # flat cuboid: 4 box corners, optionally 2 side points (AIMMO)
 )
 """The `kind` values readers emit; a format with a shape outside this list adds it here."""
 
