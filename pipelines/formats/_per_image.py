@@ -1,0 +1,258 @@
+"""What formats with one annotation file per image share (YOLO, Pascal VOC).
+
+Reading: thousands of tiny files are grouped into read tasks of bounded size,
+so the runner neither starts a task nor writes a Parquet part per image.
+Image sizes come from the run's `image_sizes` table or from image headers,
+never from a guess.
+
+Writing: one task per shard of items (each writes only its own items' files)
+plus one task for the files the whole dataset shares (name lists, index
+files), so `--workers` scales and no two tasks write the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import posixpath
+import re
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import fsspec
+
+from pipelines.formats.base import ReadOptions, WriteOptions, WriteResult, WriteTask
+from pipelines.images import IMAGE_SUFFIXES, image_size
+from pipelines.staging import ItemGroup, Staging
+from pipelines.storage import Output, Source
+
+MAX_FILES_PER_TASK = 2_000
+SHARED = -1
+"""`WriteTask.shard` of the task that writes the dataset-wide files."""
+
+_EXT = re.compile(r"\.[^./]*$")
+_EXT_SQL = r"\.[^./]*$"
+
+
+def is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def strip_ext(name: str) -> str:
+    """`a/b.jpg` → `a/b`; the same rule as the SQL in `colliding_stems`."""
+    return _EXT.sub("", name)
+
+
+def chunks(entries: Sequence[Any], options: ReadOptions) -> list[list[Any]]:
+    """Split per-image entries into read tasks: about four per worker, at most 2,000 each."""
+    if not entries:
+        return []
+    workers = max(1, options.workers)
+    per = MAX_FILES_PER_TASK if workers == 1 else math.ceil(len(entries) / (workers * 4))
+    per = max(1, min(per, MAX_FILES_PER_TASK))
+    return [list(entries[i : i + per]) for i in range(0, len(entries), per)]
+
+
+def given_size(options: ReadOptions, names: Iterable[str | None]) -> tuple[int, int] | None:
+    """The size the run was given for an image, tried under each of its names.
+
+    Names are tried as they are, then by base name, then by base name without
+    extension, so a sizes table keyed `1.jpg` serves `obj_train_data/1.jpg`.
+    """
+    sizes = options.image_sizes
+    if not sizes:
+        return None
+    tried: list[str] = []
+    for name in names:
+        if name:
+            base = posixpath.basename(name)
+            tried += [name, base, strip_ext(base)]
+    for key in tried:
+        if key in sizes:
+            w, h = sizes[key]
+            return int(w), int(h)
+    return None
+
+
+def find_size(
+    source: Source, image: str | None, names: Iterable[str | None], options: ReadOptions
+) -> tuple[tuple[int, int] | None, str]:
+    """(width, height) of an item and where it came from, or (None, why not)."""
+    size = given_size(options, names)
+    if size:
+        return size, "image_sizes"
+    if not image:
+        return None, "no image file found and no entry in image_sizes"
+    size = image_size(source, image)
+    if size:
+        return size, "header"
+    return None, f"{image} is not a readable image and has no entry in image_sizes"
+
+
+# -- writing ------------------------------------------------------------------
+
+
+def shard_count(staging: Staging, options: WriteOptions) -> int:
+    workers = max(1, options.workers)
+    if workers == 1:
+        return 1
+    items = int(staging.scalar("SELECT count(*) FROM items") or 0)
+    return max(1, min(workers * 4, items))
+
+
+def plan_sharded(
+    fmt: str, staging: Staging, options: WriteOptions, **extra: Any
+) -> list[WriteTask]:
+    """One task for the shared files, then one per shard of items.
+
+    `extra` (computed once here, e.g. the class list) reaches every task, so
+    all partitions agree on it.
+    """
+    opts = replace(options, extra={**options.extra, **extra})
+    n = shard_count(staging, options)
+    return [WriteTask(fmt, shard=SHARED, shards=n, options=opts)] + [
+        WriteTask(fmt, shard=k, shards=n, options=opts) for k in range(n)
+    ]
+
+
+def item_groups(
+    staging: Staging, task: WriteTask, *, with_attributes: bool = True
+) -> Iterator[ItemGroup]:
+    """The task's shard of items with what is attached to them.
+
+    An empty staging table is an Arrow view on the main DuckDB connection that
+    `iter_items`' cursors cannot see, so empty tables are not asked for.
+    """
+    if not _has_rows(staging, "annotations"):
+        sql = "SELECT * EXCLUDE (filename, file_row_number) FROM items"
+        if task.shards > 1:
+            sql += f" WHERE hash(item_id) % {int(task.shards)} = {int(task.shard)}"
+        rel = staging.con.sql(sql + " ORDER BY filename, file_row_number")
+        for row in rel.to_arrow_table().to_pylist():
+            yield ItemGroup(item=row)
+        return
+    yield from staging.iter_items(
+        shard=task.shard,
+        shards=task.shards,
+        point_columns=None if _has_rows(staging, "points") else (),
+        with_attributes=with_attributes and _has_rows(staging, "attributes"),
+    )
+
+
+def _has_rows(staging: Staging, table: str) -> bool:
+    return bool(staging.scalar(f"SELECT count(*) > 0 FROM {table}"))
+
+
+def item_name(item: dict[str, Any]) -> str:
+    """The relative image name an item is written under (may contain folders)."""
+    name = item.get("file_name") or item.get("native_id") or item["item_id"]
+    return str(name).replace("\\", "/")
+
+
+def colliding_stems(staging: Staging, per_subset: bool) -> set[tuple[str | None, str]]:
+    """(subset, stem) keys that more than one item would be written under.
+
+    `1.jpg` and `1.png` share the label file `1.txt`; writers give such items
+    a suffix from their item id instead of letting one overwrite the other.
+    With `per_subset=False` the subset is not part of the key (VOC keeps every
+    subset's files in one folder).
+    """
+    subset = "subset" if per_subset else "NULL"
+    rows = staging.con.execute(
+        f"SELECT {subset} AS s, lower(regexp_replace("
+        "replace(coalesce(file_name, native_id, item_id), '\\', '/'), ?, '')) AS k "
+        "FROM items GROUP BY s, k HAVING count(*) > 1",
+        [_EXT_SQL],
+    ).fetchall()
+    return {(r[0], r[1]) for r in rows}
+
+
+def output_stem(
+    item: dict[str, Any], collisions: set[tuple[str | None, str]], per_subset: bool
+) -> str:
+    """The item's name without extension, made unique when it collides (see above)."""
+    stem = strip_ext(item_name(item))
+    key = (item.get("subset") if per_subset else None, stem.lower())
+    if key in collisions:
+        digest = hashlib.sha1(item["item_id"].encode()).hexdigest()[:8]
+        stem = f"{stem}_{digest}"
+    return stem
+
+
+def image_suffix(item: dict[str, Any]) -> str:
+    for name in (item_name(item), item.get("media_uri") or ""):
+        ext = posixpath.splitext(str(name))[1]
+        if ext and is_image(ext):
+            return ext
+    return ".jpg"
+
+
+class MediaCopier:
+    """Copies items' images next to the labels; one instance per write task.
+
+    `media_uri` is what readers recorded: a plain fsspec URL, or
+    `archive.zip!member` for an image read from inside a zip.
+    """
+
+    def __init__(self) -> None:
+        self._archives: dict[str, Source] = {}
+
+    def copy(self, media_uri: str | None, out: Output, rel: str, result: WriteResult) -> None:
+        if not media_uri:
+            result.lose("images not copied: the item names no image file")
+            return
+        try:
+            with self._open(media_uri) as src, out.open(rel) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        except (OSError, ValueError):
+            result.lose("images not copied: not found")
+
+    def _open(self, uri: str):
+        archive, sep, member = uri.partition("!")
+        if sep and archive.lower().endswith(".zip"):
+            if archive not in self._archives:
+                self._archives[archive] = Source(archive)
+            return self._archives[archive].open(member)
+        return fsspec.open(uri, "rb").open()
+
+
+def class_names(staging: Staging, sources: tuple[str, ...], key: str) -> list[str]:
+    """Class names by position (class id = index), the same for every partition.
+
+    A source of this family numbers its classes (label attributes `key` from
+    `source` in `sources`): when every label has such a number, no two alike
+    and no large gaps, the numbers are kept and gaps hold `class_<n>`, so a
+    YOLO dataset keeps its class ids and its unused class names. Otherwise
+    numbered labels come first by number, then labels with a numeric
+    `label_id` by that id, then the rest by first appearance; ids are 0..n-1.
+    """
+    marks = ",".join("?" for _ in sources)
+    given: dict[str, int] = {}
+    for owner, value in staging.con.execute(
+        "SELECT owner_id, value FROM attributes WHERE owner_kind = 'label' AND key = ? "
+        f"AND source IN ({marks}) ORDER BY filename, file_row_number",
+        [key, *sources],
+    ).fetchall():
+        label = owner.removeprefix("label:")
+        if label not in given and _is_int(value):
+            given[label] = int(value)
+    seen: dict[str, str | None] = {}
+    for label, label_id in staging.labels():
+        seen.setdefault(label, label_id)
+    others = [label for label in seen if label not in given]
+    others.sort(key=lambda label: (0, int(seen[label])) if _is_int(seen[label]) else (1, 0))
+    ordered = sorted(given, key=lambda label: given[label]) + others
+    top = max(given.values(), default=-1)
+    if others or len(set(given.values())) != len(given) or top > 2 * len(given) + 16:
+        return ordered
+    by_id = {n: label for label, n in given.items()}
+    return [by_id.get(n, f"class_{n}") for n in range(top + 1)]
+
+
+def _is_int(value: Any) -> bool:
+    try:
+        return int(value) == float(value) and int(value) >= 0
+    except (TypeError, ValueError):
+        return False

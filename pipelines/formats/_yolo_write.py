@@ -1,0 +1,341 @@
+"""Writing YOLO label folders: CVAT's YOLO 1.1 layout or the Ultralytics layout.
+
+    YOLO 1.1 (as CVAT exports it)         Ultralytics
+    obj.data, obj.names                   data.yaml (names, kpt_shape for pose)
+    <subset>.txt (image list)             images/<subset>/<image>
+    obj_<subset>_data/<image>, <stem>.txt labels/<subset>/<stem>.txt
+
+Options (`WriteOptions.extra`): `layout` ("yolo" | "ultralytics"), `task`
+("detect" | "segment" | "pose" | "obb"; Ultralytics only, default from the
+kinds present: keypoints → pose, polygons or masks → segment, rotated boxes →
+obb, else detect), `save_images` (default True: without its image a YOLO
+label cannot be turned back into pixels).
+
+Class ids are positions in the class list, computed once for all partitions
+(`_per_image.class_names`). Coordinates need the item's size: an item
+without one but with annotations is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from pipelines import masks
+from pipelines.builder import parse_attribute
+from pipelines.errors import LabelflowError
+from pipelines.formats import _per_image as per_image
+from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
+from pipelines.staging import Staging
+from pipelines.storage import Output
+
+LAYOUTS = ("yolo", "ultralytics")
+TASKS = ("detect", "segment", "pose", "obb")
+FAMILY = ("yolo", "ultralytics")
+DEFAULT_SUBSET = "train"
+_BOXABLE = frozenset(
+    {"bbox", "rotated_bbox", "polygon", "polyline", "point", "points", "keypoints", "mask",
+     "ellipse", "cuboid_2d"}
+)  # fmt: skip
+_PLURAL = {
+    "polygon": "polygons",
+    "polyline": "polylines",
+    "point": "points",
+    "points": "point sets",
+    "keypoints": "keypoint sets",
+    "mask": "masks",
+    "ellipse": "ellipses",
+    "cuboid_2d": "2D cuboids",
+    "bbox": "boxes",
+    "rotated_bbox": "rotated boxes",
+}
+
+
+def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], list[WriteTask]]:
+    def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
+        layout = options.extra.get("layout", default_layout)
+        if layout not in LAYOUTS:
+            msg = f"{fmt}: layout must be one of {', '.join(LAYOUTS)}, not {layout!r}"
+            raise LabelflowError(msg)
+        task = options.extra.get("task") or (
+            _auto_task(staging) if layout == "ultralytics" else "detect"
+        )
+        if task not in TASKS or (layout == "yolo" and task != "detect"):
+            msg = f"{fmt}: task {task!r} is not available for the {layout} layout"
+            raise LabelflowError(msg)
+        settings: dict[str, Any] = {
+            "_layout": layout,
+            "_task": task,
+            "_names": per_image.class_names(staging, FAMILY, "class_id"),
+        }
+        if task == "pose":
+            settings["_kpt"] = _kpt_count(staging)
+        return per_image.plan_sharded(fmt, staging, options, **settings)
+
+    return plan_write
+
+
+def _auto_task(staging: Staging) -> str:
+    kinds = {
+        r[0]
+        for r in staging.con.execute(
+            "SELECT DISTINCT kind FROM annotations WHERE NOT coalesce(outside, false)"
+        ).fetchall()
+    }
+    if "keypoints" in kinds:
+        return "pose"
+    if kinds & {"polygon", "mask"}:
+        return "segment"
+    if "rotated_bbox" in kinds:
+        return "obb"
+    return "detect"
+
+
+def _kpt_count(staging: Staging) -> int:
+    n = staging.scalar(
+        "SELECT max(p.idx) + 1 FROM points p JOIN annotations a USING (ann_id) "
+        "WHERE a.kind = 'keypoints'"
+    )
+    return int(n or 0)
+
+
+def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
+    if task.shard == per_image.SHARED:
+        return _write_shared(task, staging, out)
+    return _write_shard(task, staging, out)
+
+
+def _dirs(layout: str, subset: str | None) -> tuple[str, str]:
+    """(label folder, image folder) of a subset."""
+    s = subset or DEFAULT_SUBSET
+    if layout == "yolo":
+        return f"obj_{s}_data", f"obj_{s}_data"
+    return f"labels/{s}", f"images/{s}"
+
+
+def _has_size(item: dict[str, Any]) -> bool:
+    return bool(item.get("width")) and bool(item.get("height"))
+
+
+# -- shared files -------------------------------------------------------------------
+
+
+def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
+    ex = task.options.extra
+    layout, names = ex["_layout"], ex["_names"]
+    result = WriteResult()
+    per_subset: dict[str, list[str]] = {}
+    collisions = per_image.colliding_stems(staging, per_subset=True)
+    rows = staging.con.execute(
+        "SELECT i.item_id, i.file_name, i.native_id, i.subset, i.media_uri, i.width, i.height, "
+        "EXISTS (SELECT 1 FROM annotations a WHERE a.item_id = i.item_id) "
+        "FROM items i ORDER BY i.filename, i.file_row_number"
+    ).fetchall()
+    for item_id, file_name, native_id, subset, media_uri, width, height, annotated in rows:
+        item = {"item_id": item_id, "file_name": file_name, "native_id": native_id}
+        item |= {"subset": subset, "media_uri": media_uri, "width": width, "height": height}
+        if annotated and not _has_size(item):
+            continue
+        stem = per_image.output_stem(item, collisions, per_subset=True)
+        _, image_dir = _dirs(layout, subset)
+        path = f"{image_dir}/{stem}{per_image.image_suffix(item)}"
+        per_subset.setdefault(subset or DEFAULT_SUBSET, []).append(path)
+    subsets = list(per_subset) or [DEFAULT_SUBSET]
+    if layout == "yolo":
+        _put(out, "obj.names", "".join(f"{n}\n" for n in names), result)
+        data = [f"classes = {len(names)}"]
+        data += [f"{s} = data/{s}.txt" for s in subsets]
+        data += ["names = data/obj.names", "backup = backup/"]
+        _put(out, "obj.data", "\n".join(data) + "\n", result)
+        for s in subsets:
+            _put(out, f"{s}.txt", "".join(f"data/{p}\n" for p in per_subset.get(s, [])), result)
+    else:
+        doc: dict[str, Any] = {"path": "."}
+        doc |= {s: f"images/{s}" for s in subsets}
+        doc["names"] = dict(enumerate(names))
+        doc |= _pose_settings(staging, ex)
+        _put(out, "data.yaml", yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), result)
+    return result
+
+
+def _pose_settings(staging: Staging, ex: dict[str, Any]) -> dict[str, Any]:
+    """kpt_shape, and the source's flip_idx / kpt_names when they still fit."""
+    if ex["_task"] != "pose":
+        return {}
+    n = ex["_kpt"]
+    doc: dict[str, Any] = {"kpt_shape": [n, 3]}
+    for key, value, vtype in staging.con.execute(
+        "SELECT key, value, value_type FROM attributes WHERE owner_kind = 'dataset' "
+        "AND key IN ('flip_idx', 'kpt_names') ORDER BY filename, file_row_number"
+    ).fetchall():
+        v = parse_attribute(value, vtype)
+        if key == "flip_idx" and isinstance(v, list) and len(v) == n:
+            doc.setdefault("flip_idx", v)
+        elif key == "kpt_names":
+            doc.setdefault("kpt_names", v)
+    if "kpt_names" not in doc:
+        rows = staging.con.execute(
+            "SELECT a.label, p.idx, any_value(p.name) FROM points p JOIN annotations a "
+            "USING (ann_id) WHERE a.kind = 'keypoints' AND p.name IS NOT NULL "
+            "GROUP BY a.label, p.idx ORDER BY a.label, p.idx"
+        ).fetchall()
+        names = ex["_names"]
+        by_class: dict[int, list[str]] = {}
+        for label, idx, name in rows:
+            if label in names:
+                lst = by_class.setdefault(names.index(label), [""] * n)
+                lst[idx] = name
+        if by_class:
+            doc["kpt_names"] = by_class
+    return doc
+
+
+def _put(out: Output, rel: str, text: str, result: WriteResult) -> None:
+    with out.open(rel) as f:
+        f.write(text.encode())
+    result.files.append(rel)
+
+
+# -- per-item files -------------------------------------------------------------------
+
+
+def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
+    ex = task.options.extra
+    layout = ex["_layout"]
+    save_images = bool(ex.get("save_images", True))
+    classes = {name: i for i, name in enumerate(ex["_names"])}
+    lines = _Lines(ex["_task"], classes, ex.get("_kpt", 0))
+    collisions = per_image.colliding_stems(staging, per_subset=True)
+    copier = per_image.MediaCopier()
+    result = WriteResult()
+    for group in per_image.item_groups(staging, task, with_attributes=False):
+        item = group.item
+        if group.annotations and not _has_size(item):
+            result.lose("items without a size skipped")
+            result.lose("annotations of items without a size", len(group.annotations))
+            continue
+        stem = per_image.output_stem(item, collisions, per_subset=True)
+        label_dir, image_dir = _dirs(layout, item.get("subset"))
+        text = []
+        for ann in group.annotations:
+            written = lines.lines(ann, group.points.get(ann["ann_id"], []), item, result)
+            if written:
+                text += written
+                result.annotations += 1
+        _put(out, f"{label_dir}/{stem}.txt", "".join(f"{t}\n" for t in text), result)
+        if save_images:
+            rel = f"{image_dir}/{stem}{per_image.image_suffix(item)}"
+            copier.copy(item.get("media_uri"), out, rel, result)
+        result.items += 1
+    return result
+
+
+def corners(x: float, y: float, w: float, h: float, angle: float) -> list[tuple[float, float]]:
+    """Top-left, top-right, bottom-right, bottom-left of a box turned clockwise by
+    `angle` degrees about its centre (y down)."""
+    cx, cy = x + w / 2, y + h / 2
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    out = []
+    for dx, dy in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)):
+        out.append((cx + dx * c - dy * s, cy + dx * s + dy * c))
+    return out
+
+
+class _Lines:
+    """One annotation → its label lines for the chosen task, counting what is lost."""
+
+    def __init__(self, task: str, classes: dict[str, int], kpt: int) -> None:
+        self.task = task
+        self.classes = classes
+        self.kpt = kpt
+
+    def lines(
+        self, ann: dict[str, Any], pts: list[dict[str, Any]], item: dict, result: WriteResult
+    ) -> list[str]:
+        kind = ann["kind"]
+        if ann.get("outside"):
+            result.lose("outside shapes skipped")
+            return []
+        if kind not in _BOXABLE:
+            result.lose(f"{kind} annotations not written: YOLO has no place for them")
+            return []
+        if ann.get("label") not in self.classes:
+            result.lose("unlabelled annotations skipped")
+            return []
+        if self.task == "pose" and kind != "keypoints":
+            result.lose(f"{_PLURAL[kind]} not written: a pose dataset holds keypoints only")
+            return []
+        box = _box(ann, pts)
+        if box is None:
+            result.lose("annotations without geometry skipped")
+            return []
+        if ann.get("confidence") is not None:
+            result.lose("confidences dropped")
+        w, h = float(item["width"]), float(item["height"])
+        cls = str(self.classes[ann["label"]])
+        if self.task == "pose":
+            return [f"{cls} {_centre(box, w, h)} {self._keypoints(pts, w, h)}"]
+        if self.task == "segment" and kind == "polygon" and pts:
+            return self._polygon(cls, pts, w, h, result)
+        angle = ann.get("angle_deg") or 0.0
+        if kind != "bbox" and not (kind == "rotated_bbox" and self.task in ("segment", "obb")):
+            result.lose(
+                "rotated boxes lost their angle"
+                if kind == "rotated_bbox"
+                else f"{_PLURAL[kind]} written as boxes"
+            )
+            angle = 0.0
+        if self.task == "detect":
+            return [f"{cls} {_centre(box, w, h)}"]
+        quad = corners(*box, angle if kind == "rotated_bbox" else 0.0)
+        return [f"{cls} {_coords(quad, w, h)}"]
+
+    def _polygon(self, cls: str, pts: list[dict], w: float, h: float, result: WriteResult) -> list:
+        parts: dict[int, list[tuple[float, float]]] = {}
+        for p in pts:
+            parts.setdefault(p.get("part") or 0, []).append((p["x"], p["y"]))
+        if len(parts) > 1:
+            result.lose("multi-part polygons written as one polygon per part")
+        return [f"{cls} {_coords(ring, w, h)}" for ring in parts.values() if len(ring) >= 3]
+
+    def _keypoints(self, pts: list[dict], w: float, h: float) -> str:
+        by_idx = {p["idx"]: p for p in pts}
+        out = []
+        for i in range(self.kpt):
+            p = by_idx.get(i)
+            if p is None:
+                out.append("0 0 0")
+                continue
+            vis = p.get("visibility")
+            out.append(f"{_n(p['x'] / w)} {_n(p['y'] / h)} {2 if vis is None else int(vis)}")
+        return " ".join(out)
+
+
+def _box(ann: dict[str, Any], pts: list[dict[str, Any]]) -> tuple[float, ...] | None:
+    """(x, y, w, h) in pixels: the stated box, else the points' extent, else the mask's."""
+    if ann.get("bbox_x") is not None and ann.get("bbox_w") is not None:
+        return ann["bbox_x"], ann["bbox_y"], ann["bbox_w"], ann["bbox_h"]
+    if pts:
+        xs = [p["x"] for p in pts if (p.get("visibility") is None or p["visibility"] > 0)]
+        ys = [p["y"] for p in pts if (p.get("visibility") is None or p["visibility"] > 0)]
+        if xs:
+            return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
+    if ann.get("mask") and ann.get("mask_h") and ann.get("mask_w"):
+        return tuple(masks.bbox(ann["mask"], ann["mask_h"], ann["mask_w"]))
+    return None
+
+
+def _n(v: float) -> str:
+    return f"{v:.6f}"
+
+
+def _centre(box: tuple[float, ...], w: float, h: float) -> str:
+    x, y, bw, bh = box
+    return f"{_n((x + bw / 2) / w)} {_n((y + bh / 2) / h)} {_n(bw / w)} {_n(bh / h)}"
+
+
+def _coords(points: list[tuple[float, float]], w: float, h: float) -> str:
+    return " ".join(f"{_n(x / w)} {_n(y / h)}" for x, y in points)
