@@ -46,6 +46,7 @@ _DATE = "%d-%b-%Y %H:%M:%S"
 _SOURCE = "labelme_xml"
 # Attributes the reader makes from elements: written back as those elements, not as text.
 _STRUCTURAL = {"hasparts", "ispartof", "verified", "scribbles", "segm_box", "type", "date"}
+_ANN = "annotations"
 
 
 # -- detection and planning ---------------------------------------------------
@@ -284,7 +285,13 @@ def _object(b: BatchBuilder, file: _File, obj: etree._Element, n: int) -> None:
     item_id = file.item_id
     oid = xmlsafe.text(obj, "id") or str(n)
     if xmlsafe.text(obj, "deleted") in ("1", "true", "yes"):
-        b.reject(where, "deleted object", record=etree.tostring(obj).decode(), native_id=oid)
+        b.reject(
+            where,
+            "deleted object",
+            record=etree.tostring(obj).decode(),
+            native_id=oid,
+            record_kind=_ANN,
+        )
         return
     poly, segm = obj.find("polygon"), obj.find("segm")
     shape_type = xmlsafe.text(obj, "type")
@@ -296,11 +303,21 @@ def _object(b: BatchBuilder, file: _File, obj: etree._Element, n: int) -> None:
         for k, pt in enumerate(poly.findall("pt")):
             x, y = _float(xmlsafe.text(pt, "x")), _float(xmlsafe.text(pt, "y"))
             if not is_finite(x, y):
-                b.reject(f"{where}/polygon/pt[{k + 1}]", "x or y is not a number", native_id=oid)
+                b.reject(
+                    f"{where}/polygon/pt[{k + 1}]",
+                    "x or y is not a number",
+                    native_id=oid,
+                    record_kind=_ANN,
+                )
                 return
             coords += [x, y]
         if (len(coords) < 6 and shape_type != "bounding_box") or len(coords) < 4:
-            b.reject(f"{where}/polygon", f"{len(coords) // 2} point(s) are no shape", native_id=oid)
+            b.reject(
+                f"{where}/polygon",
+                f"{len(coords) // 2} point(s) are no shape",
+                native_id=oid,
+                record_kind=_ANN,
+            )
             return
         user = xmlsafe.text(poly, "username")
         if shape_type == "bounding_box":
@@ -316,7 +333,12 @@ def _object(b: BatchBuilder, file: _File, obj: etree._Element, n: int) -> None:
         name = xmlsafe.text(segm, "mask")
         member = _mask_member(file.source, file.member, file.folder, name) if name else None
         if member is None:
-            b.reject(f"{where}/segm/mask", f"mask file {name!r} not found", native_id=oid)
+            b.reject(
+                f"{where}/segm/mask",
+                f"mask file {name!r} not found",
+                native_id=oid,
+                record_kind=_ANN,
+            )
             return
         with file.source.open(member) as f:
             mask = lm.mask_from_png(f.read())
@@ -324,7 +346,7 @@ def _object(b: BatchBuilder, file: _File, obj: etree._Element, n: int) -> None:
             reason = (
                 mask if isinstance(mask, str) else f"mask {member} does not match the image size"
             )
-            b.reject(f"{where}/segm/mask", reason, native_id=oid)
+            b.reject(f"{where}/segm/mask", reason, native_id=oid, record_kind=_ANN)
             return
         counts = masks.encode(mask)
         x, y, bw, bh = masks.bbox(counts, h, w)
@@ -341,7 +363,7 @@ def _object(b: BatchBuilder, file: _File, obj: etree._Element, n: int) -> None:
                 c.tag: (c.text or "").strip() for c in scribbles if isinstance(c.tag, str)
             }
     else:
-        b.reject(where, "object has neither <polygon> nor <segm>", native_id=oid)
+        b.reject(where, "object has neither <polygon> nor <segm>", native_id=oid, record_kind=_ANN)
         return
     occluded = xmlsafe.text(obj, "occluded")
     date_text = xmlsafe.text(obj, "date")

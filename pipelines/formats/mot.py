@@ -69,6 +69,7 @@ MOT_CHALLENGE_LABELS = (
     "reflection",
 )
 _SEQ_KEY = "mot_sequence"
+_ANN = "annotations"
 
 
 # -- detection and planning ---------------------------------------------------
@@ -194,26 +195,28 @@ def _parse_rows(task: ReadTask, b: BatchBuilder, labels: list[str]) -> dict[int,
                     where,
                     f"{len(cols)} column(s); a MOT row needs at least 6 (frame, id, x, y, w, h)",
                     record=line,
-                    record_kind="annotations",
+                    record_kind=_ANN,
                 )
                 continue
             try:
                 values = [float(c) for c in cols[:9]]
             except ValueError:
-                b.reject(where, "a number column is not a number", record=line)
+                b.reject(where, "a number column is not a number", record=line, record_kind=_ANN)
                 continue
             if not all(math.isfinite(v) for v in values):
-                b.reject(where, "a coordinate is not finite", record=line)
+                b.reject(where, "a coordinate is not finite", record=line, record_kind=_ANN)
                 continue
             frame = values[0]
             if not frame.is_integer() or frame < 1:
-                b.reject(where, f"frame {cols[0]!r} is not a frame number (from 1)", record=line)
+                reason = f"frame {cols[0]!r} is not a frame number (from 1)"
+                b.reject(where, reason, record=line, record_kind=_ANN)
                 continue
             if len(values) > 7 and values[7] > len(labels) and values[7].is_integer():
                 b.reject(
                     where,
                     f"class id {int(values[7])} is not in labels.txt ({len(labels)} labels)",
                     record=line,
+                    record_kind=_ANN,
                 )
                 continue
             frames.setdefault(int(frame), []).append(_Row(n, values, cols[9:]))

@@ -58,6 +58,7 @@ MAX_INSTANCES = 1000
 IGNORE_CLASS = 10
 KITTI_LABELS = {1: "car", 2: "pedestrian"}
 _MAX_CLASS = 65  # 65 * 1000 + 535 is the largest 16-bit value
+_ANN = "annotations"
 
 
 # -- detection and planning ---------------------------------------------------
@@ -199,7 +200,7 @@ def _item(
                 if cls == 0
                 else f"class id {cls} is not in labels.txt ({len(labels)} labels)"
             )
-            b.reject(f"{png}, pixel value {value}", reason, record=value, native_id=value)
+            b.reject(f"{png}, pixel value {value}", reason, record=value, record_kind=_ANN)
             continue
         counts = masks.encode(arr == value)
         x, y, bw, bh = masks.bbox(counts, h, w)
