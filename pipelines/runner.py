@@ -159,6 +159,20 @@ def run_write_task(task: WriteTask, staging: Staging, out: Output) -> WriteResul
     return fmt.write(task, staging, out)
 
 
+def _adopt_environment(env: dict[str, str]) -> None:
+    """Workers see the caller's environment as it is now (credentials, endpoints).
+
+    A forkserver keeps the environment it started with; fsspec reads its
+    FSSPEC_* settings at import, so they are re-read here.
+    """
+    import fsspec.config
+
+    os.environ.clear()
+    os.environ.update(env)
+    fsspec.config.conf.clear()
+    fsspec.config.set_conf_env(fsspec.config.conf)
+
+
 class Executor:
     """Runs task functions: inline, on a local process pool, or on a Dask cluster."""
 
@@ -189,7 +203,12 @@ class Executor:
         if self._pool is None:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["pipelines.runner"])
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=ctx,
+                initializer=_adopt_environment,
+                initargs=(dict(os.environ),),
+            )
         futures = [self._pool.submit(fn, *args) for args in calls]
         for i, _ in enumerate(as_completed(futures)):
             if progress:
@@ -274,6 +293,10 @@ def convert(
             _read_all(tasks, staging_url, ex, report, strict, progress)
         if strict and report.failures:
             raise LabelflowError(report.failures[0])
+        if report.failures and not any(c["read"] for c in report.counts.values()):
+            # Nothing was read: keep whatever the destination held before.
+            output.abort()
+            return _finish(report, started)
         if target.staging_layout:
             for c in report.counts.values():
                 c["written"] = c["read"] - c["rejected"]
@@ -291,6 +314,10 @@ def convert(
         ex.close()
         if own_staging and not staging:
             shutil.rmtree(own_staging, ignore_errors=True)
+    return _finish(report, started)
+
+
+def _finish(report: Report, started: float) -> Report:
     report.seconds = time.perf_counter() - started
     return report
 

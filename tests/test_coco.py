@@ -196,3 +196,14 @@ def test_rerun_replaces_output(tmp_path: Path) -> None:
         assert convert([str(src)], "parquet", str(out), workers=1).ok
     assert pq.read_table(out / "annotations").num_rows == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_run_where_every_source_fails_keeps_previous_output(tmp_path: Path) -> None:
+    good, bad = tmp_path / "instances_a.json", tmp_path / "instances_b.json"
+    good.write_text(json.dumps(_doc()))
+    bad.write_text(json.dumps(_doc())[:-40])
+    out = tmp_path / "out"
+    assert convert([str(good)], "parquet", str(out), workers=1).ok
+    report = convert([str(bad)], "parquet", str(out), workers=1)
+    assert not report.ok
+    assert pq.read_table(out / "annotations").num_rows == 1
