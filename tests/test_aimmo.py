@@ -5,6 +5,7 @@ AIMMO → Parquet → AIMMO compared document by document."""
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,21 @@ def test_detects_folder_and_single_document(tmp_path: Path) -> None:
     listing = tmp_path / "list.json"
     listing.write_text("[]")
     assert formats.get("aimmo").detect(Source(str(listing))) is None
+
+
+def test_reads_a_zip_and_groups_documents_into_tasks(tmp_path: Path) -> None:
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(EXPORT.glob("*.json")):
+            zf.write(path, f"batch_5/{path.name}")
+    tables = _read(archive)
+    assert len(tables["items"]) == 16 and len(tables["annotations"]) == 18
+    assert _ann(tables, "batch_5/obbox_v2/0")["angle_deg"] == 228.5
+    fmt = formats.get("aimmo")
+    tasks = fmt.plan_read(Source(str(EXPORT)), ReadOptions(workers=2))
+    members = [m for t in tasks for m in t.context["members"]]
+    assert len(tasks) == 8 and sorted(members) == sorted(p.name for p in EXPORT.glob("*.json"))
+    assert len(fmt.plan_read(Source(str(EXPORT)), ReadOptions(workers=1))) == 1
 
 
 # -- GT fields ---------------------------------------------------------------

@@ -102,7 +102,7 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         if size <= SPLIT_BYTES:
             tasks.append(ReadTask(NAME, source, member=member, options=options))
             continue
-        count = max(2, min(options.workers * 4, math.ceil(size / RANGE_BYTES)))
+        count = max(2, min(options.workers * 4, size // RANGE_BYTES))
         step = math.ceil(size / count)
         tasks.extend(
             ReadTask(NAME, source, member=member, start=s, end=min(s + step, size), options=options)
