@@ -354,3 +354,19 @@ def test_colliding_stems_get_distinct_files(tmp_path: Path) -> None:
     assert report.ok and report.counts["items"]["written"] == 2
     written = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
     assert len(written) == 2 and all(n.startswith("a_") for n in written)
+
+
+def test_size_from_embedded_image_data(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (7, 3)).save(buf, format="PNG")
+    doc = {
+        "shapes": [],
+        "imagePath": "x.png",
+        "imageData": base64.b64encode(buf.getvalue()).decode(),
+    }
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "x.json").write_text(json.dumps(doc))
+    t = _read(tmp_path / "ds", tmp_path / "out")
+    (item,) = t["items"]
+    assert (item["width"], item["height"]) == (7, 3)
+    assert "imageData" not in (item["metadata"] or "")  # the image itself is not kept

@@ -30,6 +30,7 @@ from typing import Any
 import ijson
 import numpy as np
 import orjson
+from PIL import Image, UnidentifiedImageError
 
 from pipelines import masks
 from pipelines.builder import BatchBuilder, is_finite, to_json
@@ -114,7 +115,7 @@ def detect(source: Source) -> Detection | None:
     files = json_files(source)
     scores = [_is_labelme_json(source.head(f)) for f in files[:3]]
     if scores and max(scores):
-        return Detection(max(scores), f"{len(files)} LabelMe JSON files (shapes, imagePath)")
+        return Detection(max(scores), f"LabelMe JSON ({len(files)} file(s): shapes, imagePath)")
     return None
 
 
@@ -181,6 +182,8 @@ def read_file(source: Source, member: str, b: BatchBuilder) -> None:
     width, height = (_size(doc.get(k)) for k in ("imageWidth", "imageHeight"))
     if not (width and height) and image:
         width, height = image_size(source, image) or (width, height)
+    if not (width and height) and isinstance(doc.get("imageData"), str):
+        width, height = _embedded_size(doc["imageData"]) or (width, height)
     metadata = {k: v for k, v in doc.items() if k not in _KNOWN_TOP}
     if doc.get("version") is not None:
         metadata["version"] = doc["version"]
@@ -204,6 +207,15 @@ def read_file(source: Source, member: str, b: BatchBuilder) -> None:
     for n, shape in enumerate(doc["shapes"]):
         b.read_counts["annotations"] += 1
         _shape(b, f"{name}: $.shapes[{n}]", f"{item_id}/{n}", item_id, shape, (width, height))
+
+
+def _embedded_size(data: str) -> tuple[int, int] | None:
+    """(width, height) from the header of the base64 image a file embeds."""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data[: 1 << 17]))) as img:
+            return img.size
+    except (binascii.Error, ValueError, OSError, UnidentifiedImageError):
+        return None
 
 
 def _size(value: Any) -> int | None:

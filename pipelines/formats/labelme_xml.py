@@ -72,7 +72,7 @@ def detect(source: Source) -> Detection | None:
     files = xml_files(source)
     hits = sum(1 for f in files[:5] if _is_labelme_xml(source.head(f)))
     if hits:
-        return Detection(0.85, f"{len(files)} LabelMe 3.0 XML files")
+        return Detection(0.85, f"LabelMe 3.0 XML ({len(files)} file(s))")
     return None
 
 
