@@ -23,6 +23,7 @@ from typing import Any
 
 import fsspec
 
+from pipelines import masks
 from pipelines.formats.base import ReadOptions, WriteOptions, WriteResult, WriteTask
 from pipelines.images import IMAGE_SUFFIXES, image_size
 from pipelines.staging import ItemGroup, Staging
@@ -129,7 +130,7 @@ def item_groups(
         sql = "SELECT * EXCLUDE (filename, file_row_number) FROM items"
         if task.shards > 1:
             sql += f" WHERE hash(item_id) % {int(task.shards)} = {int(task.shard)}"
-        rel = staging.con.sql(sql + " ORDER BY filename, file_row_number")
+        rel = staging.con.cursor().sql(sql + " ORDER BY filename, file_row_number")
         for row in rel.to_arrow_table().to_pylist():
             yield ItemGroup(item=row)
         return
@@ -208,6 +209,8 @@ class MediaCopier:
                 shutil.copyfileobj(src, dst, 1 << 20)
         except (OSError, ValueError):
             result.lose("images not copied: not found")
+            return
+        result.files.append(rel)
 
     def _open(self, uri: str):
         archive, sep, member = uri.partition("!")
@@ -216,6 +219,20 @@ class MediaCopier:
                 self._archives[archive] = Source(archive)
             return self._archives[archive].open(member)
         return fsspec.open(uri, "rb").open()
+
+
+def pixel_box(ann: dict[str, Any], pts: list[dict[str, Any]]) -> tuple[float, ...] | None:
+    """(x, y, w, h) in pixels: the stated box, else the points' extent, else the mask's."""
+    if ann.get("bbox_x") is not None and ann.get("bbox_w") is not None:
+        return ann["bbox_x"], ann["bbox_y"], ann["bbox_w"], ann["bbox_h"]
+    if pts:
+        xs = [p["x"] for p in pts if (p.get("visibility") is None or p["visibility"] > 0)]
+        ys = [p["y"] for p in pts if (p.get("visibility") is None or p["visibility"] > 0)]
+        if xs:
+            return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
+    if ann.get("mask") and ann.get("mask_h") and ann.get("mask_w"):
+        return tuple(masks.bbox(ann["mask"], ann["mask_h"], ann["mask_w"]))
+    return None
 
 
 def class_names(staging: Staging, sources: tuple[str, ...], key: str) -> list[str]:

@@ -305,7 +305,8 @@ class _Document:
         if a.get("label") is None:
             result.lose("unlabelled annotations skipped")
             return False
-        if a.get("bbox_x") is None or a.get("bbox_w") is None:
+        box = per_image.pixel_box(a, self.group.points.get(a["ann_id"], []))
+        if box is None:
             result.lose("annotations without geometry skipped")
             return False
         if kind == "rotated_bbox" and a.get("angle_deg"):
@@ -325,7 +326,7 @@ class _Document:
         _sub(obj, "difficult", bool(voc.get("difficult", False)))
         if a.get("occluded") is not None:
             _sub(obj, "occluded", bool(a["occluded"]))
-        _bndbox(obj, a["bbox_x"], a["bbox_y"], a["bbox_w"], a["bbox_h"])
+        _bndbox(obj, *box)
         for p in parts:
             if p.get("bbox_x") is None:
                 continue

@@ -13,7 +13,8 @@ label cannot be turned back into pixels).
 
 Class ids are positions in the class list, computed once for all partitions
 (`_per_image.class_names`). Coordinates need the item's size: an item
-without one but with annotations is skipped and counted.
+without one is skipped and counted (an empty label file would claim the
+image holds no objects).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import Any
 
 import yaml
 
-from pipelines import masks
 from pipelines.builder import parse_attribute
 from pipelines.errors import LabelflowError
 from pipelines.formats import _per_image as per_image
@@ -130,14 +130,13 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
     per_subset: dict[str, list[str]] = {}
     collisions = per_image.colliding_stems(staging, per_subset=True)
     rows = staging.con.execute(
-        "SELECT i.item_id, i.file_name, i.native_id, i.subset, i.media_uri, i.width, i.height, "
-        "EXISTS (SELECT 1 FROM annotations a WHERE a.item_id = i.item_id) "
-        "FROM items i ORDER BY i.filename, i.file_row_number"
+        "SELECT item_id, file_name, native_id, subset, media_uri, width, height "
+        "FROM items ORDER BY filename, file_row_number"
     ).fetchall()
-    for item_id, file_name, native_id, subset, media_uri, width, height, annotated in rows:
+    for item_id, file_name, native_id, subset, media_uri, width, height in rows:
         item = {"item_id": item_id, "file_name": file_name, "native_id": native_id}
         item |= {"subset": subset, "media_uri": media_uri, "width": width, "height": height}
-        if annotated and not _has_size(item):
+        if not _has_size(item):
             continue
         stem = per_image.output_stem(item, collisions, per_subset=True)
         _, image_dir = _dirs(layout, subset)
@@ -174,8 +173,10 @@ def _pose_settings(staging: Staging, ex: dict[str, Any]) -> dict[str, Any]:
         v = parse_attribute(value, vtype)
         if key == "flip_idx" and isinstance(v, list) and len(v) == n:
             doc.setdefault("flip_idx", v)
-        elif key == "kpt_names":
-            doc.setdefault("kpt_names", v)
+        elif key == "kpt_names" and isinstance(v, dict):
+            doc.setdefault(
+                "kpt_names", {int(k) if str(k).isdigit() else k: n for k, n in v.items()}
+            )
     if "kpt_names" not in doc:
         rows = staging.con.execute(
             "SELECT a.label, p.idx, any_value(p.name) FROM points p JOIN annotations a "
@@ -213,9 +214,10 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     for group in per_image.item_groups(staging, task, with_attributes=False):
         item = group.item
-        if group.annotations and not _has_size(item):
+        if not _has_size(item):
             result.lose("items without a size skipped")
-            result.lose("annotations of items without a size", len(group.annotations))
+            if group.annotations:
+                result.lose("annotations of items without a size", len(group.annotations))
             continue
         stem = per_image.output_stem(item, collisions, per_subset=True)
         label_dir, image_dir = _dirs(layout, item.get("subset"))
@@ -268,7 +270,7 @@ class _Lines:
         if self.task == "pose" and kind != "keypoints":
             result.lose(f"{_PLURAL[kind]} not written: a pose dataset holds keypoints only")
             return []
-        box = _box(ann, pts)
+        box = per_image.pixel_box(ann, pts)
         if box is None:
             result.lose("annotations without geometry skipped")
             return []
@@ -312,20 +314,6 @@ class _Lines:
             vis = p.get("visibility")
             out.append(f"{_n(p['x'] / w)} {_n(p['y'] / h)} {2 if vis is None else int(vis)}")
         return " ".join(out)
-
-
-def _box(ann: dict[str, Any], pts: list[dict[str, Any]]) -> tuple[float, ...] | None:
-    """(x, y, w, h) in pixels: the stated box, else the points' extent, else the mask's."""
-    if ann.get("bbox_x") is not None and ann.get("bbox_w") is not None:
-        return ann["bbox_x"], ann["bbox_y"], ann["bbox_w"], ann["bbox_h"]
-    if pts:
-        xs = [p["x"] for p in pts if (p.get("visibility") is None or p["visibility"] > 0)]
-        ys = [p["y"] for p in pts if (p.get("visibility") is None or p["visibility"] > 0)]
-        if xs:
-            return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
-    if ann.get("mask") and ann.get("mask_h") and ann.get("mask_w"):
-        return tuple(masks.bbox(ann["mask"], ann["mask_h"], ann["mask_w"]))
-    return None
 
 
 def _n(v: float) -> str:
