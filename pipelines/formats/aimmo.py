@@ -187,8 +187,9 @@ def _map_document(b: BatchBuilder, doc: dict, item_id: str, where: str) -> None:
     if isinstance(filename, str):
         media_uri = f"{parent.rstrip('/')}/{filename}" if isinstance(parent, str) else filename
     extra = {k: v for k, v in doc.items() if k not in _ITEM_COLUMNS and k not in _ITEM_ATTRS}
-    if "annotations" in doc and not isinstance(doc["annotations"], list):
-        extra["annotations"] = doc["annotations"]
+    for key, kind in (("annotations", list), ("attributes", dict)):
+        if key in doc and not isinstance(doc[key], kind):
+            extra[key] = doc[key]  # malformed but kept: nothing is dropped silently
     b.item(
         item_id=item_id,
         native_id=_text(doc.get("file_id")),
