@@ -83,8 +83,11 @@ class Staging:
                     .append_column("filename", pa.array([], pa.string()))
                     .append_column("file_row_number", pa.array([], pa.int64()))
                 )
-                con.register(f"_{name}_empty", empty)
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+                # A real (empty) table: registered Arrow objects are invisible to the
+                # cursors that iter_items opens.
+                con.register("_arrow_empty", empty)
+                con.execute(f"CREATE TABLE {name} AS SELECT * FROM _arrow_empty")
+                con.unregister("_arrow_empty")
         return con
 
     def table(self, name: str, where: str = "", params: Sequence[Any] = ()) -> pa.Table:

@@ -141,3 +141,17 @@ def test_roundtrip(case_path: Path, tmp_path: Path) -> None:
     before = _annotations_by_file(first, columns, with_points)
     after = _annotations_by_file(second, columns, with_points)
     assert after == before
+
+
+def test_staging_with_empty_tables_iterates_items(tmp_path: Path) -> None:
+    from pipelines.builder import BatchBuilder
+    from pipelines.formats.parquet import PartWriter
+    from pipelines.staging import Staging
+
+    b = BatchBuilder("ds", "coco", "x.json")
+    b.item(item_id="i1", native_id="1", file_name="a.jpg", width=4, height=3)
+    writer = PartWriter(str(tmp_path), "ds", "00000")
+    writer.add(b.flush())
+    writer.close()
+    groups = list(Staging(str(tmp_path)).iter_items())
+    assert [(g.item["item_id"], g.annotations, g.points) for g in groups] == [("i1", [], {})]
