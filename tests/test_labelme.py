@@ -326,7 +326,8 @@ def test_xml_writer_from_json_counts_what_it_cannot_hold(tmp_path: Path) -> None
     assert sorted(anns) == ["car", "dog", "plate", "puddle", "wheel"]
     assert anns["plate"]["kind"] == "bbox"
     assert anns["car"]["group_id"] == anns["plate"]["group_id"] is not None
-    assert (tmp_path / "out" / "Masks" / "train").is_dir()
+    assert (tmp_path / "out" / "train" / "Masks" / "street_mask_7.png").is_file()
+    assert (tmp_path / "out" / "train" / "street.xml").is_file()
 
 
 def test_labelme_format_reads_xml_too_and_from_a_zip(peer: Path, tmp_path: Path) -> None:

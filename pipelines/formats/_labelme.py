@@ -106,7 +106,7 @@ def image_member(source: Source, candidates: list[str]) -> str | None:
 
 def plan_write(name: str, staging: Staging, options: WriteOptions) -> list[WriteTask]:
     """One task per subset and shard: every item is its own file, so shards never collide."""
-    shards = max(1, options.workers)
+    shards = per_image.shard_count(staging, options)
     return [
         WriteTask(name, subset=subset, shard=shard, shards=shards, options=options)
         for subset in staging.subsets()

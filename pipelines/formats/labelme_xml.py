@@ -166,7 +166,8 @@ def _roots(parts: dict[str, tuple[list[str], list[str]]]) -> dict[str, str]:
 
 
 def _mask_member(source: Source, member: str, folder: str | None, name: str) -> str | None:
-    """The mask PNG: Masks/<folder>/ beside Annotations/ (MIT layout), or Masks/ beside the XML."""
+    """The mask PNG: Masks/<folder>/ beside Annotations/ (MIT layout), <subset>/Masks/ (CVAT),
+    or Masks/ beside the XML."""
     xml_dir = posixpath.dirname(member)
     parts = member.split("/")
     candidates = []
@@ -175,6 +176,8 @@ def _mask_member(source: Source, member: str, folder: str | None, name: str) -> 
         masks_dir = "/".join([*parts[:at], "Masks"])
         inner = "/".join(parts[at + 1 : -1])
         candidates += [posixpath.join(masks_dir, sub, name) for sub in (folder or "", inner, "")]
+    elif len(parts) > 1:  # CVAT's layout: <subset>/Masks/<mask> for every XML of the subset
+        candidates.append(posixpath.join(parts[0], "Masks", name))
     candidates += [posixpath.join(xml_dir, "Masks", name), posixpath.join(xml_dir, name)]
     return lm.image_member(source, [posixpath.normpath(c) for c in candidates])
 
@@ -419,9 +422,9 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         shards=task.shards,
     ):
         stem = names.stem(group.item)
-        folder = "/".join(p for p in (task.subset, posixpath.dirname(stem)) if p)
-        root = _document(group, folder, posixpath.basename(stem), out, result)
-        rel = posixpath.join(lm.ANNOTATIONS_DIR, folder, posixpath.basename(stem) + ".xml")
+        folder, name = posixpath.split(stem)
+        root = _document(group, task.subset, folder, name, out, result)
+        rel = "/".join(p for p in (task.subset, stem + ".xml") if p)
         with out.open(rel) as f:
             f.write(etree.tostring(root, encoding="utf-8", pretty_print=True))
         result.files.append(rel)
@@ -437,9 +440,16 @@ def _sub(parent: etree._Element, tag: str, text: Any = None) -> etree._Element:
 
 
 def _document(
-    group: ItemGroup, folder: str, name: str, out: Output, result: WriteResult
+    group: ItemGroup,
+    subset: str | None,
+    folder: str,
+    name: str,
+    out: Output,
+    result: WriteResult,
 ) -> etree._Element:
+    """One item's <annotation>; its mask PNGs go to `<subset>/Masks/<folder>/`."""
     item = group.item
+    masks_dir = "/".join(p for p in (subset, "Masks") if p)
     root = etree.Element("annotation")
     _sub(root, "filename", posixpath.basename(item.get("file_name") or "") or name)
     _sub(root, "folder", folder)
@@ -453,7 +463,8 @@ def _document(
     ids = _object_ids(group)
     parts = _parts(group, ids)
     for ann in group.annotations:
-        shape = _shape(ann, group, folder, f"{name}_mask_{ids[ann['ann_id']]}.png", out, result)
+        mask = posixpath.join(folder, f"{name}_mask_{ids[ann['ann_id']]}.png")
+        shape = _shape(ann, group, masks_dir, mask, out, result)
         if shape is None:
             continue
         obj = _sub(root, "object")
@@ -549,7 +560,7 @@ def _escape(text: str) -> str:
 def _shape(
     ann: dict[str, Any],
     group: ItemGroup,
-    folder: str,
+    masks_dir: str,
     mask_name: str,
     out: Output,
     result: WriteResult,
@@ -572,7 +583,7 @@ def _shape(
         return _polygon(lm.ellipse_polygon(ann))
     if kind == "mask" and ann.get("mask"):
         mask = masks.decode(ann["mask"], ann["mask_h"], ann["mask_w"]).astype(bool)
-        rel = posixpath.join("Masks", folder, mask_name)
+        rel = posixpath.join(masks_dir, mask_name)
         with out.open(rel) as f:
             f.write(lm.png_bytes(mask))
         result.files.append(rel)
