@@ -5,7 +5,6 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -345,20 +344,7 @@ def _shapes(out: Path) -> list[tuple]:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        "inline",
-        pytest.param(
-            "concretenet",
-            marks=pytest.mark.xfail(
-                raises=duckdb.CatalogException,
-                reason="Staging.iter_items cannot read an empty points table from its cursors; "
-                "the COCO writer asks for points and this export has none",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("source", ["inline", "concretenet"])
 def test_cvat_to_coco_to_parquet_keeps_boxes_and_polygons(tmp_path: Path, source: str) -> None:
     if source == "inline":
         src = tmp_path / "annotations.xml"

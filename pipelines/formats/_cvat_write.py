@@ -23,7 +23,6 @@ from lxml import etree
 from pipelines import masks
 from pipelines.builder import parse_attribute
 from pipelines.formats._cvat_read import ATTR_SOURCE, CUBOID_CORNERS, LIST_TAGS, XML_SOURCE
-from pipelines.formats._staged import item_groups
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.skeleton import flags, point_owner
 from pipelines.staging import ItemGroup, Staging
@@ -324,7 +323,7 @@ def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
         "AND subset IS NOT DISTINCT FROM ? ORDER BY filename, file_row_number",
         [task.subset],
     ).fetchall()
-    groups = item_groups(staging, task.subset, point_columns=POINT_COLUMNS)
+    groups = staging.iter_items(subset=task.subset, all_subsets=False, point_columns=POINT_COLUMNS)
     with out.open(name, "wb") as f, etree.xmlfile(f, encoding="utf-8") as xf:
         xf.write_declaration()
         with xf.element("annotations"):

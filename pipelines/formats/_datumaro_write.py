@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 
 from pipelines.builder import parse_attribute
-from pipelines.formats._staged import item_groups
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.skeleton import point_owner
 from pipelines.staging import ItemGroup, Staging
@@ -359,7 +358,9 @@ def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
     with out.open(name, "wb") as f:
         f.write(orjson.dumps(head)[:-1] + b',"items":[')
         sep = b"\n"
-        for g in item_groups(staging, task.subset, point_columns=POINT_COLUMNS):
+        for g in staging.iter_items(
+            subset=task.subset, all_subsets=False, point_columns=POINT_COLUMNS
+        ):
             f.write(sep + orjson.dumps(items.item(g)))
             sep = b",\n"
             result.items += 1

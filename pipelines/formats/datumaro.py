@@ -140,14 +140,6 @@ def _build(first: tuple[str, Any], events: Iterator) -> Any:
     return builder.value
 
 
-def _categories_only(task: ReadTask) -> dict:
-    """The categories of a file whose items come first: a second, early-stopping pass."""
-    with task.source.open(task.member) as f:
-        for cats in ijson.items(f, "categories", use_float=True):
-            return cats if isinstance(cats, dict) else {}
-    return {}
-
-
 class _Reader:
     def __init__(self, task: ReadTask) -> None:
         self.task = task
@@ -158,42 +150,65 @@ class _Reader:
         self.point_names: dict[int, list] = {}
         self.child_names: dict[int, list[str]] = {}
         self.ids: set[str] = set()
-        self.where = "$"
         root = posixpath.dirname(posixpath.dirname(task.member)) if task.member else ""
         self.images = posixpath.join(root, "images") + "/" if root else "images/"
         self.files = frozenset(task.source.files) if task.source.is_dir else frozenset()
 
     def batches(self) -> Iterator[Batch]:
         uri = self.task.uri
+        head, items_kind = self._head()
+        self._categories(head.pop("categories", None) or {})
+        for key, value in head.items():
+            if value not in ({}, None):
+                self.b.attribute(self.owner, None, key, value, owner_kind="dataset", source=SOURCE)
+        if items_kind not in ("start_array", None):
+            self.b.reject("$.items", "items is not an array", record_kind="items")
+        elif items_kind is not None:
+            i = -1
+            with self.task.source.open(self.task.member) as f:
+                try:
+                    # The items are built by ijson's C backend, one at a time.
+                    for i, item in enumerate(ijson.items(f, "items.item", use_float=True)):
+                        self._item(i, item)
+                        if self.b.full():
+                            yield self.b.flush()
+                except ijson.JSONError as exc:
+                    raise ParseError(uri, f"$.items[{i + 1}]", f"malformed JSON: {exc}") from exc
+        yield self.b.flush()
+
+    def _head(self) -> tuple[dict[str, Any], str | None]:
+        """Every top-level value but the items, and the event that opens the items.
+
+        Reading stops at the items when the categories came before them (the
+        usual layout); otherwise it skips over the items to find them.
+        """
+        uri, where = self.task.uri, "$"
+        head: dict[str, Any] = {}
+        items_kind = None
         with self.task.source.open(self.task.member) as f:
             events = ijson.parse(f, use_float=True)
             try:
-                yield from self._document(events)
+                first = next(events, None)
+                if first is None or first[1] != "start_map":
+                    raise ParseError(uri, "$", "not a JSON object: not a Datumaro file")
+                for prefix, event, key in events:
+                    if prefix != "" or event != "map_key":
+                        continue
+                    where = f"$.{key}"
+                    _, event, value = next(events)
+                    if key != "items":
+                        head[key] = _build((event, value), events)
+                        continue
+                    items_kind = event
+                    if "categories" in head:
+                        break
+                    if event in ("start_map", "start_array"):
+                        for p, e, _ in events:
+                            if p == "items" and e in ("end_map", "end_array"):
+                                break
             except ijson.JSONError as exc:
-                raise ParseError(uri, self.where, f"malformed JSON: {exc}") from exc
-        yield self.b.flush()
-
-    def _document(self, events: Iterator) -> Iterator[Batch]:
-        first = next(events, None)
-        if first is None or first[1] != "start_map":
-            raise ParseError(self.task.uri, "$", "not a JSON object: not a Datumaro file")
-        for prefix, event, value in events:
-            if prefix != "" or event != "map_key":
-                continue
-            key = value
-            self.where = f"$.{key}"
-            if key == "items":
-                if self.labels is None:
-                    self._categories(_categories_only(self.task))
-                yield from self._items(events)
-                continue
-            _, event, value = next(events)
-            obj = _build((event, value), events)
-            if key == "categories":
-                if self.labels is None:
-                    self._categories(obj if isinstance(obj, dict) else {})
-            elif obj not in ({}, None):
-                self.b.attribute(self.owner, None, key, obj, owner_kind="dataset", source=SOURCE)
+                raise ParseError(uri, where, f"malformed JSON: {exc}") from exc
+        return head, items_kind
 
     def _categories(self, cats: dict) -> None:
         b = self.b
@@ -253,20 +268,6 @@ class _Reader:
         return self.labels[label_id] if 0 <= label_id < len(self.labels) else None
 
     # -- items --------------------------------------------------------------------
-
-    def _items(self, events: Iterator) -> Iterator[Batch]:
-        _, event, value = next(events)
-        if event != "start_array":
-            obj = _build((event, value), events)
-            self.b.reject("$.items", "items is not an array", record=obj, record_kind="items")
-            return
-        for i, (_, event, value) in enumerate(events):
-            if event == "end_array":
-                return
-            self.where = f"$.items[{i}]"
-            self._item(i, _build((event, value), events))
-            if self.b.full():
-                yield self.b.flush()
 
     def _unique(self, candidate: str) -> str:
         item_id, n = candidate, 1
@@ -349,7 +350,7 @@ class _Reader:
         if named:
             b.named_points(ann_id, item_id, named)
         attrs = ann.get("attributes")
-        if isinstance(attrs, dict):
+        if attrs and isinstance(attrs, dict):
             b.attributes(ann_id, item_id, _without_columns(attrs, row), source=SOURCE)
         extra = {k: v for k, v in ann.items() if k not in _ANN_KNOWN}
         if attrs is not None and not isinstance(attrs, dict):
@@ -361,30 +362,35 @@ class _Reader:
                 point_owner(ann_id, idx), item_id, values, owner_kind=POINT_OWNER, source=SOURCE
             )
 
+    @staticmethod
+    def _attribute_columns(attrs: dict, row: dict) -> None:
+        for key in _BOOL_COLUMNS:
+            if isinstance(attrs.get(key), bool):
+                row[key] = attrs[key]
+        track = attrs.get("track_id")
+        if isinstance(track, (int, str)) and not isinstance(track, bool):
+            row["track_id"] = str(track)
+        if is_finite(attrs.get("score")):
+            row["confidence"] = float(attrs["score"])
+
     def _shape(self, ann: dict, item_id: str, ann_id: str) -> tuple:
         kind = ann.get("type")
         label_id = ann.get("label_id")
         attrs = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
         group, z = ann.get("group"), ann.get("z_order")
-        row: dict[str, Any] = {
-            "ann_id": ann_id,
-            "item_id": item_id,
-            "native_id": None if ann.get("id") is None else str(ann["id"]),
-            "label": self._label(label_id),
-            "label_id": None if label_id is None else str(label_id),
-            "units": "px",
-            "group_id": str(group) if group not in (None, 0, "") else None,
-            "z_order": z if isinstance(z, int) and not isinstance(z, bool) else None,
-        }
-        for key in _BOOL_COLUMNS:
-            if isinstance(attrs.get(key), bool):
-                row[key] = attrs[key]
-        if isinstance(attrs.get("track_id"), (int, str)) and not isinstance(
-            attrs["track_id"], bool
-        ):
-            row["track_id"] = str(attrs["track_id"])
-        if is_finite(attrs.get("score")):
-            row["confidence"] = float(attrs["score"])
+        # Only the columns the annotation states: fewer keys make rows cheaper to build.
+        row: dict[str, Any] = {"ann_id": ann_id, "item_id": item_id, "units": "px"}
+        if ann.get("id") is not None:
+            row["native_id"] = str(ann["id"])
+        if label_id is not None:
+            row["label_id"] = str(label_id)
+            row["label"] = self._label(label_id)
+        if group not in (None, 0, ""):
+            row["group_id"] = str(group)
+        if isinstance(z, int) and not isinstance(z, bool):
+            row["z_order"] = z
+        if attrs:
+            self._attribute_columns(attrs, row)
         named = flat = None
         point_attrs: list[tuple[int, dict]] = []
         if kind in ("bbox", "ellipse"):
