@@ -23,7 +23,7 @@ from pipelines.formats import labelme
 from pipelines.formats.labelme_xml import format_attributes, parse_attributes
 from pipelines.runner import convert
 from pipelines.storage import Source
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, PEER
 
 JSON = FIXTURES / "labelme" / "json"
 BAD = FIXTURES / "labelme" / "bad"
@@ -60,9 +60,9 @@ def _attrs(t: dict, owner: str) -> dict:
     }
 
 
-@pytest.fixture
-def xml_tables(peer: Path, tmp_path: Path) -> dict:
-    return _read(peer / "labelme" / "labelme_dataset", tmp_path / "xml")
+@pytest.fixture(scope="module")
+def xml_tables(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _read(PEER / "labelme" / "labelme_dataset", tmp_path_factory.mktemp("xml") / "t")
 
 
 # -- LabelMe 3.0 XML ------------------------------------------------------------
@@ -167,9 +167,9 @@ def test_xml_rejects_deleted_and_broken_objects(tmp_path: Path) -> None:
 # -- LabelMe JSON -----------------------------------------------------------------
 
 
-@pytest.fixture
-def json_tables(tmp_path: Path) -> dict:
-    return _read(JSON, tmp_path / "json")
+@pytest.fixture(scope="module")
+def json_tables(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return _read(JSON, tmp_path_factory.mktemp("json") / "t")
 
 
 def test_json_items(json_tables: dict) -> None:
