@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -126,10 +127,18 @@ def test_detection_keeps_to_voc() -> None:
     assert single is not None and single.confidence == 0.6
 
 
-def test_single_xml_file(tmp_path: Path) -> None:
+def test_single_xml_file_and_flat_folder(tmp_path: Path) -> None:
     t = read_tables(VOC1 / "Annotations" / "2007_000001.xml", "voc")
     assert [i["item_id"] for i in t["items"]] == ["2007_000001"]
     assert len([a for a in t["annotations"] if a["kind"] == "bbox"]) == 3
+    for name in ("Annotations/2007_000001.xml", "JPEGImages/2007_000001.jpg"):
+        shutil.copy(VOC1 / name, tmp_path)
+    assert formats.detect(Source(str(tmp_path)))[0][0] == "voc"
+    flat = read_tables(tmp_path, "voc")
+    assert [(i["item_id"], i["media_uri"]) for i in flat["items"]] == [
+        ("2007_000001", f"{tmp_path}/2007_000001.jpg")
+    ]
+    assert len(flat["annotations"]) == 3
 
 
 def test_zip_is_read_in_place(tmp_path: Path) -> None:
@@ -201,7 +210,7 @@ def test_writer_counts_what_it_loses(tmp_path: Path) -> None:
     report = convert([root], "voc", str(out), source_format="parquet", workers=1)
     assert report.lossy == {
         "rotated boxes lost their angle": 1,
-        "polygon annotations written as boxes": 1,
+        "polygons written as boxes": 1,
         "outside shapes skipped": 1,
         "caption annotations not written: VOC has no place for them": 1,
     }

@@ -252,8 +252,8 @@ def test_ultralytics_layout_by_option_and_task(tmp_path: Path) -> None:
         "0 0.500000 0.500000 0.500000 0.500000 0.250000 0.250000 2 0.750000 0.750000 2\n"
     )
     data = (out2 / "data.yaml").read_text()
-    assert "kpt_shape:\n- 2\n- 3\n" in data and "flip_idx:\n- 1\n- 0\n" in data
-    assert "kpt_names:\n  0:\n  - nose\n  - tail\n" in data
+    assert "kpt_shape: [2, 3]\n" in data and "flip_idx: [1, 0]\n" in data
+    assert "kpt_names:\n  0: [nose, tail]\n" in data
 
 
 def test_oriented_box_corners_written_back(tmp_path: Path) -> None:

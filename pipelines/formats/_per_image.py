@@ -221,6 +221,50 @@ class MediaCopier:
         return fsspec.open(uri, "rb").open()
 
 
+BOXABLE = frozenset(
+    {"bbox", "rotated_bbox", "polygon", "polyline", "point", "points", "keypoints", "mask",
+     "ellipse", "cuboid_2d"}
+)  # fmt: skip
+"""Kinds that have a box: their own, or the extent of their vertices or mask."""
+PLURAL = {
+    "bbox": "boxes",
+    "rotated_bbox": "rotated boxes",
+    "polygon": "polygons",
+    "polyline": "polylines",
+    "point": "points",
+    "points": "point sets",
+    "keypoints": "keypoint sets",
+    "mask": "masks",
+    "ellipse": "ellipses",
+    "cuboid_2d": "2D cuboids",
+}
+
+
+def writable(ann: dict[str, Any], result: WriteResult, target: str) -> bool:
+    """The gate of box-based writers: outside shapes, kinds with no box and unlabelled
+    annotations are skipped, each counted under its own lossiness line."""
+    if ann.get("outside"):
+        result.lose("outside shapes skipped")
+        return False
+    if ann["kind"] not in BOXABLE:
+        result.lose(f"{ann['kind']} annotations not written: {target} has no place for them")
+        return False
+    if ann.get("label") is None:
+        result.lose("unlabelled annotations skipped")
+        return False
+    return True
+
+
+def count_box_loss(ann: dict[str, Any], result: WriteResult) -> None:
+    """Count what writing `ann` as an axis-aligned box loses (nothing for a box)."""
+    kind = ann["kind"]
+    if kind == "rotated_bbox":
+        if ann.get("angle_deg"):
+            result.lose("rotated boxes lost their angle")
+    elif kind != "bbox":
+        result.lose(f"{PLURAL.get(kind, kind)} written as boxes")
+
+
 def pixel_box(ann: dict[str, Any], pts: list[dict[str, Any]]) -> tuple[float, ...] | None:
     """(x, y, w, h) in pixels: the stated box, else the points' extent, else the mask's."""
     if ann.get("bbox_x") is not None and ann.get("bbox_w") is not None:

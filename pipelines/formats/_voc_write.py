@@ -30,10 +30,6 @@ from pipelines.storage import Output
 
 NAME = "voc"
 DEFAULT_SUBSET = "default"
-_BOXABLE = frozenset(
-    {"bbox", "rotated_bbox", "polygon", "polyline", "point", "points", "keypoints", "ellipse",
-     "cuboid_2d"}
-)  # fmt: skip
 _STANDARD = ("pose", "truncated", "difficult")
 
 
@@ -295,24 +291,14 @@ class _Document:
             self.result.annotations += 1
 
     def _object(self, root: etree._Element, a: dict, parts: list[dict]) -> bool:
-        kind, result = a["kind"], self.result
-        if a.get("outside"):
-            result.lose("outside shapes skipped")
-            return False
-        if kind not in _BOXABLE:
-            result.lose(f"{kind} annotations not written: VOC has no place for them")
-            return False
-        if a.get("label") is None:
-            result.lose("unlabelled annotations skipped")
+        result = self.result
+        if not per_image.writable(a, result, "VOC"):
             return False
         box = per_image.pixel_box(a, self.group.points.get(a["ann_id"], []))
         if box is None:
             result.lose("annotations without geometry skipped")
             return False
-        if kind == "rotated_bbox" and a.get("angle_deg"):
-            result.lose("rotated boxes lost their angle")
-        elif kind not in ("bbox", "rotated_bbox"):
-            result.lose(f"{kind} annotations written as boxes")
+        per_image.count_box_loss(a, result)
         attrs = self.group.attributes.get(a["ann_id"], [])
         voc = {
             r["key"]: parse_attribute(r["value"], r["value_type"])

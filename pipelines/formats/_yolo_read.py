@@ -397,7 +397,8 @@ def _read_entry(task: ReadTask, b: BatchBuilder, e: Entry) -> None:
     )
     if not e.label:
         return
-    raw = task.source.open(e.label).read()
+    with task.source.open(e.label) as f:
+        raw = f.read()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

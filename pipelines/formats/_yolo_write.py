@@ -36,22 +36,6 @@ LAYOUTS = ("yolo", "ultralytics")
 TASKS = ("detect", "segment", "pose", "obb")
 FAMILY = ("yolo", "ultralytics")
 DEFAULT_SUBSET = "train"
-_BOXABLE = frozenset(
-    {"bbox", "rotated_bbox", "polygon", "polyline", "point", "points", "keypoints", "mask",
-     "ellipse", "cuboid_2d"}
-)  # fmt: skip
-_PLURAL = {
-    "polygon": "polygons",
-    "polyline": "polylines",
-    "point": "points",
-    "points": "point sets",
-    "keypoints": "keypoint sets",
-    "mask": "masks",
-    "ellipse": "ellipses",
-    "cuboid_2d": "2D cuboids",
-    "bbox": "boxes",
-    "rotated_bbox": "rotated boxes",
-}
 
 
 def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], list[WriteTask]]:
@@ -156,7 +140,12 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
         doc |= {s: f"images/{s}" for s in subsets}
         doc["names"] = dict(enumerate(names))
         doc |= _pose_settings(staging, ex)
-        _put(out, "data.yaml", yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), result)
+        _put(
+            out,
+            "data.yaml",
+            yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=None),
+            result,
+        )
     return result
 
 
@@ -258,17 +247,11 @@ class _Lines:
         self, ann: dict[str, Any], pts: list[dict[str, Any]], item: dict, result: WriteResult
     ) -> list[str]:
         kind = ann["kind"]
-        if ann.get("outside"):
-            result.lose("outside shapes skipped")
-            return []
-        if kind not in _BOXABLE:
-            result.lose(f"{kind} annotations not written: YOLO has no place for them")
-            return []
-        if ann.get("label") not in self.classes:
-            result.lose("unlabelled annotations skipped")
+        if not per_image.writable(ann, result, "YOLO"):
             return []
         if self.task == "pose" and kind != "keypoints":
-            result.lose(f"{_PLURAL[kind]} not written: a pose dataset holds keypoints only")
+            plural = per_image.PLURAL[kind]
+            result.lose(f"{plural} not written: a pose dataset holds keypoints only")
             return []
         box = per_image.pixel_box(ann, pts)
         if box is None:
@@ -282,18 +265,13 @@ class _Lines:
             return [f"{cls} {_centre(box, w, h)} {self._keypoints(pts, w, h)}"]
         if self.task == "segment" and kind == "polygon" and pts:
             return self._polygon(cls, pts, w, h, result)
-        angle = ann.get("angle_deg") or 0.0
-        if kind != "bbox" and not (kind == "rotated_bbox" and self.task in ("segment", "obb")):
-            result.lose(
-                "rotated boxes lost their angle"
-                if kind == "rotated_bbox"
-                else f"{_PLURAL[kind]} written as boxes"
-            )
-            angle = 0.0
+        if kind == "rotated_bbox" and self.task in ("segment", "obb"):
+            quad = corners(*box, ann.get("angle_deg") or 0.0)
+            return [f"{cls} {_coords(quad, w, h)}"]
+        per_image.count_box_loss(ann, result)
         if self.task == "detect":
             return [f"{cls} {_centre(box, w, h)}"]
-        quad = corners(*box, angle if kind == "rotated_bbox" else 0.0)
-        return [f"{cls} {_coords(quad, w, h)}"]
+        return [f"{cls} {_coords(corners(*box, 0.0), w, h)}"]
 
     def _polygon(self, cls: str, pts: list[dict], w: float, h: float, result: WriteResult) -> list:
         parts: dict[int, list[tuple[float, float]]] = {}

@@ -109,7 +109,8 @@ def _roots(source: Source) -> list[str]:
 
 
 def _text(source: Source, member: str) -> str:
-    raw = source.open(member).read()
+    with source.open(member) as f:
+        raw = f.read()
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -244,6 +245,7 @@ class _ItemReader:
         self.labelmap = labelmap
         self.index = {e.name: i for i, e in enumerate(labelmap)}
         self.root = task.context["root"]
+        self.present = frozenset(task.source.files)
 
     def _label_id(self, label: str | None) -> str | None:
         return str(self.index[label]) if label in self.index else None
@@ -271,7 +273,7 @@ class _ItemReader:
         image = it.image
         if not image and file_name and src.is_dir:
             cand = posixpath.join(self.root, "JPEGImages", file_name)
-            image = cand if cand in src.files else ""
+            image = cand if cand in self.present else ""
         file_name = file_name or (posixpath.basename(image) if image else it.id)
         size = self._size(doc, meta)
         if size is None:
