@@ -24,6 +24,7 @@ from pipelines import masks
 from pipelines.builder import parse_attribute
 from pipelines.formats._cvat_read import ATTR_SOURCE, CUBOID_CORNERS, LIST_TAGS, XML_SOURCE
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
+from pipelines.grouping import IntGroups
 from pipelines.skeleton import flags, point_owner
 from pipelines.staging import ItemGroup, Staging
 
@@ -167,7 +168,7 @@ class _Shapes:
         self.result = result
         self.video = video
 
-    def common(self, ann: dict, attrs: list[dict]) -> tuple[dict[str, str], list]:
+    def common(self, ann: dict, attrs: list[dict], group: int) -> tuple[dict[str, str], list]:
         a: dict[str, str] = {"label": ann.get("label") or ""}
         xml = {r["key"]: r["value"] or "" for r in attrs if r["source"] == XML_SOURCE}
         if "source" in xml:
@@ -177,7 +178,7 @@ class _Shapes:
         for key, value in (
             ("occluded", _flag(ann.get("occluded"))),
             ("z_order", None if ann.get("z_order") is None else str(ann["z_order"])),
-            ("group_id", ann.get("group_id")),
+            ("group_id", str(group) if group else None),
         ):
             if value is not None:
                 a[key] = value
@@ -187,13 +188,14 @@ class _Shapes:
             if ann.get("keyframe") is not None:
                 a["keyframe"] = _flag(ann["keyframe"])
         a.update(xml)
-        user = [(r["key"], r["value"] or "") for r in attrs if r["source"] != XML_SOURCE]
+        user = [(r["key"], r["value"] or "") for r in attrs if _user_source(r["source"])]
         return a, user
 
-    def shapes(self, ann: dict, group: ItemGroup) -> list[Shape]:
+    def shapes(self, ann: dict, group: ItemGroup, groups: IntGroups) -> list[Shape]:
         kind = ann.get("kind")
         pts = group.points.get(ann["ann_id"], [])
-        a, user = self.common(ann, group.attributes.get(ann["ann_id"], []))
+        attrs = group.attributes.get(ann["ann_id"], [])
+        a, user = self.common(ann, attrs, groups.of(ann.get("group_id")))
         box = [ann.get(k) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")]
         if kind in ("bbox", "rotated_bbox", "ellipse") and None in box:
             self.result.lose(f"{kind} annotations without a box skipped")
@@ -292,6 +294,11 @@ class _Shapes:
         return [Shape("mask", a, user)]
 
 
+def _user_source(source: str | None) -> bool:
+    """Attributes that mean something, not how some format laid a value out."""
+    return source != XML_SOURCE and not (source or "").endswith("_layout")
+
+
 def _mask_box(ann: dict, full: np.ndarray) -> tuple[int, int, int, int] | None:
     """The stated box when it is whole pixels inside the image, else the tight one."""
     h, w = full.shape
@@ -365,18 +372,20 @@ def _write_images(xf: Any, staging: Staging, groups: Iterable[ItemGroup], result
         attrib = {"id": str(image_id), "name": name}
         if item.get("subset") is not None:
             attrib["subset"] = item["subset"]
-        for key, value in _scalar_metadata(item.get("metadata")).items():
-            attrib.setdefault(key, value)
+        if item.get("source_format") == "cvat":
+            for key, value in _scalar_metadata(item.get("metadata")).items():
+                attrib.setdefault(key, value)
         if item.get("width") is not None and item.get("height") is not None:
             attrib["width"], attrib["height"] = str(item["width"]), str(item["height"])
         if g.attributes.get(item["item_id"]):
             result.lose("item attributes not written (CVAT images have none)")
         el = etree.Element("image", attrib)
+        groups = IntGroups(a.get("group_id") for a in g.annotations)
         for ann in g.annotations:
             if ann.get("outside"):
                 result.lose("outside track shapes skipped (CVAT for images has no outside)")
                 continue
-            made = shapes.shapes(ann, g)
+            made = shapes.shapes(ann, g, groups)
             for shape in made:
                 el.append(shape.element())
             result.annotations += 1 if made else 0
@@ -428,8 +437,9 @@ def _write_video(xf: Any, staging: Staging, groups, video: tuple, result) -> Non
         result.items += 1
         frame = item.get("frame_index")
         frame = position if frame is None else frame
+        groups = IntGroups(a.get("group_id") for a in g.annotations)
         for ann in g.annotations:
-            made = shapes.shapes(ann, g)
+            made = shapes.shapes(ann, g, groups)
             if not made:
                 continue
             result.annotations += 1

@@ -17,29 +17,21 @@ import orjson
 
 from pipelines.builder import parse_attribute
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
+from pipelines.grouping import IntGroups, int_like
 from pipelines.skeleton import point_owner
 from pipelines.staging import ItemGroup, Staging
 
 SOURCE = "datumaro"
 FIELD_SOURCE = "datumaro_field"
 LAYOUT_SOURCES = ("cvat_xml",)
-"""Attribute sources that record another format's layout, not the annotation's meaning."""
+"""Attribute sources that record another format's layout, not the annotation's meaning
+(besides any source ending in `_layout`)."""
 POINT_COLUMNS = ("part", "idx", "x", "y", "name", "visibility")
 _SHAPES_WITH_Z = ("bbox", "polygon", "polyline", "points", "mask", "skeleton", "ellipse")
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     return [WriteTask("datumaro", subset=s, options=options) for s in staging.subsets() or [None]]
-
-
-def _int_like(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.lstrip("-").isdigit():
-        return int(v)
-    return None
 
 
 @dataclass
@@ -189,7 +181,7 @@ class _Items:
             extra = orjson.loads(item["metadata"])
             for key, value in extra.items() if isinstance(extra, dict) else ():
                 desc.setdefault(key, value)
-        groups = _Groups(g.annotations)
+        groups = IntGroups(a.get("group_id") for a in g.annotations)
         for j, ann in enumerate(g.annotations):
             out = self.annotation(j, ann, g, groups)
             if out is not None:
@@ -197,21 +189,21 @@ class _Items:
                 self.result.annotations += 1
         return desc
 
-    def annotation(self, j: int, ann: dict, g: ItemGroup, groups: _Groups) -> list[dict] | None:
+    def annotation(self, j: int, ann: dict, g: ItemGroup, groups: IntGroups) -> list[dict] | None:
         kind = ann.get("kind")
         rows = g.attributes.get(ann["ann_id"], [])
-        attrs = _typed(r for r in rows if r["source"] not in (FIELD_SOURCE, *LAYOUT_SOURCES))
+        attrs = _typed(r for r in rows if _meaningful(r["source"]))
         for key in ("occluded", "outside", "keyframe"):
             if ann.get(key) is not None:
                 attrs[key] = ann[key]
         if ann.get("track_id") is not None:
-            tid = _int_like(ann["track_id"])
+            tid = int_like(ann["track_id"])
             attrs["track_id"] = ann["track_id"] if tid is None else tid
         if ann.get("confidence") is not None:
             attrs["score"] = ann["confidence"]
         if ann.get("angle_deg") and kind in ("rotated_bbox", "ellipse"):
             attrs["rotation"] = ann["angle_deg"]
-        native = _int_like(ann.get("native_id"))
+        native = int_like(ann.get("native_id"))
         d: dict[str, Any] = {
             "id": j if native is None else native,
             "type": None,
@@ -219,7 +211,7 @@ class _Items:
             "group": groups.of(ann.get("group_id")),
         }
         label = ann.get("label")
-        d["label_id"] = self.cats.index.get(label) if label else _int_like(ann.get("label_id"))
+        d["label_id"] = self.cats.index.get(label) if label else int_like(ann.get("label_id"))
         pts = g.points.get(ann["ann_id"], [])
         shape = self._geometry(kind, ann, pts, g)
         if shape is None:
@@ -298,7 +290,7 @@ class _Items:
             {
                 "id": 0,
                 "type": "points",
-                "attributes": _typed(own),
+                "attributes": _typed(r for r in own if _meaningful(r["source"])),
                 "group": 0,
                 "label_id": children.get(p.get("name") or str(p["idx"] + 1)),
                 "points": [p["x"], p["y"]],
@@ -308,6 +300,10 @@ class _Items:
             for p, own in zip(pts, owners, strict=True)
         ]
         return {"type": "skeleton", "elements": elements}
+
+
+def _meaningful(source: str | None) -> bool:
+    return source not in (FIELD_SOURCE, *LAYOUT_SOURCES) and not (source or "").endswith("_layout")
 
 
 def _points(pts: list[dict]) -> dict:
@@ -320,28 +316,6 @@ def _points(pts: list[dict]) -> dict:
 
 def _typed(rows: Any) -> dict[str, Any]:
     return {r["key"]: parse_attribute(r["value"], r["value_type"]) for r in rows}
-
-
-class _Groups:
-    """Datumaro groups are integers within an item; other ids get unused numbers."""
-
-    def __init__(self, anns: list[dict]) -> None:
-        self.taken = {n for a in anns if (n := _int_like(a.get("group_id"))) is not None}
-        self.given: dict[str, int] = {}
-
-    def of(self, group_id: Any) -> int:
-        if group_id is None:
-            return 0
-        n = _int_like(group_id)
-        if n is not None:
-            return n
-        if group_id not in self.given:
-            k = 1
-            while k in self.taken:
-                k += 1
-            self.taken.add(k)
-            self.given[group_id] = k
-        return self.given[group_id]
 
 
 def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:

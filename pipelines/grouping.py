@@ -1,0 +1,43 @@
+"""Group ids as integers, for formats that only have numbered groups (CVAT, Datumaro).
+
+Staged `group_id`s are text and may come from formats that name groups; within
+one item, numeric ids keep their number and others get unused small numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def int_like(v: Any) -> int | None:
+    """The integer a value spells (5, "5", "-2"), or None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.lstrip("-").isdigit():
+        return int(v)
+    return None
+
+
+class IntGroups:
+    """Numbers for the group ids of one item's annotations; no group is 0."""
+
+    def __init__(self, group_ids: Iterable[Any]) -> None:
+        self.taken = {n for g in group_ids if (n := int_like(g)) is not None}
+        self.given: dict[str, int] = {}
+
+    def of(self, group_id: Any) -> int:
+        if group_id is None:
+            return 0
+        n = int_like(group_id)
+        if n is not None:
+            return n
+        if group_id not in self.given:
+            k = 1
+            while k in self.taken:
+                k += 1
+            self.taken.add(k)
+            self.given[group_id] = k
+        return self.given[group_id]
