@@ -18,6 +18,7 @@ indexed by hash and their attributes are written when the row ends.
 
 from __future__ import annotations
 
+import math
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ class _Du:
     odd: list[tuple[str, Any]] = field(default_factory=list)
     frames: list[tuple[int, dict, dict]] = field(default_factory=list)
     """Frame items waiting to be finished: (frame, item row, the frame's other fields)."""
-    frame_ids: list[str] = field(default_factory=list)
+    frame_ids: list[tuple[int, str]] = field(default_factory=list)
     labels_extra: dict[str, Any] | None = None
     """Set for direct labels: their fields other than objects and classifications."""
     has_item: bool = False
@@ -98,8 +99,8 @@ class RowReader:
     def __init__(self, task: ReadTask, b: BatchBuilder) -> None:
         self.task = task
         self.b = b
-        self.stem = posixpath.splitext(posixpath.basename(task.member or task.source.name))[0]
-        self.hold_limit = max(HOLD_BATCHES * task.options.batch_rows, 1_000)
+        self.stem = posixpath.splitext(task.member or task.source.name)[0]
+        self.hold_limit = HOLD_BATCHES * task.options.batch_rows
         self._scan: dict[int, tuple[dict, dict]] | None = None
         self.row: _Row | None = None
         self.du: _Du | None = None
@@ -134,8 +135,10 @@ class RowReader:
     def rowkey_path(self) -> str:
         row = self.row
         if row.key is None:
+            # Ids come from the row's content alone: a label_hash that comes after the data
+            # units (exports with sorted keys) is fetched by the light pass.
             f = row.fields
-            if not f.get("label_hash") and not f.get("data_hash"):
+            if "label_hash" not in f or (not f["label_hash"] and "data_hash" not in f):
                 self._inform()
             row.key = str(f.get("label_hash") or f.get("data_hash") or f"{self.stem}#{row.index}")
         return row.key
@@ -145,17 +148,21 @@ class RowReader:
         if not row.informed:
             for du in row.dus:
                 self._finish_du(du)
-        anchors = [
-            du.item_id if du.has_item else du.frame_ids[0]
-            for du in row.dus
-            if du.has_item or du.frame_ids
-        ]
-        anchor = anchors[0] if anchors else self._row_item()
+        anchor = self._anchor() or self._row_item()
         b, f = self.b, row.fields
         for key in row.order:
             b.attribute(anchor, anchor, key, f[key], owner_kind="item", source="label_row")
         self._answers(anchor)
         self.row = None
+
+    def _anchor(self) -> str | None:
+        """The item that holds the row's own fields: the first data unit by data_sequence
+        (not by its place in the file), its first frame if it is an image with frames."""
+        units = [du for du in self.row.dus if du.has_item or du.frame_ids]
+        if not units:
+            return None
+        first = min(units, key=lambda du: (_sequence(du), du.key))
+        return first.item_id if first.has_item else min(first.frame_ids)[1]
 
     def _row_item(self) -> str:
         f = self.row.fields
@@ -246,7 +253,7 @@ class RowReader:
         other = {k: v for k, v in frame.items() if k not in _DIRECT}
         row = {"item_id": item_id, "frame_index": n, "sequence_id": self.rowkey_path()}
         du.frames.append((n, row, other))
-        du.frame_ids.append(item_id)
+        du.frame_ids.append((n, item_id))
         if self.row.informed:
             self._finish_frames(du)
         self._labels(
@@ -351,13 +358,13 @@ class RowReader:
     def _object(self, du, item_id, frame, obj, loc, direct: bool) -> None:
         b = self.b
         if not isinstance(obj, dict):
-            b.reject(loc, "object is not an object", record=obj)
+            b.reject(loc, "object is not an object", record=obj, record_kind="annotations")
             return
         native = obj.get("objectHash")
         try:
             shape = parse_object(obj)
         except Reject as exc:
-            b.reject(loc, str(exc), record=obj, native_id=native)
+            b.reject(loc, str(exc), record=obj, native_id=native, record_kind="annotations")
             return
         if direct and as_int(obj.get("frame")) is not None:
             frame = as_int(obj["frame"])
@@ -390,7 +397,7 @@ class RowReader:
     def _classification(self, item_id, frame, cls, loc) -> None:
         b = self.b
         if not isinstance(cls, dict):
-            b.reject(loc, "classification is not an object", record=cls)
+            b.reject(loc, "classification is not an object", record=cls, record_kind="annotations")
             return
         ann_id = self._next_ann(item_id)
         native = _text(cls.get("classificationHash"))
@@ -498,6 +505,11 @@ class RowReader:
                 self._finish_frames(du)
             else:
                 self._finish_du(du)
+
+
+def _sequence(du: _Du) -> float:
+    n = as_int(du.fields.get("data_sequence"))
+    return math.inf if n is None else n
 
 
 def _entries(entry: Any, key: str) -> list[dict]:

@@ -82,8 +82,10 @@ class Events:
 
 
 def _brief(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return " ".join(lines[:2])[:300]
+    """yajl's message without its caret line: the error, then the text it stopped at."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    text = [ln for ln in lines[1:] if ln and not ln.startswith("(right here)")]
+    return (lines[0] + (f" near {text[0][:80]!r}" if text else ""))[:300]
 
 
 def key_path(loc: str, key: str) -> str:

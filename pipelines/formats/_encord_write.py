@@ -49,16 +49,7 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     name = f"{task.subset}.json" if task.subset else "label_rows.json"
-    # Tables with no rows are left out: Staging's stand-in for a missing table is
-    # invisible to the cursors iter_items reads through.
-    has_points = bool(staging.scalar("SELECT count(*) FROM points"))
-    has_attributes = bool(staging.scalar("SELECT count(*) FROM attributes"))
-    groups = staging.iter_items(
-        all_subsets=False,
-        subset=task.subset,
-        point_columns=None if has_points else (),
-        with_attributes=has_attributes,
-    )
+    groups = staging.iter_items(all_subsets=False, subset=task.subset)
     with out.open(name) as f:
         f.write(b"[")
         for n, row in enumerate(_rows(groups)):
