@@ -27,6 +27,11 @@ _MODULES: dict[str, str] = {
     "mots": "pipelines.formats.mots",
     "aimmo": "pipelines.formats.aimmo",
     "itag": "pipelines.formats.itag",
+    "imagenet": "pipelines.formats.imagenet",
+    "market1501": "pipelines.formats.market1501",
+    "lfw": "pipelines.formats.lfw",
+    "vggface2": "pipelines.formats.vggface2",
+    "widerface": "pipelines.formats.widerface",
 }
 
 _loaded: dict[str, Format] = {}
