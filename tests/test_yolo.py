@@ -348,3 +348,14 @@ def test_shards_with_two_workers_write_each_file_once(tmp_path: Path) -> None:
     back = tmp_path / "back"
     assert convert([str(two)], "parquet", str(back), workers=1).ok
     assert len(parquet_rows(back, "annotations")) == 12
+
+
+def test_task_is_the_one_that_loses_least(tmp_path: Path) -> None:
+    # boxes 2, rotated boxes 2, polygons 2, keypoints 1: segmentation keeps 6 of 7
+    out = tmp_path / "o"
+    report = convert([str(VARIANTS)], "ultralytics", str(out), workers=1)
+    assert report.lossy == {"keypoint sets written as boxes": 1}
+    labels = sorted((out / "labels" / "train").glob("*.txt"))
+    assert len(labels) == 4  # four datasets' 1.txt, told apart by a suffix
+    lines = sorted(len(line.split()) for f in labels for line in f.read_text().splitlines())
+    assert lines == [7, 9, 9, 9, 9, 9, 11]  # triangle, 4 boxes as corners, 1 pose box, pentagon

@@ -148,9 +148,17 @@ def _resolve(present: frozenset[str], root: str, path: str) -> str | None:
 
 
 def _yaml(source: Source, member: str) -> dict | None:
+    """A dataset YAML (one with `names` or `nc`), or None for any other YAML file.
+
+    A malformed file fails the source only when it looks like the dataset's
+    own (it mentions `names`); an unrelated broken config is not ours to judge.
+    """
+    text = _read_text(source, member)
     try:
-        doc = yaml.safe_load(_read_text(source, member))
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        if "names" not in text:
+            return None
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "start"
         raise ParseError(source.uri(member), where, f"malformed YAML: {exc}") from exc

@@ -6,10 +6,10 @@
     obj_<subset>_data/<image>, <stem>.txt labels/<subset>/<stem>.txt
 
 Options (`WriteOptions.extra`): `layout` ("yolo" | "ultralytics"), `task`
-("detect" | "segment" | "pose" | "obb"; Ultralytics only, default from the
-kinds present: keypoints → pose, polygons or masks → segment, rotated boxes →
-obb, else detect), `save_images` (default True: without its image a YOLO
-label cannot be turned back into pixels).
+("detect" | "segment" | "pose" | "obb"; Ultralytics only, default the task
+that writes the most annotations without loss, the simpler one on a tie),
+`save_images` (default True: without its image a YOLO label cannot be turned
+back into pixels).
 
 Class ids are positions in the class list, computed once for all partitions
 (`_per_image.class_names`). Coordinates need the item's size: an item
@@ -62,20 +62,25 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
     return plan_write
 
 
+_KEPT = {
+    "detect": ("bbox",),
+    "obb": ("bbox", "rotated_bbox"),
+    "segment": ("bbox", "rotated_bbox", "polygon"),
+    "pose": ("keypoints",),
+}
+"""The kinds each Ultralytics task writes without loss, in order of preference on a tie."""
+
+
 def _auto_task(staging: Staging) -> str:
-    kinds = {
-        r[0]
-        for r in staging.con.execute(
-            "SELECT DISTINCT kind FROM annotations WHERE NOT coalesce(outside, false)"
+    """The task that writes the most annotations without loss."""
+    counts = dict(
+        staging.con.execute(
+            "SELECT kind, count(*) FROM annotations WHERE NOT coalesce(outside, false) "
+            "AND label IS NOT NULL GROUP BY kind"
         ).fetchall()
-    }
-    if "keypoints" in kinds:
-        return "pose"
-    if kinds & {"polygon", "mask"}:
-        return "segment"
-    if "rotated_bbox" in kinds:
-        return "obb"
-    return "detect"
+    )
+    kept = {task: sum(counts.get(k, 0) for k in kinds) for task, kinds in _KEPT.items()}
+    return max(_KEPT, key=lambda task: kept[task])
 
 
 def _kpt_count(staging: Staging) -> int:
