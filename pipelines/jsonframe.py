@@ -27,12 +27,17 @@ from pipelines.errors import ParseError
 BLOCK_BYTES = 8 << 20
 CHUNK_BYTES = 4 << 20
 
-_STRUCT = np.zeros(256, dtype=bool)
-_STRUCT[[ord(c) for c in "{}[],:"]] = True
-_DELTA = np.zeros(256, dtype=np.int64)
-_DELTA[[ord("{"), ord("[")]] = 1
-_DELTA[[ord("}"), ord("]")]] = -1
-_QUOTE, _BACKSLASH, _COMMA, _COLON = ord('"'), ord("\\"), ord(","), ord(":")
+# One byte pass (bytes.translate, at memory speed) gives each byte a class; the rest
+# of the scan works on the positions of the few bytes that matter.
+_CODE_OF = {'"': 1, "\\": 2, "{": 3, "[": 4, "}": 5, "]": 6, ",": 7, ":": 8}
+_CLASSES = bytes(_CODE_OF.get(chr(b), 0) for b in range(256))
+_CHAR = np.zeros(9, dtype=np.int64)
+for _ch, _code in _CODE_OF.items():
+    _CHAR[_code] = ord(_ch)
+_DELTA = np.array([0, 0, 0, 1, 1, -1, -1, 0, 0], dtype=np.int8)
+_Q, _BS, _COMMA_CODE, _COLON_CODE = 1, 2, 7, 8
+_OPEN_CODES, _CLOSE_CODES = (3, 4), (5, 6)
+_COMMA, _COLON = ord(","), ord(":")
 _OPEN = (ord("{"), ord("["))
 _KEY_BEFORE_COLON = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*$', re.S)
 
@@ -77,7 +82,6 @@ class _Scanner:
         self.colons: list[int] = []
 
     def feed(self, block: bytes, offset: int) -> None:
-        arr = np.frombuffer(block, dtype=np.uint8)
         if self.root is None:
             stripped = block.lstrip()
             if not stripped:
@@ -88,68 +92,112 @@ class _Scanner:
                 raise ParseError(self.uri, f"byte {where}", "not a JSON object or array")
             self.root = "object" if first == b"{" else "array"
             self.elem_depth = 2 if self.root == "object" else 1
-        quotes = self._real_quotes(arr)
-        # In-string mask by quote parity: a running count of quotes, kept mod 2.
-        is_quote = np.zeros(len(arr), dtype=np.uint8)
-        is_quote[quotes] = 1
-        parity = np.cumsum(is_quote, dtype=np.uint8)
-        parity &= 1
+        codes = np.frombuffer(block.translate(_CLASSES), dtype=np.uint8)
+        pos = np.flatnonzero(codes.view(bool))
+        code = codes[pos]
+        quote = code == _Q
+        if self.trailing_backslashes or (code == _BS).any():
+            self._unmark_escaped(block, pos, code, quote)
+        tail = len(block) - len(block.rstrip(b"\\"))
+        self.trailing_backslashes = tail + (self.trailing_backslashes if tail == len(block) else 0)
+        # Inside a string or not: the parity of the real quotes up to each position.
+        inside = np.logical_xor.accumulate(quote)
         if self.in_string:
-            parity ^= 1
-        self.in_string ^= bool(quotes.size & 1)
-        structural = _STRUCT[arr]
-        structural &= parity == 0
-        spos = np.flatnonzero(structural)
-        if not spos.size:
-            return
-        chars = arr[spos]
-        depth_after = self.depth + np.cumsum(_DELTA[chars])
-        if (depth_after < 0).any():
-            bad = int(spos[np.argmax(depth_after < 0)]) + offset
-            raise ParseError(self.uri, f"byte {bad}", "unbalanced closing bracket")
-        self.depth = int(depth_after[-1])
+            np.logical_not(inside, out=inside)
+        if inside.size:
+            self.in_string = bool(inside[-1])
+        # Depth changes only at brackets: a cumulative sum over them alone. Commas and
+        # colons (most of them between coordinates, deep inside elements) matter only
+        # in the stretches between brackets that sit at element depth or above.
+        bracket = (code >= _OPEN_CODES[0]) & (code <= _CLOSE_CODES[1])
+        bracket &= ~inside
+        bi = np.flatnonzero(bracket)
+        start_depth = self.depth
+        depth_after = np.cumsum(_DELTA[code[bi]], dtype=np.int32)
+        depth_after += start_depth
+        if depth_after.size:
+            low = int(np.argmin(depth_after))
+            if depth_after[low] < 0:
+                bad = int(pos[bi[low]]) + offset
+                raise ParseError(self.uri, f"byte {bad}", "unbalanced closing bracket")
+            self.depth = int(depth_after[-1])
         e = self.elem_depth
+        sep_idx, sep_depth = self._separators(code, inside, bi, depth_after, start_depth)
         # Events: everything above element level, plus the openers of top-level values
         # (an opener reaching depth e is a value's, never an element's).
-        is_open = (chars == _OPEN[0]) | (chars == _OPEN[1])
+        bcode = code[bi]
+        is_open = bcode <= _OPEN_CODES[1]
         top = (depth_after < e) | (is_open & (depth_after == e))
-        commas = spos[(chars == _COMMA) & (depth_after == e)] + offset
+        sep_top = sep_depth < e
+        ev_idx = np.concatenate([bi[top], sep_idx[sep_top]])
+        ev_depth = np.concatenate([depth_after[top], sep_depth[sep_top]])
+        order = np.argsort(ev_idx, kind="stable")
+        ev_idx, ev_depth = ev_idx[order], ev_depth[order]
+        commas = pos[sep_idx[(sep_depth == e) & (code[sep_idx] == _COMMA_CODE)]] + offset
         last = offset
-        for p, c, d in zip(  # noqa: B905 - three views of one mask, equal by construction
-            (spos[top] + offset).tolist(), chars[top].tolist(), depth_after[top].tolist()
+        for p, c, d in zip(  # noqa: B905 - three views of one selection, equal by construction
+            (pos[ev_idx] + offset).tolist(),
+            _CHAR[code[ev_idx]].tolist(),
+            ev_depth.tolist(),
         ):
             self._commas(commas, last, p)
             self._event(p, c, d)
             last = p
         self._commas(commas, last, offset + len(block))
 
-    def _real_quotes(self, arr: np.ndarray) -> np.ndarray:
-        quotes = np.flatnonzero(arr == _QUOTE)
-        if quotes.size:
-            prev = arr[np.maximum(quotes - 1, 0)] == _BACKSLASH
-            if quotes[0] == 0:
-                prev[0] = self.trailing_backslashes > 0
-            suspects = np.flatnonzero(prev)
-            if suspects.size:
-                escaped = [i for i in suspects.tolist() if self._escaped(arr, int(quotes[i]))]
-                quotes = np.delete(quotes, escaped)
-        # Backslashes at the end of this block may escape a quote at the start of the next.
-        n = len(arr)
-        tail = n - 1
-        while tail >= 0 and arr[tail] == _BACKSLASH:
-            tail -= 1
-        run = n - 1 - tail
-        self.trailing_backslashes = run + (self.trailing_backslashes if tail < 0 else 0)
-        return quotes
+    def _separators(
+        self,
+        code: np.ndarray,
+        inside: np.ndarray,
+        bi: np.ndarray,
+        depth_after: np.ndarray,
+        start_depth: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Commas and colons outside strings at element depth or above, with their depth.
 
-    def _escaped(self, arr: np.ndarray, q: int) -> bool:
-        run, j = 0, q - 1
-        while j >= 0 and arr[j] == _BACKSLASH:
-            run += 1
-            j -= 1
-        if j < 0:
-            run += self.trailing_backslashes
-        return bool(run & 1)
+        They lie in the stretches between consecutive brackets whose depth is at most
+        the element depth: expand those index ranges and keep the separators.
+        """
+        n = code.size
+        starts = np.concatenate([[0], bi + 1])
+        ends = np.concatenate([bi, [n]])
+        depths = np.concatenate([np.array([start_depth], dtype=np.int32), depth_after])
+        keep = (depths <= self.elem_depth) & (ends > starts)
+        starts, ends, depths = starts[keep], ends[keep], depths[keep]
+        lengths = ends - starts
+        total = int(lengths.sum())
+        if not total:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty.astype(np.int32)
+        # idx = starts[r] + (0 .. lengths[r]-1) for every range r, without a Python loop.
+        idx = np.arange(total, dtype=np.int64)
+        idx += np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        depth = np.repeat(depths, lengths)
+        c = code[idx]
+        sep = ((c == _COMMA_CODE) | (c == _COLON_CODE)) & ~inside[idx]
+        return idx[sep], depth[sep]
+
+    def _unmark_escaped(
+        self, block: bytes, pos: np.ndarray, code: np.ndarray, quote: np.ndarray
+    ) -> None:
+        """Unmark quotes that an odd run of backslashes escapes (rare: checked one by one)."""
+        qi = np.flatnonzero(quote)
+        if not qi.size:
+            return
+        after_bs = np.zeros(qi.size, dtype=bool)
+        inner = qi > 0
+        k = qi[inner]
+        after_bs[inner] = (code[k - 1] == _BS) & (pos[k - 1] == pos[k] - 1)
+        if pos[qi[0]] == 0:
+            after_bs[0] = self.trailing_backslashes > 0
+        for i in qi[after_bs].tolist():
+            q = int(pos[i])
+            j = q - 1
+            while j >= 0 and block[j] == 0x5C:
+                j -= 1
+            run = q - 1 - j + (self.trailing_backslashes if j < 0 else 0)
+            if run & 1:
+                quote[i] = False
 
     def _commas(self, commas: np.ndarray, lo: int, hi: int) -> None:
         value = self.current

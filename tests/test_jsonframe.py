@@ -1,0 +1,102 @@
+"""Framing of big JSON documents: top-level values and array chunks must match a full parse,
+whatever the block size (escapes and strings split across blocks) and chunk size."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import pytest
+
+from pipelines import jsonframe
+from pipelines.errors import ParseError
+
+_TRICKY = ['a"b', "back\\slash", 'end\\\\"q', "{[,:]}", "\\", '\\"', "ü€😀", "", ",", '"']
+
+
+def _random_value(rng: random.Random, depth: int = 0):
+    r = rng.random()
+    if depth > 3 or r < 0.35:
+        return rng.choice(
+            [rng.randint(-5, 10**6), rng.random() * 1e3, None, True, False, rng.choice(_TRICKY)]
+        )
+    if r < 0.65:
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 5))]
+    keys = rng.sample(["id", "a,b", 'q"', "x\\", "bbox", "seg:1", "{", ""], rng.randint(0, 4))
+    return {k: _random_value(rng, depth + 1) for k in keys}
+
+
+def _document(seed: int) -> dict:
+    rng = random.Random(seed)
+    return {
+        "info": {"name": rng.choice(_TRICKY), "list": [1, 2, {"x": "]"}]},
+        "images": [_random_value(rng, 1) for _ in range(rng.randint(0, 60))],
+        "empty": [],
+        'we"ird,key': "value with } and ]",
+        "annotations": [
+            {"id": i, "s": rng.choice(_TRICKY) * rng.randint(0, 3), "v": _random_value(rng, 2)}
+            for i in range(rng.randint(1, 80))
+        ],
+        "n": 3.5,
+    }
+
+
+def _check(doc, data: bytes, chunk_bytes: int) -> None:
+    f = io.BytesIO(data)
+    values = jsonframe.frame(f, "mem://doc.json", chunk_bytes=chunk_bytes)
+    items = list(doc.items()) if isinstance(doc, dict) else [("", doc)]
+    assert [v.key for v in values] == [k for k, _ in items]
+    for value, (_, expected) in zip(values, items, strict=True):
+        assert jsonframe.read_value(f, "mem", value) == expected
+        if isinstance(expected, list):
+            assert value.kind == "array"
+            assert value.length == len(expected)
+            got = []
+            for first, elements in jsonframe.iter_chunks(f, "mem", value.chunks):
+                assert first == len(got)
+                got.extend(elements)
+            assert got == expected
+        else:
+            assert value.kind == ("object" if isinstance(expected, dict) else "scalar")
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("block", [1, 3, 7, 64, 1 << 20])
+def test_frame_matches_a_full_parse(seed: int, block: int, monkeypatch) -> None:
+    monkeypatch.setattr(jsonframe, "BLOCK_BYTES", block)
+    doc = _document(seed)
+    compact = json.dumps(doc, ensure_ascii=seed % 2 == 0, separators=(",", ":")).encode()
+    pretty = json.dumps(doc, indent=2, ensure_ascii=False).encode()
+    for data in (compact, pretty):
+        _check(doc, data, chunk_bytes=1 + seed * 5)
+        _check(doc, data, chunk_bytes=1 << 20)
+
+
+@pytest.mark.parametrize("block", [1, 5, 1 << 20])
+def test_root_array(block: int, monkeypatch) -> None:
+    monkeypatch.setattr(jsonframe, "BLOCK_BYTES", block)
+    doc = [{"a": '\\"]'}, [1, [2]], "x,", None, {"b": {}}]
+    _check(doc, json.dumps(doc).encode(), chunk_bytes=4)
+    _check([], b" [ ] ", chunk_bytes=4)
+
+
+@pytest.mark.parametrize("block", [1, 4, 1 << 20])
+@pytest.mark.parametrize(
+    ("data", "where", "why"),
+    [
+        (b'{"a": [1, 2', "byte 11", "truncated"),
+        (b'{"a": "open string}', "byte 19", "truncated"),
+        (b'{"a": 1}}', "byte 8", "unbalanced closing bracket"),
+        (b'  "text"', "byte 2", "not a JSON object or array"),
+        (b"   ", "byte 0", "empty file"),
+    ],
+)
+def test_broken_documents_name_the_byte(
+    data: bytes, where: str, why: str, block: int, monkeypatch
+) -> None:
+    monkeypatch.setattr(jsonframe, "BLOCK_BYTES", block)
+    with pytest.raises(ParseError) as err:
+        jsonframe.frame(io.BytesIO(data), "mem://bad.json")
+    assert err.value.location == where
+    assert why in err.value.reason
