@@ -358,3 +358,44 @@ def test_cvat_to_coco_to_parquet_keeps_boxes_and_polygons(tmp_path: Path, source
     expected = _shapes(direct)
     assert len(expected) == (4 if source == "inline" else 1030)
     assert _shapes(back) == expected
+
+
+def test_named_groups_become_numbers_and_layout_attributes_stay_out(tmp_path: Path) -> None:
+    src = PEER / "coco_keypoints" / "coco_person_keypoints"
+    report = convert([str(src)], "cvat", str(tmp_path / "c"), workers=1)
+    assert report.ok, report.failures
+    image = etree.parse(str(tmp_path / "c" / "val.xml")).getroot().find("image")
+    assert [(el.tag, el.get("group_id")) for el in image] == [
+        ("polygon", "1"), ("skeleton", "1"), ("mask", "2"), ("skeleton", "2"),
+    ]  # fmt: skip
+    # COCO's "this RLE was uncompressed" is layout, not a user attribute.
+    assert image.find("mask/attribute") is None
+    assert set(image.attrib) == {"id", "name", "subset", "width", "height"}
+
+
+def test_frames_of_one_sequence_are_written_as_video_with_closed_tracks(tmp_path: Path) -> None:
+    """MOT numbers frames of a sequence (no video item): tracks become CVAT tracks, and a
+    track absent from a frame gets an outside keyframe so CVAT does not carry it on."""
+    seq = tmp_path / "mot" / "seq"
+    (seq / "gt").mkdir(parents=True)
+    (seq / "seqinfo.ini").write_text(
+        "[Sequence]\nname=seq\nimDir=img1\nframeRate=10\nseqLength=3\n"
+        "imWidth=16\nimHeight=12\nimExt=.jpg\n"
+    )
+    (seq / "gt" / "labels.txt").write_text("person\ncar\n")
+    (seq / "gt" / "gt.txt").write_text(
+        "1,1,1,1,4,4,1,1,1.0\n2,1,2,1,4,4,1,1,1.0\n3,1,3,1,4,4,1,1,1.0\n"
+        "1,2,5,5,3,3,1,2,1.0\n3,2,6,5,3,3,1,2,1.0\n"
+    )
+    report = convert([str(tmp_path / "mot")], "cvat", str(tmp_path / "c"), source_format="mot",
+                     workers=1)  # fmt: skip
+    assert report.ok, report.failures
+    root = etree.parse(str(tmp_path / "c" / "annotations.xml")).getroot()
+    assert root.find("image") is None
+    assert root.findtext("meta/task/original_size/height") == "12"
+    tracks = {
+        t.get("label"): [(b.get("frame"), b.get("outside")) for b in t]
+        for t in root.iterfind("track")
+    }
+    assert tracks["person"] == [("0", "0"), ("1", "0"), ("2", "0")]
+    assert tracks["car"] == [("0", "0"), ("1", "1"), ("2", "0")]

@@ -12,7 +12,9 @@ track gathers shapes from every frame.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -325,11 +327,7 @@ def _mask_box(ann: dict, full: np.ndarray) -> tuple[int, int, int, int] | None:
 def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
     result = WriteResult()
     name = task.options.extra.get("cvat_file", "annotations.xml")
-    videos = staging.con.execute(
-        "SELECT item_id, file_name, width, height FROM items WHERE media_type = 'video' "
-        "AND subset IS NOT DISTINCT FROM ? ORDER BY filename, file_row_number",
-        [task.subset],
-    ).fetchall()
+    video = _one_video(staging, task.subset)
     groups = staging.iter_items(subset=task.subset, all_subsets=False, point_columns=POINT_COLUMNS)
     with out.open(name, "wb") as f, etree.xmlfile(f, encoding="utf-8") as xf:
         xf.write_declaration()
@@ -337,8 +335,8 @@ def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
             xf.write("\n  ")
             xf.write(_to_xml("version", "1.1"))
             xf.write("\n  ")
-            if len(videos) == 1:
-                _write_video(xf, staging, groups, videos[0], result)
+            if video is not None:
+                _write_video(xf, staging, groups, video, result)
             else:
                 _write_images(xf, staging, groups, result)
             xf.write("\n")
@@ -404,13 +402,48 @@ def _scalar_metadata(text: str | None) -> dict[str, str]:
 @dataclass
 class _Track:
     attrib: dict[str, str]
+    from_cvat: bool
     shapes: list[etree._Element] = field(default_factory=list)
+
+
+def _one_video(staging: Staging, subset: str | None) -> tuple | None:
+    """(id, file name, width, height) when the subset is the frames of one video, else None.
+
+    The video is a video item, or, for sources that only number frames (MOT),
+    the one sequence every item of the subset belongs to when there are tracks.
+    """
+    sql = "FROM items WHERE subset IS NOT DISTINCT FROM ?"
+    videos = staging.con.execute(
+        f"SELECT item_id, file_name, width, height {sql} AND media_type = 'video' "
+        "ORDER BY filename, file_row_number",
+        [subset],
+    ).fetchall()
+    if len(videos) == 1:
+        return videos[0]
+    if videos:
+        return None
+    seqs, loose, width, height = staging.con.execute(
+        "SELECT count(DISTINCT coalesce(parent_id, sequence_id)), "
+        "count(*) FILTER (WHERE coalesce(parent_id, sequence_id) IS NULL OR frame_index IS NULL),"
+        f" max(width), max(height) {sql}",
+        [subset],
+    ).fetchone()
+    tracked = staging.scalar(
+        "SELECT count(*) FROM annotations a JOIN items i USING (item_id) "
+        "WHERE i.subset IS NOT DISTINCT FROM ? AND a.track_id IS NOT NULL",
+        [subset],
+    )
+    if seqs != 1 or loose or not tracked:
+        return None
+    seq = staging.scalar(f"SELECT any_value(coalesce(parent_id, sequence_id)) {sql}", [subset])
+    return seq, None, width, height
 
 
 def _write_video(xf: Any, staging: Staging, groups, video: tuple, result) -> None:
     video_id, file_name, width, height = video
     frames = staging.con.execute(
-        "SELECT min(frame_index), max(frame_index), count(*) FROM items WHERE parent_id = ?",
+        "SELECT min(frame_index), max(frame_index), count(*) FROM items "
+        "WHERE coalesce(parent_id, sequence_id) = ?",
         [video_id],
     ).fetchone()
     info: dict[str, Any] = {"size": str(frames[2] or 0)}
@@ -431,7 +464,7 @@ def _write_video(xf: Any, staging: Staging, groups, video: tuple, result) -> Non
         if item["item_id"] == video_id:
             result.items += 1
             continue
-        if item.get("parent_id") != video_id:
+        if video_id not in (item.get("parent_id"), item.get("sequence_id")):
             result.lose("items outside the video not written (CVAT for video)")
             continue
         result.items += 1
@@ -451,24 +484,65 @@ def _write_video(xf: Any, staging: Staging, groups, video: tuple, result) -> Non
                 singles += 1
                 key = f"\0{singles}"
             for shape in made:
-                _add_to_track(tracks, key, shape, ann, frame)
+                _add_to_track(tracks, key, shape, ann, frame, item.get("source_format") == "cvat")
     if singles:
         result.lose("shapes without a track written as one-shape tracks", singles)
     numbered = sorted(
         zip(_track_ids(list(tracks)), tracks.values(), strict=True), key=lambda pair: int(pair[0])
     )
+    frame_list = [
+        r[0]
+        for r in staging.con.execute(
+            "SELECT DISTINCT frame_index FROM items WHERE coalesce(parent_id, sequence_id) = ? "
+            "AND frame_index IS NOT NULL ORDER BY 1",
+            [video_id],
+        ).fetchall()
+    ]
     for tid, track in numbered:
         el = etree.Element("track", {"id": tid, **track.attrib})
-        el.extend(track.shapes)
+        el.extend(_closed(track, frame_list))
         xf.write(el, pretty_print=True)
     for el in tags:
         xf.write(el, pretty_print=True)
 
 
-def _add_to_track(tracks: dict[str, _Track], key: str, shape: Shape, ann: dict, frame) -> None:
+def _closed(track: _Track, frames: list[int]) -> list[etree._Element]:
+    """The track's shapes in frame order, with an outside keyframe wherever it stops.
+
+    In CVAT a track lasts until an outside keyframe: a shape followed by a gap
+    (or, for tracks from other formats, by the end of the video) would
+    otherwise be carried on to frames where the source had nothing. A track
+    read from CVAT already says where it ends.
+    """
+    ordered = sorted(track.shapes, key=lambda el: int(el.get("frame")))
+    following = dict(itertools.pairwise(frames))
+    out = []
+    for i, el in enumerate(ordered):
+        out.append(el)
+        nxt = following.get(int(el.get("frame")))
+        if nxt is None or el.get("outside") == "1":
+            continue
+        if i + 1 < len(ordered):
+            if int(ordered[i + 1].get("frame")) == nxt:
+                continue
+        elif track.from_cvat:
+            continue
+        gone = copy.deepcopy(el)
+        gone.set("frame", str(nxt))
+        gone.set("keyframe", "1")
+        for part in (gone, *gone.findall("points")):
+            part.set("outside", "1")
+        out.append(gone)
+    return out
+
+
+def _add_to_track(
+    tracks: dict[str, _Track], key: str, shape: Shape, ann: dict, frame: int, from_cvat: bool
+) -> None:
     attrib = dict(shape.attrib)
     level = {k: attrib.pop(k) for k in _TRACK_LEVEL if k in attrib}
-    track = tracks.setdefault(key, _Track(level))
+    track = tracks.setdefault(key, _Track(level, from_cvat))
+    track.from_cvat = track.from_cvat and from_cvat
     single = key.startswith("\0")
     shape_attrib = {
         "frame": str(frame),
