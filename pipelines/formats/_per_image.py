@@ -26,7 +26,7 @@ import fsspec
 from pipelines import masks
 from pipelines.formats.base import ReadOptions, WriteOptions, WriteResult, WriteTask
 from pipelines.images import IMAGE_SUFFIXES, image_size
-from pipelines.staging import ItemGroup, Staging
+from pipelines.staging import Staging
 from pipelines.storage import Output, Source
 
 MAX_FILES_PER_TASK = 2_000
@@ -118,32 +118,44 @@ def plan_sharded(
     ]
 
 
-def item_groups(
-    staging: Staging, task: WriteTask, *, with_attributes: bool = True
-) -> Iterator[ItemGroup]:
-    """The task's shard of items with what is attached to them.
+def rows(staging: Staging, sql: str, batch: int = 10_000) -> Iterator[dict[str, Any]]:
+    """Rows of a query as dicts, fetched a batch at a time (index files span every item)."""
+    cur = staging.con.cursor()
+    cur.execute(sql)
+    names = [d[0] for d in cur.description]
+    while chunk := cur.fetchmany(batch):
+        for row in chunk:
+            yield dict(zip(names, row, strict=True))
 
-    An empty staging table is an Arrow view on the main DuckDB connection that
-    `iter_items`' cursors cannot see, so empty tables are not asked for.
+
+class LineFiles:
+    """Text files written line by line as rows stream past, one open handle per file.
+
+    Index files (image lists, per-class flags) grow with the dataset; keeping
+    their lines in memory would not.
     """
-    if not _has_rows(staging, "annotations"):
-        sql = "SELECT * EXCLUDE (filename, file_row_number) FROM items"
-        if task.shards > 1:
-            sql += f" WHERE hash(item_id) % {int(task.shards)} = {int(task.shard)}"
-        rel = staging.con.cursor().sql(sql + " ORDER BY filename, file_row_number")
-        for row in rel.to_arrow_table().to_pylist():
-            yield ItemGroup(item=row)
-        return
-    yield from staging.iter_items(
-        shard=task.shard,
-        shards=task.shards,
-        point_columns=None if _has_rows(staging, "points") else (),
-        with_attributes=with_attributes and _has_rows(staging, "attributes"),
-    )
 
+    def __init__(self, out: Output, result: WriteResult) -> None:
+        self.out = out
+        self.result = result
+        self._open: dict[str, Any] = {}
 
-def _has_rows(staging: Staging, table: str) -> bool:
-    return bool(staging.scalar(f"SELECT count(*) > 0 FROM {table}"))
+    def add(self, rel: str, line: str) -> None:
+        f = self._open.get(rel)
+        if f is None:
+            f = self._open[rel] = self.out.open(rel)
+            self.result.files.append(rel)
+        f.write(f"{line}\n".encode())
+
+    def touch(self, rel: str) -> None:
+        if rel not in self._open:
+            self._open[rel] = self.out.open(rel)
+            self.result.files.append(rel)
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
 
 
 def item_name(item: dict[str, Any]) -> str:

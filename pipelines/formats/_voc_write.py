@@ -141,41 +141,50 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
     labelmap = [vm.LabelEntry(n, tuple(c), p, a) for n, c, p, a in task.options.extra["_labelmap"]]
     _put(out, "labelmap.txt", vm.labelmap_text(labelmap).encode(), result)
     collisions = per_image.colliding_stems(staging, per_subset=False)
-    tags: dict[str, dict[str, int]] = {}
-    for item_id, label, difficult in staging.con.execute(
-        "SELECT a.item_id, a.label, bool_or(t.value = 'true') FROM annotations a "
-        "LEFT JOIN attributes t ON t.owner_id = a.ann_id AND t.key = 'difficult' "
-        "WHERE a.kind = 'tag' AND a.label IS NOT NULL GROUP BY a.item_id, a.label, "
-        "a.filename, a.file_row_number ORDER BY a.filename, a.file_row_number"
-    ).fetchall():
-        tags.setdefault(item_id, {})[label] = 0 if difficult else 1
-    tag_labels = sorted({label for t in tags.values() for label in t})
-    lists: dict[str, list[str]] = {}
-    flags: dict[str, list[str]] = {}
-    rows = staging.con.execute(
-        "SELECT i.item_id, i.file_name, i.native_id, i.subset, i.metadata, "
-        "EXISTS (SELECT 1 FROM annotations a WHERE a.item_id = i.item_id AND a.kind = 'mask'), "
-        "EXISTS (SELECT 1 FROM attributes t WHERE t.item_id = i.item_id "
-        "AND t.source = 'voc_action'), "
-        f"EXISTS (SELECT 1 FROM annotations c JOIN annotations p ON {_PART_OF} "
-        "WHERE c.item_id = i.item_id AND c.kind = 'bbox') "
-        "FROM items i ORDER BY i.filename, i.file_row_number"
-    ).fetchall()
-    for item_id, file_name, native_id, subset, metadata, has_mask, has_action, has_part in rows:
-        item = {"item_id": item_id, "file_name": file_name, "native_id": native_id}
-        stem = per_image.output_stem(item, collisions, per_subset=False)
-        s = subset or DEFAULT_SUBSET
-        sets = orjson.loads(metadata).get("image_sets", []) if metadata else []
-        lists.setdefault(f"Main/{s}", []).append(stem)
-        for name, hit in (("Segmentation", has_mask), ("Action", has_action), ("Layout", has_part)):
-            if hit or any(m.startswith(f"{name}/") for m in sets):
-                lists.setdefault(f"{name}/{s}", []).append(stem)
-        for label in tag_labels:
-            flag = tags.get(item_id, {}).get(label, -1)
-            flags.setdefault(f"Main/{label}_{s}", []).append(f"{stem} {flag:2d}")
-    for rel, stems in {**lists, **flags}.items():
-        _put(out, f"ImageSets/{rel}.txt", "".join(f"{v}\n" for v in stems).encode(), result)
+    tag_labels = [
+        r[0]
+        for r in staging.con.execute(
+            "SELECT DISTINCT label FROM annotations WHERE kind = 'tag' AND label IS NOT NULL "
+            "ORDER BY label"
+        ).fetchall()
+    ]
+    lists = per_image.LineFiles(out, result)
+    try:
+        for item in per_image.rows(staging, _SHARED_SQL):
+            stem = per_image.output_stem(item, collisions, per_subset=False)
+            s = item["subset"] or DEFAULT_SUBSET
+            sets = orjson.loads(item["metadata"]).get("image_sets", []) if item["metadata"] else []
+            lists.add(f"ImageSets/Main/{s}.txt", stem)
+            for name in ("Segmentation", "Action", "Layout"):
+                if item[name] or any(m.startswith(f"{name}/") for m in sets):
+                    lists.add(f"ImageSets/{name}/{s}.txt", stem)
+            flags = {t["label"]: 0 if t["difficult"] else 1 for t in item["tags"] or []}
+            for label in tag_labels:
+                lists.add(f"ImageSets/Main/{label}_{s}.txt", f"{stem} {flags.get(label, -1):2d}")
+    finally:
+        lists.close()
     return result
+
+
+_SHARED_SQL = f"""
+SELECT i.item_id, i.file_name, i.native_id, i.subset, i.metadata,
+    EXISTS (SELECT 1 FROM annotations a WHERE a.item_id = i.item_id AND a.kind = 'mask')
+        AS "Segmentation",
+    EXISTS (SELECT 1 FROM attributes t WHERE t.item_id = i.item_id AND t.source = 'voc_action')
+        AS "Action",
+    EXISTS (SELECT 1 FROM annotations c JOIN annotations p ON {_PART_OF}
+        WHERE c.item_id = i.item_id AND c.kind = 'bbox') AS "Layout",
+    g.tags
+FROM items i
+LEFT JOIN (
+    SELECT a.item_id, list({{'label': a.label, 'difficult': coalesce(
+        (SELECT bool_or(t.value = 'true') FROM attributes t
+         WHERE t.owner_id = a.ann_id AND t.key = 'difficult'), false)}}) AS tags
+    FROM annotations a WHERE a.kind = 'tag' AND a.label IS NOT NULL GROUP BY a.item_id
+) g USING (item_id)
+ORDER BY i.filename, i.file_row_number
+"""
+"""One row per item: its names, which task lists it belongs to, and its tags."""
 
 
 # -- per-item files --------------------------------------------------------------------
@@ -189,7 +198,7 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     collisions = per_image.colliding_stems(staging, per_subset=False)
     copier = per_image.MediaCopier()
     result = WriteResult()
-    for group in per_image.item_groups(staging, task):
+    for group in staging.iter_items(shard=task.shard, shards=task.shards):
         item = group.item
         stem = per_image.output_stem(item, collisions, per_subset=False)
         doc, seg = _Document(item, group, stem, result).build(class_index)

@@ -116,41 +116,43 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
     ex = task.options.extra
     layout, names = ex["_layout"], ex["_names"]
     result = WriteResult()
-    per_subset: dict[str, list[str]] = {}
     collisions = per_image.colliding_stems(staging, per_subset=True)
-    rows = staging.con.execute(
-        "SELECT item_id, file_name, native_id, subset, media_uri, width, height "
-        "FROM items ORDER BY filename, file_row_number"
-    ).fetchall()
-    for item_id, file_name, native_id, subset, media_uri, width, height in rows:
-        item = {"item_id": item_id, "file_name": file_name, "native_id": native_id}
-        item |= {"subset": subset, "media_uri": media_uri, "width": width, "height": height}
-        if not _has_size(item):
-            continue
-        stem = per_image.output_stem(item, collisions, per_subset=True)
-        _, image_dir = _dirs(layout, subset)
-        path = f"{image_dir}/{stem}{per_image.image_suffix(item)}"
-        per_subset.setdefault(subset or DEFAULT_SUBSET, []).append(path)
-    subsets = list(per_subset) or [DEFAULT_SUBSET]
+    subsets: list[str] = []
+    lists = per_image.LineFiles(out, result)
+    try:
+        for item in per_image.rows(
+            staging,
+            "SELECT item_id, file_name, native_id, subset, media_uri, width, height "
+            "FROM items ORDER BY filename, file_row_number",
+        ):
+            if not _has_size(item):
+                continue
+            s = item["subset"] or DEFAULT_SUBSET
+            if s not in subsets:
+                subsets.append(s)
+            if layout == "yolo":
+                stem = per_image.output_stem(item, collisions, per_subset=True)
+                _, image_dir = _dirs(layout, item["subset"])
+                lists.add(f"{s}.txt", f"data/{image_dir}/{stem}{per_image.image_suffix(item)}")
+        subsets = subsets or [DEFAULT_SUBSET]
+        if layout == "yolo":
+            for s in subsets:
+                lists.touch(f"{s}.txt")
+    finally:
+        lists.close()
     if layout == "yolo":
         _put(out, "obj.names", "".join(f"{n}\n" for n in names), result)
         data = [f"classes = {len(names)}"]
         data += [f"{s} = data/{s}.txt" for s in subsets]
         data += ["names = data/obj.names", "backup = backup/"]
         _put(out, "obj.data", "\n".join(data) + "\n", result)
-        for s in subsets:
-            _put(out, f"{s}.txt", "".join(f"data/{p}\n" for p in per_subset.get(s, [])), result)
     else:
         doc: dict[str, Any] = {"path": "."}
         doc |= {s: f"images/{s}" for s in subsets}
         doc["names"] = dict(enumerate(names))
         doc |= _pose_settings(staging, ex)
-        _put(
-            out,
-            "data.yaml",
-            yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=None),
-            result,
-        )
+        text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=None)
+        _put(out, "data.yaml", text, result)
     return result
 
 
@@ -206,7 +208,7 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
     result = WriteResult()
-    for group in per_image.item_groups(staging, task, with_attributes=False):
+    for group in staging.iter_items(shard=task.shard, shards=task.shards, with_attributes=False):
         item = group.item
         if not _has_size(item):
             result.lose("items without a size skipped")

@@ -26,6 +26,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -245,7 +246,11 @@ class _ItemReader:
         self.labelmap = labelmap
         self.index = {e.name: i for i, e in enumerate(labelmap)}
         self.root = task.context["root"]
-        self.present = frozenset(task.source.files)
+
+    @cached_property
+    def present(self) -> frozenset[str]:
+        """The source's files, for images named by <filename> rather than by id."""
+        return frozenset(self.task.source.files)
 
     def _label_id(self, label: str | None) -> str | None:
         return str(self.index[label]) if label in self.index else None
