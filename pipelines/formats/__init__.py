@@ -32,6 +32,9 @@ _MODULES: dict[str, str] = {
     "lfw": "pipelines.formats.lfw",
     "vggface2": "pipelines.formats.vggface2",
     "widerface": "pipelines.formats.widerface",
+    "camvid": "pipelines.formats.camvid",
+    "cityscapes": "pipelines.formats.cityscapes",
+    "kitti": "pipelines.formats.kitti",
 }
 
 _loaded: dict[str, Format] = {}
