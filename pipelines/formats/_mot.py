@@ -129,4 +129,5 @@ def subset_dir(subset: str | None, *parts: str | None) -> str:
 
 def number_text(value: float) -> str:
     """A number as MOT files write it: integers without a decimal point."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
