@@ -214,3 +214,30 @@ def test_peer_roundtrip_keeps_the_box(peer: Path, tmp_path: Path, name: str) -> 
         8.0,
         "label_2",
     )
+
+
+def test_whole_file_and_line_by_line_parsing_agree(tmp_path: Path) -> None:
+    rows = "2,1,5,6,7,8,1,1,0.5\n1,1,1.5,2,3,4,0,2,1\n1,2,9,9,1,1,1,1,0\n"
+    for name, text in (("fast", rows), ("slow", rows + "\n")):  # a blank line: line by line
+        gt = tmp_path / name / "gt"
+        gt.mkdir(parents=True)
+        (gt / "gt.txt").write_text(text)
+    fast = _read(tmp_path / "fast", tmp_path / "a")
+    slow = _read(tmp_path / "slow", tmp_path / "b")
+
+    def key(t: dict) -> list:
+        cols = ("frame_index", "track_id", "bbox_x", "bbox_y", "bbox_w", "bbox_h", "label")
+        return [(a["ann_id"].split("/", 1)[1], *(a[c] for c in cols)) for a in t["annotations"]]
+
+    assert key(fast) == key(slow)
+    assert key(fast)[0] == ("000001/2", 0, "1", 1.5, 2.0, 3.0, 4.0, "person on vehicle")
+    assert len(fast["attributes"]) == len(slow["attributes"]) == 6
+
+
+def test_columns_past_the_ninth_are_kept(tmp_path: Path) -> None:
+    gt = tmp_path / "seq" / "gt"
+    gt.mkdir(parents=True)
+    (gt / "gt.txt").write_text("1,1,1,2,3,4,1,1,1,-1\n")  # MOT15 adds world coordinates
+    t = _read(tmp_path / "seq", tmp_path / "a")
+    (ann,) = t["annotations"]
+    assert _attrs(t, ann["ann_id"])["extra_columns"] == ["-1"]
