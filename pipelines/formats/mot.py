@@ -11,7 +11,7 @@ number minus one, as every other table counts frames from 0); every gt row is a 
 its track id (none for id -1), `visibility` and `ignored` attributes, and `occluded` when
 the visibility is 0. A sequence folder below another folder takes that folder as subset
 (MOT17/train/MOT17-02 → subset "MOT17/train"). gt.txt is sorted by track, not by frame,
-so a sequence's rows are held (as small tuples) until the file is read.
+so a sequence's rows are held (as one float array) until the file is read.
 """
 
 from __future__ import annotations
