@@ -1,4 +1,4 @@
-"""Pascal VOC's label map and segmentation PNGs.
+"""Pascal VOC's label map and segmentation PNGs (also CVAT's Segmentation mask format).
 
 labelmap.txt (CVAT): one `label:r,g,b:part1,part2:action1,action2` line per
 class; a class's line number is its index in SegmentationClass PNGs. Without
@@ -10,14 +10,16 @@ the "void" border and belongs to nothing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
 
 from pipelines.errors import ParseError
+from pipelines.formats.base import WriteResult
 
 VOID = 255
 
@@ -131,3 +133,73 @@ def write_png(f: IO[bytes], indices: np.ndarray, colors: list[tuple[int, int, in
     img = Image.fromarray(indices.astype(np.uint8), mode="P")
     img.putpalette([v for c in palette for v in c])
     img.save(f, format="PNG")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One mask of an image's segmentation PNGs."""
+
+    instance: int | None
+    """Its number in SegmentationObject; None for a mask of SegmentationClass alone."""
+    index: int | None
+    """Its class index: the most frequent class under an instance (None when only
+    background or void lies under it)."""
+    mask: np.ndarray
+
+
+def segments(cls: np.ndarray | None, obj: np.ndarray | None) -> Iterator[Segment]:
+    """The instances of SegmentationObject, or, without it, the classes of SegmentationClass.
+
+    Background (0) and void (255) are never a segment.
+    """
+    if obj is not None:
+        for inst in (int(v) for v in np.unique(obj) if v not in (0, VOID)):
+            m = obj == inst
+            index = None
+            if cls is not None:
+                vals = cls[m]
+                vals = vals[(vals != 0) & (vals != VOID)]
+                if vals.size:
+                    index = int(np.bincount(vals).argmax())
+            yield Segment(inst, index, m)
+    elif cls is not None:
+        for c in (int(v) for v in np.unique(cls) if v not in (0, VOID)):
+            yield Segment(None, c, cls == c)
+
+
+def draw(
+    shapes: Iterable[tuple[dict[str, Any], np.ndarray]],
+    height: int,
+    width: int,
+    class_index: dict[str, int],
+    objects: dict[str, int],
+    result: WriteResult,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(SegmentationObject, SegmentationClass) index arrays of one image, later shapes on top.
+
+    A shape whose `group_id` is a written object's ann_id takes that object's number
+    (`objects`: ann_id → number), so instance i stays the i-th <object>; the others
+    take the next free numbers.
+    """
+    obj = np.zeros((height, width), dtype=np.uint8)
+    cls = np.zeros((height, width), dtype=np.uint8)
+    used = set(objects.values())
+    next_free = len(objects) + 1
+    for a, m in shapes:
+        label = a.get("label")
+        if label not in class_index or class_index[label] >= VOID:
+            result.lose("unlabelled annotations skipped")
+            continue
+        inst = objects.get(a.get("group_id") or "")
+        if inst is None:
+            while next_free in used:
+                next_free += 1
+            inst = next_free
+            used.add(inst)
+        if inst >= VOID:
+            result.lose("masks beyond 254 instances per image skipped")
+            continue
+        obj[m] = inst
+        cls[m] = class_index[label]
+        result.annotations += 1
+    return obj, cls

@@ -351,29 +351,10 @@ class _Document:
         self, mask_anns: list[dict], objects: dict[str, int], class_index: dict[str, int]
     ) -> tuple[np.ndarray, np.ndarray] | None:
         h, w = mask_anns[0]["mask_h"], mask_anns[0]["mask_w"]
-        obj = np.zeros((h, w), dtype=np.uint8)
-        cls = np.zeros((h, w), dtype=np.uint8)
-        used = set(objects.values())
-        next_free = len(objects) + 1
+        shapes = []
         for a in mask_anns:
             if (a["mask_h"], a["mask_w"]) != (h, w):
                 self.result.lose("masks of another size than the image's first mask skipped")
                 continue
-            label = a.get("label")
-            if label not in class_index or class_index[label] >= vm.VOID:
-                self.result.lose("unlabelled annotations skipped")
-                continue
-            inst = objects.get(a.get("group_id") or "")
-            if inst is None:
-                while next_free in used:
-                    next_free += 1
-                inst = next_free
-                used.add(inst)
-            if inst >= vm.VOID:
-                self.result.lose("masks beyond 254 instances per image skipped")
-                continue
-            m = masks.decode(a["mask"], h, w).astype(bool)
-            obj[m] = inst
-            cls[m] = class_index[label]
-            self.result.annotations += 1
-        return obj, cls
+            shapes.append((a, masks.decode(a["mask"], h, w).astype(bool)))
+        return vm.draw(shapes, h, w, class_index, objects, self.result)

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 from lxml import etree
 
-from pipelines import masks, xmlsafe
+from pipelines import xmlsafe
 from pipelines.builder import BatchBuilder, to_json
 from pipelines.errors import ParseError
+from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _voc_masks as vm
 from pipelines.formats import _voc_write
@@ -412,28 +413,23 @@ class _ItemReader:
         if it.seg_object:
             with src.open(it.seg_object) as f:
                 obj, _ = vm.read_indices(f, list(vm.colormap()))
-        if obj is not None:
-            for inst in (int(v) for v in np.unique(obj) if v not in (0, vm.VOID)):
-                m = obj == inst
-                label = None
-                if cls is not None:
-                    vals = cls[m]
-                    vals = vals[(vals != 0) & (vals != vm.VOID)]
-                    if vals.size:
-                        label = self._class_label(int(np.bincount(vals).argmax()), it, rows)
-                        if label is None:
-                            continue
-                elif inst in objects:
-                    label = objects[inst]["label"]
-                group = objects[inst]["ann_id"] if inst in objects else None
-                if group:
-                    objects[inst]["group_id"] = group
-                rows.append(self._mask_row(f"{item_id}/mask/{inst}", str(inst), label, m, group))
-        elif cls is not None:
-            for c in (int(v) for v in np.unique(cls) if v not in (0, vm.VOID)):
-                label = self._class_label(c, it, rows)
-                if label is not None:
-                    rows.append(self._mask_row(f"{item_id}/class/{c}", None, label, cls == c, None))
+        for seg in vm.segments(cls, obj):
+            label = None
+            if seg.index is not None:
+                label = self._class_label(seg.index, it, rows)
+                if label is None:
+                    continue
+            elif cls is None and seg.instance in objects:
+                label = objects[seg.instance]["label"]
+            if seg.instance is None:
+                ann_id = f"{item_id}/class/{seg.index}"
+                rows.append(self._mask_row(ann_id, None, label, seg.mask, None))
+                continue
+            inst = seg.instance
+            group = objects[inst]["ann_id"] if inst in objects else None
+            if group:
+                objects[inst]["group_id"] = group
+            rows.append(self._mask_row(f"{item_id}/mask/{inst}", str(inst), label, seg.mask, group))
 
     def _class_label(self, c: int, it: _Item, rows: list) -> str | None:
         if c < len(self.labelmap):
@@ -445,12 +441,8 @@ class _ItemReader:
     def _mask_row(
         self, ann_id: str, native: str | None, label: str | None, m: np.ndarray, group: str | None
     ) -> dict:
-        h, w = m.shape
-        rle = masks.encode(m)
-        x, y, bw, bh = masks.bbox(rle, h, w)
-        row = {"ann_id": ann_id, "native_id": native, "kind": "mask", "label": label}
-        row |= {"mask": rle, "mask_h": h, "mask_w": w, "area": masks.area(rle, h, w)}
-        row |= {"bbox_x": x, "bbox_y": y, "bbox_w": bw, "bbox_h": bh}
+        row = {"ann_id": ann_id, "native_id": native, "label": label, **lm.mask_fields(m)}
+        del row["units"]  # set for every row when it is written
         return row | {"group_id": group, "_attrs": {}}
 
 
