@@ -132,10 +132,8 @@ def test_free_text_attributes_round_trip() -> None:
     values = parse_attributes(text)
     assert values == {"a1": True, "n": 3, "f": 1.5, "t": True, "s": "x", "q": "12", "e": "a=b, c"}
     assert parse_attributes(format_attributes(values)) == values
-    assert parse_attributes(format_attributes({"sp": " padded ", "no": False})) == {
-        "sp": " padded ",
-        "no": False,
-    }
+    tricky = {"sp": " padded ", "no": False, "bs": "ends\\", "k=,": 'q"'}
+    assert parse_attributes(format_attributes(tricky)) == tricky
 
 
 def test_xml_rejects_deleted_and_broken_objects(tmp_path: Path) -> None:

@@ -111,7 +111,22 @@ def parse_attributes(text: str | None) -> dict[str, Any]:
 
 
 def _split_unescaped(text: str, sep: str, maxsplit: int = -1) -> list[str]:
-    parts = re.split(rf"(?<!\\){re.escape(sep)}", text, maxsplit=max(maxsplit, 0))
+    """Split at `sep` where it is not escaped; escapes stay for `_unescape`."""
+    parts: list[str] = []
+    current: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text):
+            current.append(text[i : i + 2])
+            i += 2
+            continue
+        if text[i] == sep and (maxsplit < 0 or len(parts) < maxsplit):
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(text[i])
+        i += 1
+    parts.append("".join(current))
     return parts
 
 
