@@ -26,7 +26,7 @@ import fsspec
 from pipelines import masks
 from pipelines.formats.base import ReadOptions, WriteOptions, WriteResult, WriteTask
 from pipelines.images import IMAGE_SUFFIXES, image_size
-from pipelines.staging import Staging
+from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output, Source
 
 MAX_FILES_PER_TASK = 2_000
@@ -116,6 +116,13 @@ def plan_sharded(
     return [WriteTask(fmt, shard=SHARED, shards=n, options=opts)] + [
         WriteTask(fmt, shard=k, shards=n, options=opts) for k in range(n)
     ]
+
+
+def item_groups(
+    staging: Staging, task: WriteTask, *, with_attributes: bool = True
+) -> Iterator[ItemGroup]:
+    """The write task's shard of items, each with what is attached to it."""
+    return staging.iter_items(shard=task.shard, shards=task.shards, with_attributes=with_attributes)
 
 
 def rows(staging: Staging, sql: str, batch: int = 10_000) -> Iterator[dict[str, Any]]:

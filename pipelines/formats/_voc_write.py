@@ -198,7 +198,7 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     collisions = per_image.colliding_stems(staging, per_subset=False)
     copier = per_image.MediaCopier()
     result = WriteResult()
-    for group in staging.iter_items(shard=task.shard, shards=task.shards):
+    for group in per_image.item_groups(staging, task):
         item = group.item
         stem = per_image.output_stem(item, collisions, per_subset=False)
         doc, seg = _Document(item, group, stem, result).build(class_index)

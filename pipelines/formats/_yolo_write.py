@@ -208,7 +208,7 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
     result = WriteResult()
-    for group in staging.iter_items(shard=task.shard, shards=task.shards, with_attributes=False):
+    for group in per_image.item_groups(staging, task, with_attributes=False):
         item = group.item
         if not _has_size(item):
             result.lose("items without a size skipped")
