@@ -35,6 +35,7 @@ _MODULES: dict[str, str] = {
     "camvid": "pipelines.formats.camvid",
     "cityscapes": "pipelines.formats.cityscapes",
     "kitti": "pipelines.formats.kitti",
+    "segmentation_mask": "pipelines.formats.segmask",
 }
 
 _loaded: dict[str, Format] = {}
