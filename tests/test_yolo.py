@@ -205,7 +205,9 @@ def test_zip_member_climbing_out_is_refused(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("obj.names", "a\n")
         z.writestr("../evil/obj_train_data/1.txt", "0 0.5 0.5 0.5 0.5\n")
-    report = convert([str(archive)], "parquet", str(tmp_path / "o"), source_format="yolo")
+    report = convert(
+        [str(archive)], "parquet", str(tmp_path / "o"), source_format="yolo", workers=1
+    )
     assert not report.ok and "escapes its root" in report.failures[0]
 
 
@@ -240,7 +242,9 @@ def test_class_ids_and_unused_names_survive_a_round_trip(tmp_path: Path) -> None
 def test_ultralytics_layout_by_option_and_task(tmp_path: Path) -> None:
     out = tmp_path / "out"
     opts = WriteOptions(extra={"layout": "ultralytics", "save_images": False})
-    report = convert([str(PEER / "yolo" / "strict")], "yolo", str(out), write_options=opts)
+    report = convert(
+        [str(PEER / "yolo" / "strict")], "yolo", str(out), write_options=opts, workers=1
+    )
     assert report.ok
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "data.yaml",
@@ -258,7 +262,7 @@ def test_ultralytics_layout_by_option_and_task(tmp_path: Path) -> None:
 
 def test_oriented_box_corners_written_back(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert convert([str(VARIANTS / "yolov8_oriented_boxes")], "ultralytics", str(out)).ok
+    assert convert([str(VARIANTS / "yolov8_oriented_boxes")], "ultralytics", str(out), workers=1).ok
     line = (out / "labels/train/1.txt").read_text().splitlines()[0]
     src = (VARIANTS / "yolov8_oriented_boxes/labels/train/1.txt").read_text().splitlines()[0]
     assert [float(v) for v in line.split()] == pytest.approx(
@@ -267,12 +271,12 @@ def test_oriented_box_corners_written_back(tmp_path: Path) -> None:
 
 
 def test_detection_counts_what_it_loses(tmp_path: Path) -> None:
-    seg = convert([str(VARIANTS / "yolov8_segmentation")], "yolo", str(tmp_path / "a"))
+    seg = convert([str(VARIANTS / "yolov8_segmentation")], "yolo", str(tmp_path / "a"), workers=1)
     assert seg.lossy == {"polygons written as boxes": 2}
     assert (tmp_path / "a/obj_train_data/1.txt").read_text().splitlines()[0] == (
         "2 0.250000 0.300000 0.300000 0.400000"
     )
-    obb = convert([str(VARIANTS / "yolov8_oriented_boxes")], "yolo", str(tmp_path / "b"))
+    obb = convert([str(VARIANTS / "yolov8_oriented_boxes")], "yolo", str(tmp_path / "b"), workers=1)
     assert obb.lossy == {"rotated boxes lost their angle": 2}
     assert obb.unaccounted() == {}
 
@@ -359,3 +363,15 @@ def test_task_is_the_one_that_loses_least(tmp_path: Path) -> None:
     assert len(labels) == 4  # four datasets' 1.txt, told apart by a suffix
     lines = sorted(len(line.split()) for f in labels for line in f.read_text().splitlines())
     assert lines == [7, 9, 9, 9, 9, 9, 11]  # triangle, 4 boxes as corners, 1 pose box, pentagon
+
+
+def test_labelimg_flat_folder_with_classes_txt(tmp_path: Path) -> None:
+    Image.new("L", (10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("1 0.5 0.5 1 1\n")
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    (tmp_path / "notes.txt").write_text("not labels\n")
+    assert formats.detect(Source(str(tmp_path)))[0][0] == "yolo"
+    t = read_tables(tmp_path, "yolo")
+    assert [(i["item_id"], i["file_name"]) for i in t["items"]] == [("a", "a.png")]
+    assert [(a["label"], a["bbox_w"]) for a in t["annotations"]] == [("dog", 10.0)]
+    assert not t["rejects"]

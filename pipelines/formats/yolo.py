@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 
+from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_read, _yolo_write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
 from pipelines.storage import Source
@@ -35,12 +36,14 @@ def looks_like_labels(source: Source, members: list[str], limit: int = 5) -> boo
 
 
 def label_files(source: Source) -> list[str]:
-    """Label files in folders this reader knows (cheap: names only)."""
-    out = []
-    for f in source.files:
-        if _yolo_read.is_label_file(f) and _yolo_read.classify(f, _yolo_read.LABEL_DIRS):
-            out.append(f)
-    return out
+    """Label files by name alone: in a labels-like folder, or next to a same-named image."""
+    images = {per_image.strip_ext(f) for f in source.files if per_image.is_image(f)}
+    return [
+        f
+        for f in source.files
+        if _yolo_read.is_label_file(f)
+        and (_yolo_read.classify(f, _yolo_read.LABEL_DIRS) or per_image.strip_ext(f) in images)
+    ]
 
 
 def detect(source: Source) -> Detection | None:
