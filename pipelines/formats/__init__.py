@@ -36,6 +36,7 @@ _MODULES: dict[str, str] = {
     "cityscapes": "pipelines.formats.cityscapes",
     "kitti": "pipelines.formats.kitti",
     "segmentation_mask": "pipelines.formats.segmask",
+    "icdar": "pipelines.formats.icdar",
 }
 
 _loaded: dict[str, Format] = {}

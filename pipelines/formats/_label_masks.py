@@ -360,7 +360,7 @@ def pixels(
             parts.setdefault(p.get("part") or 0, []).extend((p["x"], p["y"]))
         rings = [r for r in parts.values() if len(r) >= 6]
     elif kind in ("bbox", "rotated_bbox", "ellipse") and ann.get("bbox_w") is not None:
-        rings = [_outline(ann)]
+        rings = [outline(ann)]
     if not rings:
         result.lose(f"{kind} annotations not written: {target} holds pixel masks")
         return None
@@ -370,7 +370,8 @@ def pixels(
     return cocomask.decode(rle).astype(bool)
 
 
-def _outline(ann: dict[str, Any]) -> list[float]:
+def outline(ann: dict[str, Any]) -> list[float]:
+    """The corners of a (rotated) box, or 32 points of an ellipse, as x0, y0, x1, y1, ..."""
     x, y, w, h = ann["bbox_x"], ann["bbox_y"], ann["bbox_w"], ann["bbox_h"]
     cx, cy = x + w / 2, y + h / 2
     if ann["kind"] == "ellipse":
