@@ -87,8 +87,10 @@ def detect(source: Source) -> Detection | None:
     if not source.is_dir:
         return None
     tables = {f.split("/", 1)[0] for f in source.glob(".parquet")}
-    if {"items", "annotations"} <= tables:
-        return Detection(1.0, "items/ and annotations/ folders of Parquet files")
+    if "items" in tables:
+        return Detection(
+            1.0, f"labelflow tables as Parquet: {', '.join(sorted(tables & set(TABLES)))}"
+        )
     return None
 
 
