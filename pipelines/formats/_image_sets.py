@@ -176,20 +176,20 @@ def groups(
     if shards > 1:
         conds.append(f"hash(item_id) % {int(shards)} = {int(shard)}")
     where = f"WHERE {' AND '.join(conds)}" if conds else ""
-    sql = f"SELECT * EXCLUDE (filename, file_row_number) FROM items {where}"
-    rows = staging.con.cursor().execute(sql + " ORDER BY filename, file_row_number", params)
-    items = rows.to_arrow_table().to_pylist()
     attrs: dict[str, list[dict[str, Any]]] = {}
-    if items and _has_rows(staging, "attributes"):
+    if _has_rows(staging, "attributes"):  # item attributes without annotations: few
         sql = (
             "SELECT * EXCLUDE (filename, file_row_number) FROM attributes "
             "WHERE owner_kind = 'item' ORDER BY filename, file_row_number"
         )
-        for row in staging.con.cursor().execute(sql).to_arrow_table().to_pylist():
+        for row in staging.con.cursor().sql(sql).to_arrow_table().to_pylist():
             attrs.setdefault(row["owner_id"], []).append(row)
-    for item in items:
-        own = attrs.get(item["item_id"])
-        yield ItemGroup(item=item, attributes={item["item_id"]: own} if own else {})
+    sql = f"SELECT * EXCLUDE (filename, file_row_number) FROM items {where}"
+    rel = staging.con.cursor().sql(sql + " ORDER BY filename, file_row_number", params=params)
+    for batch in rel.to_arrow_reader(65_536):
+        for item in batch.to_pylist():
+            own = attrs.get(item["item_id"])
+            yield ItemGroup(item=item, attributes={item["item_id"]: own} if own else {})
 
 
 def item_attributes(group: ItemGroup) -> dict[str, Any]:

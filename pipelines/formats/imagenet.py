@@ -273,6 +273,8 @@ def _write_folders(task: WriteTask, staging: Staging, out: Output) -> WriteResul
             written += sets.copied(copier, item.get("media_uri"), out, rel, result)
         if not written:
             result.lose("items not written: ImageNet folders hold the images themselves")
+            if group.annotations:
+                result.lose("annotations of items not written", len(group.annotations))
             continue
         result.items += 1
         result.annotations += _lose_others(group, result)

@@ -78,13 +78,15 @@ def detect(source: Source) -> Detection | None:
     if not source.is_dir:
         return None
     for root in _roots(source):
-        images, _ = _layout(root)
-        named = posixpath.basename(root) == ANNOTATIONS_DIR
-        if not named and not any(f.startswith(images + "/") for f in source.files):
-            continue
-        member = sets.join(root, PAIRS) if sets.join(root, PAIRS) in source.files else None
-        if member and "\t" not in sets.first_line(source, member):
-            continue
+        if posixpath.basename(root) != ANNOTATIONS_DIR:
+            # Beside images/ (CVAT's layout): the first pairs line must read as LFW's.
+            images, _ = _layout(root)
+            if not any(f.startswith(images + "/") for f in source.files):
+                continue
+            member = sets.join(root, PAIRS)
+            line = sets.first_line(source, member) if member in source.files else ""
+            if line and "\t" not in line and len(line.split()) != 1:
+                continue
         return Detection(0.9, f"LFW annotation files in {root or 'the root folder'}")
     return None
 
@@ -236,8 +238,10 @@ def image_path(group: ItemGroup) -> str:
     if not per_image.is_image(name):
         name += per_image.image_suffix(group.item)
     labels = sets.tag_labels(group)
-    if labels and not name.startswith(labels[0] + "/"):
-        name = f"{labels[0]}/{posixpath.basename(name)}"
+    if not labels:
+        return posixpath.basename(name)  # a folder under images/ would name a person
+    if not name.startswith(labels[0] + "/"):
+        return f"{labels[0]}/{posixpath.basename(name)}"
     return name
 
 
@@ -268,10 +272,12 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         person = labels[0] if labels else None
         if person:
             people[person] = people.get(person, 0) + 1
-        if len(labels) > 1:
-            result.lose("labels past the first per image not written")
+        tagged = False
         for ann in group.annotations:
-            if ann["kind"] == "tag" and ann.get("label") == person:
+            if ann["kind"] == "tag" and (tagged or ann.get("label") != person):
+                result.lose("tags other than the image's person not written")
+            elif ann["kind"] == "tag":
+                tagged = True
                 result.annotations += 1
                 attrs = sets.ann_attributes(group, ann)
                 for other in attrs.get(POSITIVE) or []:
@@ -286,7 +292,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
                 landmarks.append("\t".join([rel, *coords]))
                 named.add(ref)
                 result.annotations += 1
-            elif ann["kind"] != "tag":
+            else:
                 sets.lose_unwritten(result, ann, "LFW")
         neutral.append(ref)
     root = sets.join(_prefix(task.subset), ANNOTATIONS_DIR)

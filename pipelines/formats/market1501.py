@@ -210,13 +210,13 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
                 result.lose("items without a person id written under their own name")
             elif made:
                 result.lose("file names given made-up camera, sequence, frame or box numbers")
-            kept = False
+            kept = made == "person"
             for ann in group.annotations:
-                if ann["kind"] == "tag" and not kept and made != "person":
+                if ann["kind"] == "tag" and not kept and _int(ann.get("label")) is not None:
                     kept = True
                     result.annotations += 1
                 elif ann["kind"] == "tag":
-                    result.lose("tags past the person id not written")
+                    result.lose("tags other than the person id not written")
                 else:
                     sets.lose_unwritten(result, ann, "Market-1501")
     result.files.append(rel)

@@ -6,17 +6,16 @@
     <subset>/<label>/<image>.jpg                NAME_ID = <label>/<image> (no extension)
 
 An image is an item (`item_id` `<subset>/<NAME_ID>`); its box row a `bbox`, its
-landmark row a `keypoints` annotation of five points named P1..P5 (VGGFace2's
-usual order: left eye, right eye, nose, left and right mouth corner), both
-labelled with the NAME_ID's folder (none for `no_label/`). A landmark row
-with no numbers is a `tag` of that label. labels.txt's class names are label
-attributes (`class_name`, owner `label:<label>`). Coordinates are pixels.
+landmark row a `keypoints` annotation of five points named P1..P5 after the
+columns, both labelled with the NAME_ID's folder (none for `no_label/`). A
+landmark row with no numbers is a `tag` of that label. labels.txt's class
+names are label attributes (`class_name`, owner `label:<label>`). Pixels.
 
-The two CSVs are paired by NAME_ID as they stream: files in the same order
-(the VGGFace2 release sorts both) keep only a handful of rows waiting for
-their partner; otherwise the waiting rows grow with the disorder, never past
-one file. Writing: labels.txt, the two CSVs per subset, and the images under
-`<subset>/<NAME_ID>`. See docs/formats/vggface2.md.
+The two CSVs are paired by NAME_ID: when both are sorted by it (the VGGFace2
+release is; a first pass checks) in one streaming merge, otherwise by holding
+the box rows, the smaller file, in memory. Writing: labels.txt, the two CSVs
+per subset, and the images under `<subset>/<NAME_ID>`. See
+docs/formats/vggface2.md.
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ LANDMARKS = ("P1", "P2", "P3", "P4", "P5")
 BOX_COLUMNS = ("X", "Y", "W", "H")
 LANDMARK_COLUMNS = tuple(f"{p}{axis}" for p in LANDMARKS for axis in "XY")
 _CSV = re.compile(r"^loose_(bb|landmark)_(.+)\.csv$")
-_BOX, _LANDMARK = 1, 0
 
 
 # -- detection and planning ---------------------------------------------------------------
@@ -142,60 +140,79 @@ def _rows(source: Source, member: str, columns: tuple[str, ...]) -> Iterator[_Ro
             yield _Row(key, n, values if ok else None, "" if ok else "a value is not finite", line)
 
 
-def _paired(
-    sides: tuple[Iterable[_Row], Iterable[_Row]],
-) -> Iterator[tuple[str, list[_Row | None], str]]:
-    """(NAME_ID, [landmark row, box row], problem) with the rows of one image together.
+Pair = tuple[str, list["_Row | None"], str]
+"""(NAME_ID, [landmark row, box row], problem): the rows of one image, or a row set aside."""
 
-    Both files are read in lockstep; a row waits until its partner comes.
-    While the other file stays sorted, a waiting row whose NAME_ID that file
-    has passed has no partner and leaves at once. A row arriving for an image
-    already written alone (files sorted differently after all) or repeated in
-    its file is given back with a problem instead of making a second item.
-    """
-    its = [iter(s) for s in sides]
-    waiting: list[dict[str, _Row]] = [{}, {}]
+
+def _alone(side: int, row: _Row, problem: str = "") -> Pair:
+    pair: list[_Row | None] = [None, None]
+    pair[side] = row
+    return row.key, pair, problem if row.key else (problem or row.error)
+
+
+def _is_sorted(rows: Iterable[_Row]) -> bool:
+    last = None
+    for row in rows:
+        if row.key:
+            if last is not None and row.key < last:
+                return False
+            last = row.key
+    return True
+
+
+def _merge(landmarks: Iterator[_Row], boxes: Iterator[_Row]) -> Iterator[Pair]:
+    """Both files sorted by NAME_ID (as the VGGFace2 release is): one pass, two rows held."""
+    its = (landmarks, boxes)
+    heads = [next(landmarks, None), next(boxes, None)]
     last: list[str | None] = [None, None]
-    ordered, done = [True, True], [False, False]
-    alone: set[str] = set()
 
-    def out(side: int, row: _Row, partner: _Row | None = None) -> tuple:
-        pair: list[_Row | None] = [None, None]
-        pair[side], pair[1 - side] = row, partner
-        return row.key, pair, ""
+    def advance(side: int) -> _Row:
+        row = heads[side]
+        assert row is not None
+        heads[side] = next(its[side], None)
+        return row
 
-    while not all(done):
-        for side in (0, 1):
-            row = None if done[side] else next(its[side], None)
-            if row is None:
-                done[side] = True
+    while heads[0] is not None or heads[1] is not None:
+        keys = [h.key if h is not None else None for h in heads]
+        side = next((s for s in (0, 1) if heads[s] is not None and not keys[s]), None)
+        if side is None:
+            side = next((s for s in (0, 1) if keys[s] is not None and keys[s] == last[s]), None)
+            if side is not None:
+                yield _alone(side, advance(side), "NAME_ID repeated in its file")
                 continue
-            if not row.key:
-                yield "", [row, None] if side == _LANDMARK else [None, row], row.error
-                continue
-            other = 1 - side
-            repeated = row.key == last[side] or row.key in waiting[side]
-            if last[side] is not None and row.key < last[side]:
-                ordered[side] = False
-            last[side] = row.key
-            if repeated or row.key in alone:
-                why = "NAME_ID repeated in its file" if repeated else "files not in the same order"
-                yield row.key, [row, None] if side == _LANDMARK else [None, row], why
-            elif row.key in waiting[other]:
-                yield out(side, row, waiting[other].pop(row.key))
-            else:
-                waiting[side][row.key] = row
-        for side in (0, 1):
-            other, pend = 1 - side, waiting[side]
-            while pend and (done[other] or ordered[other]):
-                key = next(iter(pend))
-                if not done[other] and (last[other] is None or key >= last[other]):
-                    break
-                alone.add(key)
-                yield out(side, pend.pop(key))
-    for side in (0, 1):
-        for row in waiting[side].values():
-            yield out(side, row)
+        if side is not None:
+            yield _alone(side, advance(side))
+        elif keys[0] == keys[1]:
+            last = [keys[0], keys[1]]
+            row = advance(0)
+            yield row.key, [row, advance(1)], ""
+        else:
+            side = 0 if keys[1] is None or (keys[0] is not None and keys[0] < keys[1]) else 1
+            last[side] = keys[side]
+            yield _alone(side, advance(side))
+
+
+def _lookup(landmarks: Iterator[_Row], boxes: Iterator[_Row]) -> Iterator[Pair]:
+    """Files in any order: the box rows (the smaller file) are held by NAME_ID."""
+    held: dict[str, _Row] = {}
+    for row in boxes:
+        if not row.key:
+            yield _alone(1, row)
+        elif row.key in held:
+            yield _alone(1, row, "NAME_ID repeated in its file")
+        else:
+            held[row.key] = row
+    seen: set[str] = set()
+    for row in landmarks:
+        if not row.key:
+            yield _alone(0, row)
+        elif row.key in seen:
+            yield _alone(0, row, "NAME_ID repeated in its file")
+        else:
+            seen.add(row.key)
+            yield row.key, [row, held.pop(row.key, None)], ""
+    for row in held.values():
+        yield _alone(1, row)
 
 
 def read(task: ReadTask) -> Iterator[Batch]:
@@ -206,9 +223,14 @@ def read(task: ReadTask) -> Iterator[Batch]:
         _labels(b, src, sets.join(root, LABELS))
     images = sets.images_under(src, sets.join(root, task.subset)) if root is not None else {}
     prefix = sets.join(root, task.subset) + "/"
-    lm = _rows(src, ctx["landmark"], LANDMARK_COLUMNS) if "landmark" in ctx else ()
-    bb = _rows(src, ctx["bb"], BOX_COLUMNS) if "bb" in ctx else ()
-    for key, (lm_row, bb_row), problem in _paired((lm, bb)):
+
+    def rows(kind: str, columns: tuple[str, ...]) -> Iterator[_Row]:
+        return _rows(src, ctx[kind], columns) if kind in ctx else iter(())
+
+    args = ("landmark", LANDMARK_COLUMNS), ("bb", BOX_COLUMNS)
+    ordered = all(_is_sorted(rows(*a)) for a in args)
+    pairs = (_merge if ordered else _lookup)(rows(*args[0]), rows(*args[1]))
+    for key, (lm_row, bb_row), problem in pairs:
         if problem:
             for row, member in ((lm_row, ctx.get("landmark")), (bb_row, ctx.get("bb"))):
                 if row is not None:
@@ -294,9 +316,16 @@ def _label(group: ItemGroup) -> str | None:
 
 
 def name_id(group: ItemGroup) -> str:
-    """NAME_ID: `<label>/<image>`; an image already under its label folder keeps its path."""
+    """NAME_ID: `<label>/<image>`; an image already under its label folder keeps its path.
+
+    A VGGFace2 image whose rows were all rejected keeps its NAME_ID too: its
+    folder still names the person.
+    """
     name = per_image.strip_ext(per_image.item_name(group.item))
-    label = _label(group) or NO_LABEL
+    label = _label(group)
+    if label is None and group.item.get("source_format") == NAME and "/" in name:
+        return name
+    label = label or NO_LABEL
     return name if name.split("/", 1)[0] == label and "/" in name else f"{label}/{name}"
 
 

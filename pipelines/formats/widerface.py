@@ -172,8 +172,7 @@ class _Reader:
     def line(self, n: int, tokens: list[str], text: str) -> None:
         path_like = not _is_number(tokens[0])
         if self.state == "faces" and path_like:
-            reason = f"{self.expected + self.faces} faces announced, {self.faces} found"
-            self.b.reject(self.where(self.count_line), reason, record=text, record_kind=_ANN)
+            self._short()
             self.state = "path"
         if self.state == "zeros" and not path_like:
             self.state = "path"
@@ -247,10 +246,14 @@ class _Reader:
         )
         self.b.attributes(ann_id, item_id, attrs, source=NAME)
 
+    def _short(self) -> None:
+        announced = self.expected + self.faces
+        reason = f"{announced} faces announced, {self.faces} found"
+        self.b.reject(self.where(self.count_line), reason, record=str(announced), record_kind=_ANN)
+
     def finish(self) -> None:
         if self.state == "faces":
-            reason = f"{self.expected + self.faces} faces announced, {self.faces} found"
-            self.b.reject(self.where(self.count_line), reason, record_kind=_ANN)
+            self._short()
 
 
 def read(task: ReadTask) -> Iterator[Batch]:
@@ -277,27 +280,32 @@ def read(task: ReadTask) -> Iterator[Batch]:
 def _event_numbers(staging: Staging) -> dict[str, int]:
     """Event label → folder number, the same for every partition.
 
-    A WIDER source's numbers (the tag's label_id, or the label list's index)
-    are kept; other labels take the lowest free numbers in order of appearance.
+    A WIDER source's folder numbers (the tags' label_id) are kept, then its
+    label list's index for an event without one; other labels take the lowest
+    free numbers in order of appearance.
     """
-    numbers: dict[str, int] = {}
-    for owner, value in staging.con.execute(
-        "SELECT owner_id, value FROM attributes WHERE owner_kind = 'label' AND key = 'index' "
-        "AND source = ? ORDER BY filename, file_row_number",
-        [NAME],
-    ).fetchall():
-        if value.isdigit():
-            numbers.setdefault(owner.removeprefix("label:"), int(value))
     rows = staging.con.execute(
         "SELECT label, label_id FROM annotations WHERE kind = 'tag' AND label IS NOT NULL "
         "GROUP BY label, label_id ORDER BY min(filename), min(file_row_number)"
     ).fetchall()
-    used = set(numbers.values())
+    listed = {
+        owner.removeprefix("label:"): int(value)
+        for owner, value in staging.con.execute(
+            "SELECT owner_id, value FROM attributes WHERE owner_kind = 'label' AND key = 'index' "
+            "AND source = ? ORDER BY filename, file_row_number",
+            [NAME],
+        ).fetchall()
+        if value.isdigit()
+    }
+    numbers: dict[str, int] = {}
     for label, label_id in rows:
-        if label not in numbers and label_id and label_id.isdigit() and int(label_id) not in used:
-            numbers[label] = int(label_id)
-            used.add(int(label_id))
-    free = 0
+        number = int(label_id) if label_id and label_id.isdigit() else None
+        if label not in numbers and number is not None and number not in numbers.values():
+            numbers[label] = number
+    for label, _ in rows:
+        if label not in numbers and label in listed and listed[label] not in numbers.values():
+            numbers[label] = listed[label]
+    used, free = set(numbers.values()), 0
     for label, _ in rows:
         if label not in numbers:
             while free in used:
