@@ -37,6 +37,7 @@ _MODULES: dict[str, str] = {
     "kitti": "pipelines.formats.kitti",
     "segmentation_mask": "pipelines.formats.segmask",
     "icdar": "pipelines.formats.icdar",
+    "open_images": "pipelines.formats.open_images",
 }
 
 _loaded: dict[str, Format] = {}
