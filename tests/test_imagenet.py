@@ -173,3 +173,19 @@ def test_lossiness_and_bad_options(tmp_path: Path) -> None:
         write(LISTS, "imagenet", tmp_path / "x", save_images="maybe")
     with pytest.raises(LabelflowError, match="layout must be one of"):
         write(LISTS, "imagenet", tmp_path / "y", layout="csv")
+
+
+def test_lists_without_synsets_name_labels_by_number(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    image(src / "images" / "1.jpg", (6, 8))
+    (src / "train.txt").write_text("1 0\n2 5")  # names without extension, no final newline
+    hit = imagenet.detect(Source(str(src)))
+    assert hit is not None and hit.confidence == 0.4
+    t = read(src, tmp_path / "o")
+    items = by_id(t["items"], "item_id")
+    assert (items["train/1"]["file_name"], items["train/1"]["width"]) == ("1.jpg", 6)
+    assert (items["train/2"]["file_name"], items["train/2"]["media_uri"]) == ("2", None)
+    assert [(a["item_id"], a["label"], a["label_id"]) for a in t["annotations"]] == [
+        ("train/1", "class-0", "0"),
+        ("train/2", "class-5", "5"),
+    ]

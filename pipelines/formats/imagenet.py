@@ -2,7 +2,8 @@
 without images, `<subset>.txt` lists of label numbers with `synsets.txt`.
 
     folders                              lists
-    <label>/<image>                      synsets.txt        label names, number = line - 1
+    <label>/<image>                      synsets.txt        optional: label names, number =
+                                                            line - 1 (else `class-<n>`)
     no_label/<image>  (or at the root)   <subset>.txt       <image> <n> [<n> ...]
     [<subset>/]<label>/<image>           images/<image>     (optional)
 
@@ -54,10 +55,12 @@ LAYOUTS = ("folders", "txt")
 
 
 def _lists(source: Source) -> list[str]:
-    """Root-level image lists beside a synsets.txt."""
-    if SYNSETS not in source.files:
-        return []
-    return [f for f in source.files if "/" not in f and f.endswith(".txt") and f != SYNSETS]
+    """Root-level image lists: every other .txt beside a synsets.txt; without one
+    (synsets.txt is optional), the .txt files whose first line reads `<image> <n>`."""
+    txts = [f for f in source.files if "/" not in f and f.endswith(".txt") and f != SYNSETS]
+    if SYNSETS in source.files:
+        return txts
+    return [f for f in txts if _looks_like_list(sets.first_line(source, f))]
 
 
 def _parse_line(line: str) -> tuple[str, list[str]] | None:
@@ -101,7 +104,9 @@ def detect(source: Source) -> Detection | None:
         return None
     lists = _lists(source)
     if lists and _looks_like_list(sets.first_line(source, lists[0])):
-        return Detection(0.8, f"synsets.txt with image lists ({', '.join(lists)})")
+        if SYNSETS in source.files:
+            return Detection(0.8, f"synsets.txt with image lists ({', '.join(lists)})")
+        return Detection(0.4, f"image lists of label numbers ({', '.join(lists)})")
     found = _layout(source.files)
     # Folders of images alone say little: any format with a more specific sign wins.
     return Detection(0.3, found[1]) if found else None
@@ -112,7 +117,9 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         return []
     lists = _lists(source)
     if lists:
-        labels = [line.strip() for _, line in sets.text_lines(source, SYNSETS) if line.strip()]
+        labels = None
+        if SYNSETS in source.files:
+            labels = [line.strip() for _, line in sets.text_lines(source, SYNSETS) if line.strip()]
         ctx = {"synsets": labels, "images": sets.images_under(source, IMAGES_DIR)}
         return [
             ReadTask(
@@ -184,16 +191,21 @@ def _read_list(task: ReadTask) -> Iterator[Batch]:
             reason = f"label number {bad[0]!r} is not a whole number from 0"
             b.reject(where, reason, record=line, record_kind="items")
             continue
-        unknown = [t for t in numbers if int(t) >= len(synsets)]
+        unknown = [t for t in numbers if synsets is not None and int(t) >= len(synsets)]
         if unknown:
             reason = f"label number {unknown[0]} is not in {SYNSETS} ({len(synsets)} labels)"
             b.reject(where, reason, record=line, record_kind="items")
             continue
         item_id = sets.join(task.subset, name)
         image = images.get(per_image.strip_ext(name))
-        sets.add_item(b, task, item_id, image=image, file_name=name, subset=task.subset)
+        # A name written without its extension (`1 0`) takes the image's.
+        file_name = image[len(IMAGES_DIR) + 1 :] if image and "." not in name else name
+        sets.add_item(
+            b, task, item_id, image=image, file_name=file_name, subset=task.subset, native_id=name
+        )
         for k, t in enumerate(dict.fromkeys(numbers)):
-            sets.tag(b, item_id, synsets[int(t)], label_id=t, n=k)
+            label = synsets[int(t)] if synsets is not None else f"class-{int(t)}"
+            sets.tag(b, item_id, label, label_id=t, n=k)
         if b.full():
             yield b.flush()
     yield b.flush()
