@@ -19,6 +19,7 @@ import transforms
 from pipelines import formats, masks
 from pipelines.builder import parse_datetime
 from pipelines.errors import ParseError
+from pipelines.formats import encord as encord_format
 from pipelines.formats._encord_shapes import bitmask_from_mask
 from pipelines.formats.base import ReadOptions
 from pipelines.runner import convert
@@ -374,23 +375,44 @@ def test_run_report_reconciles_rejects(tmp_path: Path) -> None:
     assert report.counts["items"]["rejected"] == 1 and not report.unaccounted()
 
 
-@pytest.mark.parametrize(
-    ("text", "where", "why"),
-    [
-        (
-            b'[{"label_hash": "a", "data_units": {"d": {"labels": {"0": {"objects": [',
-            "$[0].data_units['d'].labels['0']",
-            "premature EOF",
-        ),
-        (
-            b'[{"label_hash": "a", "data_units": {"d": {"width": NaN}}}]',
-            "$[0].data_units['d']",
-            "invalid char in json text",
-        ),
-        (b'"just text"', "$", "expected a list of label rows"),
-    ],
-)
-def test_malformed_files_fail_with_file_and_place(tmp_path: Path, text, where, why) -> None:
+@pytest.fixture(params=["whole rows", "streamed rows"])
+def path_mode(request, monkeypatch) -> str:
+    """Rows parsed whole (orjson), or every row streamed frame by frame (ijson)."""
+    if request.param == "streamed rows":
+        monkeypatch.setattr(encord_format, "ROW_BYTES", 0)
+    return request.param
+
+
+MALFORMED = [
+    # (text, mode, location starts with, reason contains)
+    (
+        b'[{"label_hash": "a", "data_units": {"d": {"labels": {"0": {"objects": [',
+        None,
+        "byte 71",
+        "unexpected end of file",
+    ),
+    (b'"just text"', None, "byte 0", "not a JSON object or array"),
+    (
+        b'[{"label_hash": "a"}, {"label_hash": tru}]',
+        "whole rows",
+        "$[0] or a row after it, byte",
+        "malformed JSON",
+    ),
+    (
+        b'[{"label_hash": "a"}, {"label_hash": "b", "data_units": {"d": {"width": tru}}}]',
+        "streamed rows",
+        "$[1].data_units['d'] (read up to byte",
+        "invalid JSON: lexical error",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "mode", "where", "why"), MALFORMED)
+def test_malformed_files_fail_with_file_and_place(
+    tmp_path: Path, path_mode: str, text, mode, where, why
+) -> None:
+    if mode not in (None, path_mode):
+        pytest.skip(f"{mode} only")
     path = tmp_path / "broken.json"
     path.write_bytes(text)
     with pytest.raises(ParseError) as err:
@@ -401,6 +423,18 @@ def test_malformed_files_fail_with_file_and_place(tmp_path: Path, text, where, w
         [str(path)], "parquet", str(tmp_path / "out"), source_format="encord", workers=1
     )
     assert len(report.failures) == 1 and str(path) in report.failures[0]
+
+
+def test_bare_nan_is_a_rejected_coordinate(tmp_path: Path) -> None:
+    """Python's json module writes NaN bare; in a row parsed whole it reaches the checks."""
+    path = tmp_path / "nan.json"
+    path.write_bytes(
+        b'[{"label_hash": "a", "data_units": {"d": {"width": 10, "height": 10, "labels": '
+        b'{"objects": [{"shape": "point", "point": {"0": {"x": NaN, "y": 0.5}}}]}}}}]'
+    )
+    (rej,) = read(path)["rejects"]
+    assert rej["location"] == "$[0].data_units['d'].labels.objects[0]"
+    assert rej["reason"] == "point[0].x is NaN"
 
 
 # -- key order and streaming ---------------------------------------------------------------
@@ -432,7 +466,7 @@ def _reorder(value, *, sort: bool):
 
 
 @pytest.mark.parametrize("name", ["seed_video.json", "seed_image_group.json", "seed_shapes.json"])
-def test_key_order_does_not_change_the_tables(tmp_path: Path, name: str) -> None:
+def test_key_order_does_not_change_the_tables(tmp_path: Path, path_mode: str, name: str) -> None:
     source = json.loads((SEEDS / name).read_text())
     du = next(iter(source[0]["data_units"].values()))
     keys = list(du)
@@ -477,7 +511,7 @@ def _long_video(path: Path, frames: int) -> None:
     path.write_text(json.dumps([row]))
 
 
-def test_long_rows_stream_in_bounded_batches(tmp_path: Path) -> None:
+def test_long_rows_stream_in_bounded_batches(tmp_path: Path, path_mode: str) -> None:
     """A row whose width/height and label_status come after thousands of frames is not
     held whole: the light pass completes it and it is flushed between frames."""
     path = tmp_path / "long.json"

@@ -1,15 +1,17 @@
-"""Streaming the Encord JSON label export: label rows → items, annotations, points, attributes.
+"""Label rows → items, annotations, points, attributes.
 
-The export is parsed as an ijson event stream (yajl2_c, floats as float), one
-data unit and one frame at a time; only a frame, or one image's labels, is
-ever built as Python objects. What a frame's rows need from elsewhere in the
-row — the data unit's width/height (usually after its labels), the row's
-label_status (usually after its data units) — is filled in when the row ends,
-so the rows of a row are held as compact dicts, not JSON, until then. A row
-whose held rows outgrow the batch several times over triggers one extra
-light pass over the file that collects every row's and data unit's small
-fields; from then on its frames are complete when read and flushed between
-frames. Either way the tables do not depend on the order of the keys.
+`RowReader` receives a label row piece by piece through hooks (begin_row,
+row_field, begin_du, du_field, labels_entry, end_du, end_row) that the
+drivers in _encord_stream.py call in file order, from a row parsed whole or
+from an ijson event stream one frame at a time. What a frame's rows need
+from elsewhere in the row — the data unit's width/height (usually after its
+labels), the row's label_status (usually after its data units) — is known at
+once for a row parsed whole; for a streamed row it is filled in when the row
+ends, its rows held as compact dicts (not JSON) until then. A streamed row
+whose held rows outgrow a few batches makes one light pass over its bytes
+(prescan) that collects the small fields, after which its frames are complete
+when read and flushed between frames. Either way the tables do not depend on
+the order of the keys.
 
 Row-level answers (object_answers, classification_answers, object_actions)
 may come before or after the data units: the annotations they describe are
@@ -24,19 +26,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.builder import BatchBuilder, parse_datetime, to_json
+from pipelines.builder import BatchBuilder, to_json
 from pipelines.formats._encord_shapes import (
     LAYOUT,
     Reject,
     answer_value,
     as_int,
     common_columns,
+    date,
     is_frame_key,
     leftovers,
     optional_number,
     parse_object,
 )
-from pipelines.formats._encord_stream import key_path, prescan
+from pipelines.formats._encord_stream import Events, Window, key_path, prescan
 from pipelines.formats.base import ReadTask
 from pipelines.schema import Batch
 
@@ -102,8 +105,16 @@ class RowReader:
         self.stem = posixpath.splitext(task.member or task.source.name)[0]
         self.hold_limit = HOLD_BATCHES * task.options.batch_rows
         self._scan: dict[int, tuple[dict, dict]] | None = None
+        self.window: tuple[int, int, int] | None = None
+        """(start, end, index of its first row) when streaming part of the file."""
         self.row: _Row | None = None
         self.du: _Du | None = None
+
+    def stream_from(self, start: int, end: int | None, first: int) -> None:
+        """The next rows are streamed from bytes start..end (None: the whole file), whose
+        first row has index `first`: where the light pass must look."""
+        self.window = None if end is None else (start, end, first)
+        self._scan = None
 
     # -- flushing ----------------------------------------------------------------
 
@@ -120,8 +131,19 @@ class RowReader:
 
     # -- row ---------------------------------------------------------------------
 
-    def begin_row(self, index: int, loc: str) -> None:
-        self.row = _Row(index, loc)
+    def begin_row(self, index: int, loc: str, whole: dict | None = None) -> None:
+        """`whole`: the row already parsed, so every field is known before its frames."""
+        self.row = row = _Row(index, loc)
+        if whole is not None:
+            row.fields.update((k, v) for k, v in whole.items() if k != "data_units")
+            units = whole.get("data_units")
+            if isinstance(units, dict):
+                row.du_infos = {
+                    k: {f: v for f, v in du.items() if f != "labels"}
+                    for k, du in units.items()
+                    if isinstance(du, dict)
+                }
+            row.informed = True
 
     def reject_row(self, loc: str, value: Any) -> None:
         self.b.reject(loc, "label row is not an object", record=value, record_kind="items")
@@ -181,8 +203,8 @@ class RowReader:
         f = self.row.fields
         return {
             "label_status": _text(f.get("label_status")),
-            "created_at": parse_datetime(f.get("created_at")),
-            "edited_at": parse_datetime(f.get("last_edited_at")),
+            "created_at": date(f.get("created_at")),
+            "edited_at": date(f.get("last_edited_at")),
         }
 
     # -- data units ----------------------------------------------------------------
@@ -492,7 +514,9 @@ class RowReader:
             return
         if self._scan is None:
             with self.task.source.open(self.task.member) as f:
-                self._scan = prescan(f, self.task.uri)
+                start, end, first = self.window or (0, None, 0)
+                view = f if end is None else Window(f, start, end)
+                self._scan = prescan(Events(view, self.task.uri), first)
         fields, dus = self._scan.get(row.index, ({}, {}))
         for k, v in fields.items():
             row.fields.setdefault(k, v)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -95,6 +97,10 @@ def number(value: Any, what: str) -> float:
 
 
 def coord(value: Any, what: str) -> float:
+    if type(value) is float or type(value) is int:  # the common case, checked fast
+        v = float(value)
+        if -NORM_LIMIT <= v <= NORM_LIMIT:  # False for NaN, which goes the long way
+            return v
     v = number(value, what)
     if abs(v) > NORM_LIMIT:
         raise Reject(f"{what} = {v:g} is absurd for a normalized coordinate (|v| > {NORM_LIMIT:g})")
@@ -179,7 +185,14 @@ def _get(value: Any, name: str, key: str) -> Any:
 
 
 def _box(value: Any, key: str) -> dict[str, float]:
-    return {f"bbox_{n}": coord(_get(value, n, key), f"{key}.{n}") for n in ("x", "y", "w", "h")}
+    if not isinstance(value, dict):
+        raise Reject(f"'{key}' must be an object with x, y, w and h")
+    return {
+        "bbox_x": coord(value.get("x"), f"{key}.x"),
+        "bbox_y": coord(value.get("y"), f"{key}.y"),
+        "bbox_w": coord(value.get("w"), f"{key}.w"),
+        "bbox_h": coord(value.get("h"), f"{key}.h"),
+    }
 
 
 def _ordered(value: Any, key: str) -> list[tuple[str, Any]]:
@@ -273,16 +286,29 @@ def _flat(legacy: Any) -> list[float] | None:
 def common_columns(obj: dict[str, Any]) -> dict[str, Any]:
     """Columns every object and classification instance has."""
     manual = obj.get("manualAnnotation")
+    confidence = obj.get("confidence")
+    if type(confidence) is not float:
+        confidence = optional_number(confidence)
     return {
         "label": _text(obj.get("name")),
         "label_id": _text(obj.get("featureHash")),
-        "confidence": optional_number(obj.get("confidence")),
+        "confidence": confidence,
         "manual": manual if isinstance(manual, bool) else None,
         "created_by": _text(obj.get("createdBy")),
-        "created_at": parse_datetime(obj.get("createdAt")),
+        "created_at": date(obj.get("createdAt")),
         "edited_by": _text(obj.get("lastEditedBy")),
-        "edited_at": parse_datetime(obj.get("lastEditedAt")),
+        "edited_at": date(obj.get("lastEditedAt")),
     }
+
+
+def date(value: Any) -> datetime | None:
+    """parse_datetime, remembered: an export repeats the same few thousand timestamps."""
+    return _date(value) if isinstance(value, str) else parse_datetime(value)
+
+
+@lru_cache(maxsize=1 << 16)
+def _date(value: str) -> datetime | None:
+    return parse_datetime(value)
 
 
 def leftovers(obj: dict[str, Any], consumed: tuple[str, ...], columns: dict[str, Any]) -> dict:

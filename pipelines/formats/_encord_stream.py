@@ -92,13 +92,14 @@ def key_path(loc: str, key: str) -> str:
     return f"{loc}[{key!r}]"
 
 
-def stream(events: Events, reader: RowReader) -> Iterator[Batch]:
-    """Drive `reader` from the event stream of a whole export file."""
+def stream(events: Events, reader: RowReader, first: int = 0) -> Iterator[Batch]:
+    """Drive `reader` from an event stream: one row object, or a list of rows numbered from
+    `first` (their index in the whole file)."""
     event, value = events.next()
     if event == "start_map":
-        yield from _row(events, reader, 0, "$")
+        yield from _row(events, reader, first, "$" if first == 0 else f"$[{first}]")
     elif event == "start_array":
-        index = 0
+        index = first
         while True:
             event, value = events.next()
             if event == "end_array":
@@ -111,6 +112,60 @@ def stream(events: Events, reader: RowReader) -> Iterator[Batch]:
             index += 1
     else:
         raise ParseError(events.uri, "$", "expected a list of label rows or one label row")
+
+
+def drive_row(reader: RowReader, index: int, loc: str, row: Any) -> Iterator[Batch]:
+    """The same calls as the event driver, from a row already in memory (parsed whole)."""
+    if not isinstance(row, dict):
+        reader.reject_row(loc, row)
+        return
+    reader.begin_row(index, loc, whole=row)
+    for key, value in row.items():
+        if key != "data_units":
+            reader.row_field(key, value)
+            continue
+        where = f"{loc}.data_units"
+        units = value.items() if isinstance(value, dict) else enumerate(value or [])
+        for k, du in units:
+            du_loc = key_path(where, k) if isinstance(value, dict) else f"{where}[{k}]"
+            if isinstance(du, dict):
+                key_of = k if isinstance(value, dict) else str(du.get("data_hash", k))
+                yield from drive_du(reader, key_of, du, du_loc)
+            else:
+                reader.reject_du(du_loc, du)
+    reader.end_row()
+    yield from reader.checkpoint()
+
+
+class Window:
+    """Bytes start..end of a file (whole array elements) read as the JSON array around them,
+    so a long row can be streamed by ijson where it lies."""
+
+    def __init__(self, f: IO[bytes], start: int, end: int) -> None:
+        self._f = f
+        self._start = self._pos = start
+        self._end = end
+        self._state = 0  # 0: "[" not yet given, 1: inside, 2: "]" given
+        f.seek(start)
+
+    def read(self, n: int = -1) -> bytes:
+        if n == 0:  # ijson probes the stream's type with read(0)
+            return b""
+        out = b""
+        if self._state == 0:
+            out, self._state = b"[", 1
+            n = n - 1 if n > 0 else n
+        take = self._end - self._pos if n < 0 else max(0, min(n, self._end - self._pos))
+        if take:
+            data = self._f.read(take)
+            self._pos += len(data)
+            out += data
+        if self._state == 1 and self._pos >= self._end and (n < 0 or n > take):
+            out, self._state = out + b"]", 2
+        return out
+
+    def tell(self) -> int:
+        return self._pos
 
 
 def _row(events: Events, reader: RowReader, index: int, loc: str) -> Iterator[Batch]:
@@ -173,15 +228,15 @@ def drive_du(reader: RowReader, key: str, du: dict, loc: str) -> Iterator[Batch]
     reader.end_du()
 
 
-def prescan(f: IO[bytes], uri: str) -> dict[int, tuple[dict, dict]]:
-    """Every row's small fields and every data unit's fields (labels and answers skipped)."""
-    events = Events(f, uri)
+def prescan(events: Events, first: int = 0) -> dict[int, tuple[dict, dict]]:
+    """Every row's small fields and every data unit's fields (labels and answers skipped),
+    by row index in the whole file."""
     event, _ = events.next()
     rows: dict[int, tuple[dict, dict]] = {}
     if event == "start_map":
-        rows[0] = _scan_row(events)
+        rows[first] = _scan_row(events)
     elif event == "start_array":
-        index = 0
+        index = first
         while True:
             event, _ = events.next()
             if event == "end_array":

@@ -1,7 +1,6 @@
 """Encord: the JSON label export (a list of label rows), read and written.
 
-Reading streams each file with ijson one data unit and frame at a time
-(pipelines/formats/_encord_read.py). Mapping:
+Reading (pipelines/formats/_encord_read.py and _encord_stream.py) maps:
 
 - label row → the items of its data units, all with `sequence_id` = label_hash
   and the row's label_status / created_at / last_edited_at. Every top-level
@@ -25,6 +24,12 @@ Reading streams each file with ijson one data unit and frame at a time
   frame) → attributes of every annotation of the object. Answer entries with
   a range and no shape (audio, text) → time_range / text_span / tag rows.
 
+Files are framed first (pipelines/jsonframe.py: a numpy scan, no parsing) into
+byte ranges of whole rows, one read task per ~32 MB, so a single large export
+is read in parallel. A row up to ROW_BYTES is parsed whole with orjson; a
+longer one (a video of many thousands of frames) is streamed where it lies
+with ijson, one data unit and one frame at a time.
+
 Writing gives back one JSON list of label rows per subset
 (`label_rows.json`, or `<subset>.json`), pixels divided by the item size.
 """
@@ -33,12 +38,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from pipelines import jsonframe
+from pipelines.errors import ParseError
 from pipelines.formats._encord_read import RowReader
-from pipelines.formats._encord_stream import Events, stream
+from pipelines.formats._encord_stream import Events, Window, drive_row, stream
 from pipelines.formats._encord_write import plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
 from pipelines.schema import Batch
 from pipelines.storage import Source
+
+ROW_BYTES = 64 << 20
+"""Rows up to this size are parsed whole (orjson); longer ones are streamed frame by frame."""
+
+TASK_BYTES = 32 << 20
+"""Bytes of rows per read task."""
 
 
 def _looks_like_rows(head: bytes) -> bool:
@@ -64,15 +77,62 @@ def detect(source: Source) -> Detection | None:
 
 
 def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
-    members = _label_files(source) if source.is_dir else [""]
-    return [ReadTask("encord", source, member, options=options) for member in members]
+    tasks = []
+    for member in _label_files(source) if source.is_dir else [""]:
+        with source.open(member) as f:
+            values = jsonframe.frame(f, source.uri(member))
+        if len(values) == 1 and values[0].key == "" and values[0].kind == "array":
+            ranges = [(c.start, c.end, c.first_index) for c in values[0].chunks]
+        else:  # one label row object
+            ranges = [(0, source.size(member), -1)]
+        for group in _groups(ranges):
+            tasks.append(ReadTask("encord", source, member, context={"ranges": group},
+                                  options=options))  # fmt: skip
+    return tasks
+
+
+def _groups(ranges: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
+    groups: list[list[tuple[int, int, int]]] = [[]]
+    size = 0
+    for r in ranges:
+        if size >= TASK_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(r)
+        size += r[1] - r[0]
+    return groups
 
 
 def read(task: ReadTask) -> Iterator[Batch]:
     b = task.builder()
+    reader = RowReader(task, b)
+    uri = task.uri
     with task.source.open(task.member) as f:
-        yield from stream(Events(f, task.uri), RowReader(task, b))
+        for start, end, first in task.context["ranges"]:
+            whole = first < 0  # the file is one row object
+            if end - start > ROW_BYTES:
+                reader.stream_from(start, None if whole else end, max(first, 0))
+                view = f if whole else Window(f, start, end)
+                yield from stream(Events(view, uri), reader, max(first, 0))
+                continue
+            if whole:
+                value = jsonframe.Value("", start, end, "object")
+                row = _parsed(jsonframe.read_value, f, uri, value, where="$")
+                yield from drive_row(reader, 0, "$", row)
+                continue
+            chunk = jsonframe.Chunk(start, end, first)
+            rows = _parsed(jsonframe.parse_chunk, f, uri, chunk, where=f"$[{first}]")
+            for i, row in enumerate(rows, start=first):
+                yield from drive_row(reader, i, f"$[{i}]", row)
     yield b.flush()
+
+
+def _parsed(parse, f, uri: str, span, *, where: str):
+    try:
+        return parse(f, uri, span)
+    except ParseError as exc:
+        # Name the rows the bad bytes are in, not only the offset.
+        raise ParseError(uri, f"{where} or a row after it, {exc.location}", exc.reason) from exc
 
 
 FORMAT = Format(
