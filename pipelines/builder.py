@@ -2,7 +2,9 @@
 
 Rows are kept as small dicts (only the columns a format sets) and turned into
 Arrow in one C++ call per table at flush time; vertices, the bulk of most
-exports, are kept as flat coordinate runs and expanded with numpy.
+exports, are kept as flat coordinate runs and expanded with numpy. A reader
+that can map many records at once hands over whole column blocks instead
+(`annotation_block`, `point_block`); blocks and rows keep their call order.
 """
 
 from __future__ import annotations
@@ -123,6 +125,11 @@ class BatchBuilder:
         self._run_dims: list[int] = []
         self._coords: list[float] = []
         self._point_extra: list[dict] = []
+        # Column blocks, in call order with the rows above: rows pending when a block
+        # arrives are sealed into a block first.
+        self._ann_blocks: list[pa.Table] = []
+        self._run_blocks: list[pa.Table] = []
+        self._block_rows = 0
         self.read_counts = {"items": 0, "annotations": 0}
 
     # -- rows ---------------------------------------------------------------
@@ -168,6 +175,29 @@ class BatchBuilder:
                 {"ann_id": ann_id, "item_id": item_id, "part": part, "idx": idx, **r}
             )
 
+    def annotation_block(self, columns: dict[str, Any], n: int) -> None:
+        """Append `n` annotation rows given as columns (lists or Arrow arrays).
+
+        Columns are named as in the schema (without `dataset`); absent ones are null.
+        Values convert exactly as they would in `annotation(**row)`.
+        """
+        if self._anns:
+            self._ann_blocks.append(self._plain_table(ANNOTATIONS, self._anns, ("dataset",)))
+            self._anns = []
+        self._ann_blocks.append(_columns_table(ANNOTATIONS, columns, n))
+        self._block_rows += n
+
+    def point_block(self, columns: dict[str, Any], n: int) -> None:
+        """Append `n` plain vertex rows (ann_id, item_id, part, idx, x, y[, z]) as columns.
+
+        They join the vertex runs of `points()` in call order; rows with name or
+        visibility belong to `named_points()`.
+        """
+        if self._run_len:
+            self._run_blocks.append(self._runs_table())
+        self._run_blocks.append(_columns_table(POINTS, columns, n))
+        self._block_rows += n
+
     def attribute(
         self,
         owner_id: str,
@@ -202,7 +232,7 @@ class BatchBuilder:
         reason: str,
         *,
         record: Any = None,
-        record_kind: str = "annotation",
+        record_kind: str = "annotations",
         native_id: Any = None,
     ) -> None:
         """Set a record aside with where it was and why; it is counted as read.
@@ -228,7 +258,13 @@ class BatchBuilder:
 
     @property
     def pending(self) -> int:
-        return len(self._items) + len(self._anns) + len(self._coords) // 2 + len(self._attrs)
+        return (
+            len(self._items)
+            + len(self._anns)
+            + len(self._coords) // 2
+            + len(self._attrs)
+            + self._block_rows
+        )
 
     def full(self) -> bool:
         return self.pending >= self.batch_rows
@@ -236,12 +272,13 @@ class BatchBuilder:
     def flush(self) -> Batch:
         batch = Batch(
             items=self._table(ITEMS, self._items, ("dataset", "source_format", "source_uri")),
-            annotations=self._table(ANNOTATIONS, self._anns, ("dataset",)),
+            annotations=self._annotations_table(),
             points=self._points_table(),
             attributes=self._table(ATTRIBUTES, self._attrs, ("dataset",)),
             rejects=self._table(REJECTS, self._rejects, ("dataset", "source_uri")),
         )
         self._items, self._anns, self._attrs, self._rejects = [], [], [], []
+        self._ann_blocks, self._run_blocks, self._block_rows = [], [], 0
         return batch
 
     def _constants(self, n: int, names: tuple[str, ...]) -> dict[str, pa.Array]:
@@ -264,10 +301,32 @@ class BatchBuilder:
         struct = pa.array(rows, type=plain)
         return _assemble(schema, struct, self._constants(len(rows), constant))
 
+    def _plain_table(self, schema: pa.Schema, rows: list[dict], constant: tuple[str, ...]):
+        """Rows as a table of the non-constant columns, dictionary columns still plain."""
+        return pa.Table.from_struct_array(pa.array(rows, type=_plain_struct(schema, constant)))
+
+    def _annotations_table(self) -> pa.Table:
+        if not self._ann_blocks:
+            return self._table(ANNOTATIONS, self._anns, ("dataset",))
+        parts = self._ann_blocks
+        if self._anns:
+            parts = [*parts, self._plain_table(ANNOTATIONS, self._anns, ("dataset",))]
+        plain = pa.concat_tables(parts).combine_chunks()
+        constants = self._constants(plain.num_rows, ("dataset",))
+        return _assemble(ANNOTATIONS, plain, constants)
+
     def _points_table(self) -> pa.Table:
         tables = []
-        if self._run_len:
-            tables.append(self._runs_table())
+        if self._run_blocks:
+            if self._run_len:
+                self._run_blocks.append(self._runs_table())
+            runs = pa.concat_tables(self._run_blocks).combine_chunks()
+            constants = self._constants(runs.num_rows, ("dataset",))
+            tables.append(_assemble(POINTS, runs, constants))
+        elif self._run_len:
+            runs = self._runs_table()
+            constants = self._constants(runs.num_rows, ("dataset",))
+            tables.append(_assemble(POINTS, runs, constants))
         if self._point_extra:
             tables.append(self._table(POINTS, self._point_extra, ("dataset",)))
             self._point_extra = []
@@ -299,7 +358,6 @@ class BatchBuilder:
         item = pa.array(self._run_item, pa.string()).take(pa.array(run_index))
         part = np.repeat(np.asarray(self._run_part, dtype=np.int32), lengths)
         columns = {
-            "dataset": self._constants(n, ("dataset",))["dataset"],
             "ann_id": ann,
             "item_id": item,
             "part": pa.array(part, pa.int32()),
@@ -312,7 +370,8 @@ class BatchBuilder:
         }
         self._run_ann, self._run_item, self._run_part = [], [], []
         self._run_len, self._run_dims, self._coords = [], [], []
-        return pa.Table.from_arrays([columns[f.name] for f in POINTS], schema=POINTS)
+        plain = _plain_struct(POINTS, ("dataset",))
+        return pa.Table.from_arrays([columns[f.name] for f in plain], names=plain.names)
 
 
 _PLAIN_CACHE: dict[tuple[str, tuple[str, ...]], pa.StructType] = {}
@@ -335,15 +394,30 @@ def _plain_struct(schema: pa.Schema, constant: tuple[str, ...]) -> pa.StructType
     return _PLAIN_CACHE[key]
 
 
+def _columns_table(schema: pa.Schema, columns: dict[str, Any], n: int) -> pa.Table:
+    plain = _plain_struct(schema, ("dataset",))
+    arrays = []
+    for f in plain:
+        value = columns.get(f.name)
+        if value is None:
+            arrays.append(pa.nulls(n, f.type))
+        elif isinstance(value, (pa.Array, pa.ChunkedArray)):
+            arrays.append(value if value.type == f.type else value.cast(f.type))
+        else:
+            arrays.append(pa.array(value, type=f.type))
+    return pa.Table.from_arrays(arrays, names=plain.names)
+
+
 def _assemble(
-    schema: pa.Schema, struct: pa.StructArray, constants: dict[str, pa.Array]
+    schema: pa.Schema, plain: pa.StructArray | pa.Table, constants: dict[str, pa.Array]
 ) -> pa.Table:
+    """The schema's table from its plain columns (a struct array or a table) and constants."""
     arrays = []
     for f in schema:
         if f.name in constants:
             arrays.append(constants[f.name])
             continue
-        col = struct.field(f.name)
+        col = plain.field(f.name) if isinstance(plain, pa.StructArray) else plain.column(f.name)
         if col.type != f.type:
             col = col.dictionary_encode() if pa.types.is_dictionary(f.type) else col.cast(f.type)
             if col.type != f.type:

@@ -93,7 +93,7 @@ def _keep_native(staging: Staging, sql: str, params: list) -> bool:
 def _head(staging: Staging) -> dict[str, Any]:
     rows = staging.con.execute(
         "SELECT key, value, value_type FROM attributes WHERE owner_kind = 'dataset' "
-        "ORDER BY filename, file_row_number"
+        "AND source = 'coco' ORDER BY filename, file_row_number"
     ).fetchall()
     head: dict[str, Any] = {}
     for key, value, vtype in rows:
@@ -105,7 +105,7 @@ def _categories(staging: Staging) -> list[dict[str, Any]]:
     props: dict[str, dict[str, Any]] = {}
     for owner, key, value, vtype in staging.con.execute(
         "SELECT owner_id, key, value, value_type FROM attributes WHERE owner_kind = 'label' "
-        "ORDER BY filename, file_row_number"
+        "AND source = 'coco' ORDER BY filename, file_row_number"
     ).fetchall():
         props.setdefault(owner.removeprefix("label:"), {}).setdefault(
             key, parse_attribute(value, vtype)

@@ -28,6 +28,7 @@ from typing import Any
 from pipelines import jsonframe
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
+from pipelines.formats._coco_fast import ColumnMapper, Fallback
 from pipelines.formats._coco_write import plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
 from pipelines.masks import from_uncompressed
@@ -59,9 +60,15 @@ def detect(source: Source) -> Detection | None:
 
 
 def _detect_head(head: bytes) -> Detection | None:
-    hits = [k.decode() for k in _DETECT_KEYS if k in head]
-    if len(hits) >= 2 or (hits == ['"images"'] and b'"file_name"' in head):
-        return Detection(0.8, f"JSON object with {' and '.join(hits)}")
+    """COCO has an `images` list; its annotations point at images by `image_id`.
+
+    Datumaro's files also have `annotations` and `categories`, but no `images`
+    and no `image_id`, so neither key pair alone is enough.
+    """
+    if b'"images"' in head and (b'"annotations"' in head or b'"file_name"' in head):
+        return Detection(0.8, 'JSON object with "images" and "annotations"/"file_name"')
+    if b'"annotations"' in head and b'"image_id"' in head and b'"category_id"' in head:
+        return Detection(0.7, 'JSON object whose "annotations" carry image_id and category_id')
     return None
 
 
@@ -140,12 +147,13 @@ def read(task: ReadTask) -> Iterator[Batch]:
         if ctx["role"] == "images":
             yield from _read_images(task, f, b)
         else:
-            reader = _AnnotationReader(task, b, _image_index(task))
+            reader = _AnnotationReader(task, b, *_image_index(task))
             for first, elements in jsonframe.iter_chunks(f, task.uri, ctx["chunks"]):
-                for i, ann in enumerate(elements, start=first):
-                    reader.add(i, ann)
-                    if b.full():
-                        yield b.flush()
+                with jsonframe.paused_gc():
+                    reader.add_chunk(first, elements)
+                del elements
+                if b.full():
+                    yield b.flush()
     yield b.flush()
 
 
@@ -194,15 +202,19 @@ def _int_or_none(v: Any) -> bool:
 
 
 @lru_cache(maxsize=4)
-def _image_ids_cached(url: str, member: str, start: int, end: int) -> frozenset:
+def _image_ids_cached(url: str, member: str, start: int, end: int) -> tuple[frozenset, list]:
+    """The image ids as the row path compares them (strings), and those that are ints."""
     source = Source(url)
     value = jsonframe.Value("images", start, end, "array")
     with source.open(member) as f:
         images = jsonframe.read_value(f, source.uri(member), value)
-    return frozenset(str(img.get("id")) for img in images if isinstance(img, dict))
+    with jsonframe.paused_gc():
+        ids = [img.get("id") for img in images if isinstance(img, dict)]
+        del images
+        return frozenset(map(str, ids)), [v for v in ids if type(v) is int]
 
 
-def _image_index(task: ReadTask) -> frozenset:
+def _image_index(task: ReadTask) -> tuple[frozenset, list]:
     images = task.context["images"]
     return _image_ids_cached(task.source.url, task.member, images.start, images.end)
 
@@ -210,13 +222,28 @@ def _image_index(task: ReadTask) -> frozenset:
 class _AnnotationReader:
     """Maps one COCO annotation dict to rows; rejects what cannot be mapped."""
 
-    def __init__(self, task: ReadTask, b: BatchBuilder, image_ids: frozenset) -> None:
+    def __init__(
+        self, task: ReadTask, b: BatchBuilder, image_ids: frozenset, int_ids: list | None = None
+    ) -> None:
         self.b = b
         self.stem = task.context["stem"]
         self.image_ids = image_ids
         self.cats: dict[Any, dict] = {
             c.get("id"): c for c in task.context["categories"] if isinstance(c, dict)
         }
+        self.columns = ColumnMapper(self.stem, image_ids, int_ids, self.cats, _check)
+
+    def add_chunk(self, first: int, anns: list) -> None:
+        """Map a parsed chunk: certified rows by columns, the others row by row, in order."""
+        try:
+            for start, stop, chunk in self.columns.segments(first, anns):
+                if chunk is None:
+                    self.add(first + start, anns[start])
+                else:
+                    self.columns.emit(chunk, start, stop, self.b, LAYOUT)
+        except Fallback:
+            for i, ann in enumerate(anns, start=first):
+                self.add(i, ann)
 
     def add(self, i: int, ann: Any) -> None:
         b = self.b
