@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.builder import BatchBuilder, to_json
+from pipelines.formats._encord_answers import answers
 from pipelines.formats._encord_shapes import (
     LAYOUT,
     Reject,
-    answer_value,
     as_int,
     common_columns,
     date,
@@ -43,7 +43,6 @@ from pipelines.formats._encord_stream import Events, Window, key_path, prescan
 from pipelines.formats.base import ReadTask
 from pipelines.schema import Batch
 
-_ANSWERS = ("object_answers", "classification_answers", "object_actions")
 _DIRECT = ("objects", "classifications")
 _IMAGE_ROWS = {"image", "img_group", "image_group", "image_sequence"}
 _MEDIA = {
@@ -56,7 +55,6 @@ _MEDIA = {
     "html": "html",
     "group": "group",
 }
-_TEXT_ROWS = {"plain_text", "text", "html"}
 HOLD_BATCHES = 4
 """Rows held for one label row, in batches, before the size pass makes them complete."""
 
@@ -154,7 +152,7 @@ class RowReader:
         if key not in row.order:
             row.order.append(key)
 
-    def rowkey_path(self) -> str:
+    def row_key(self) -> str:
         row = self.row
         if row.key is None:
             # Ids come from the row's content alone: a label_hash that comes after the data
@@ -174,7 +172,7 @@ class RowReader:
         b, f = self.b, row.fields
         for key in row.order:
             b.attribute(anchor, anchor, key, f[key], owner_kind="item", source="label_row")
-        self._answers(anchor)
+        answers(self.b, self.row, anchor, self._next_ann)
         self.row = None
 
     def _anchor(self) -> str | None:
@@ -188,7 +186,7 @@ class RowReader:
 
     def _row_item(self) -> str:
         f = self.row.fields
-        item_id = self.rowkey_path()
+        item_id = self.row_key()
         self.b.item(
             item_id=item_id,
             native_id=_text(f.get("data_hash")),
@@ -210,7 +208,7 @@ class RowReader:
     # -- data units ----------------------------------------------------------------
 
     def begin_du(self, key: str, loc: str) -> None:
-        du = _Du(key, loc, f"{self.rowkey_path()}/{key}")
+        du = _Du(key, loc, f"{self.row_key()}/{key}")
         du.fields.update(self.row.du_infos.get(key, {}))
         self.row.dus.append(du)
         self.du = du
@@ -273,7 +271,7 @@ class RowReader:
             return
         item_id = f"{du.item_id}/{n}"
         other = {k: v for k, v in frame.items() if k not in _DIRECT}
-        row = {"item_id": item_id, "frame_index": n, "sequence_id": self.rowkey_path()}
+        row = {"item_id": item_id, "frame_index": n, "sequence_id": self.row_key()}
         du.frames.append((n, row, other))
         du.frame_ids.append((n, item_id))
         if self.row.informed:
@@ -317,7 +315,7 @@ class RowReader:
             width=as_int(d.get("width")),
             height=as_int(d.get("height")),
             frame_index=sequence,
-            sequence_id=self.rowkey_path(),
+            sequence_id=self.row_key(),
             fps=optional_number(d.get("data_fps")),
             duration_s=optional_number(d.get("data_duration")),
             metadata=to_json(meta),
@@ -439,72 +437,6 @@ class RowReader:
         if native is not None:
             self.row.tags.setdefault(native, []).append((ann_id, item_id))
 
-    # -- answers ---------------------------------------------------------------------
-
-    def _answers(self, anchor: str) -> None:
-        """Attributes from the row's answers, and labels that only the answers hold."""
-        b, row = self.b, self.row
-        f = row.fields
-        objects, classes, actions = (_dict(f.get(k)) for k in _ANSWERS)
-        sequences = {du.key: as_int(du.fields.get("data_sequence")) for du in row.dus}
-        for h, refs in row.objects.items():
-            entry = objects.get(h)
-            for c in _entries(entry, "classifications"):
-                for ann_id, item_id, _, _ in refs:
-                    b.attribute(ann_id, item_id, *_answer(c), source="object_answers")
-            for act in _entries(actions.get(h), "actions"):
-                spans = _spans(act.get("range"))
-                for ann_id, item_id, du_key, frame in refs:
-                    at = frame if frame is not None else (sequences.get(du_key) or 0)
-                    if any(s <= at <= e for s, e in spans):
-                        b.attribute(
-                            ann_id, item_id, *_answer(act), source="object_actions", frame_index=at
-                        )
-        for h, refs in row.tags.items():
-            for c in _entries(classes.get(h), "classifications"):
-                for ann_id, item_id in refs:
-                    b.attribute(ann_id, item_id, *_answer(c), source="classification_answers")
-        kind_of = str(f.get("data_type"))
-        for h, entry in objects.items():
-            if h not in row.objects and isinstance(entry, dict):
-                self._ranged(anchor, h, entry, kind_of, "object_answers")
-        for h, entry in classes.items():
-            if h not in row.tags and isinstance(entry, dict):
-                self._ranged(anchor, h, entry, kind_of, "classification_answers")
-
-    def _ranged(self, anchor: str, h: str, entry: dict, data_type: str, source: str) -> None:
-        """An answer entry with a range (audio, text, frame spans) is a label of its own."""
-        spans = _spans(entry.get("range"))
-        html = entry.get("range_html") if isinstance(entry.get("range_html"), list) else []
-        if not spans and not html:
-            return
-        columns = common_columns(entry)
-        answers = _entries(entry, "classifications")
-        if columns["label"] is None and source == "classification_answers" and answers:
-            columns["label"] = _text(answers[0].get("name"))
-        rows: list[tuple[dict[str, Any], Any]] = []  # (columns, range_html part)
-        for s, e in spans:
-            if data_type == "audio":  # milliseconds
-                rows.append(
-                    ({"kind": "time_range", "time_start_s": s / 1000, "time_end_s": e / 1000}, None)
-                )
-            elif data_type in _TEXT_ROWS and source == "object_answers":  # characters
-                rows.append(({"kind": "text_span", "text_start": s, "text_end": e}, None))
-            else:  # frames
-                kind = "tag" if source == "classification_answers" else "time_range"
-                rows.append(({"kind": kind, "frame_start": s, "frame_end": e}, None))
-        # An HTML span is two xpath positions: kept whole as an attribute.
-        rows += [({"kind": "text_span"}, part) for part in html]
-        for extra, part in rows:
-            ann_id = self._next_ann(anchor)
-            self.b.annotation(
-                ann_id=ann_id, item_id=anchor, native_id=h, track_id=h, **columns, **extra
-            )
-            if part is not None:
-                self.b.attribute(ann_id, anchor, "range_html", part, source=source)
-            for c in answers:
-                self.b.attribute(ann_id, anchor, *_answer(c), source=source)
-
     # -- the size pass ------------------------------------------------------------------
 
     def _inform(self) -> None:
@@ -536,32 +468,8 @@ def _sequence(du: _Du) -> float:
     return math.inf if n is None else n
 
 
-def _entries(entry: Any, key: str) -> list[dict]:
-    values = entry.get(key) if isinstance(entry, dict) else None
-    return [v for v in values if isinstance(v, dict)] if isinstance(values, list) else []
-
-
-def _answer(c: dict) -> tuple[str, Any]:
-    key = c.get("name") or c.get("value") or c.get("featureHash") or "answer"
-    return str(key), answer_value(c.get("answers"))
-
-
-def _spans(value: Any) -> list[tuple[int, int]]:
-    out = []
-    for r in value if isinstance(value, list) else []:
-        if isinstance(r, list) and len(r) == 2:
-            s, e = as_int(r[0]), as_int(r[1])
-            if s is not None and e is not None:
-                out.append((s, e))
-    return out
-
-
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
 
 
 def _image_like(row_fields: dict, du_fields: dict) -> bool:
