@@ -1,0 +1,353 @@
+"""COCO annotations mapped a column at a time.
+
+The row path (`coco._AnnotationReader.add`) builds a dict per annotation and
+validates it value by value: a few microseconds each, most of a read. Here the
+common records of a parsed chunk — polygons, RLE masks and boxes with the seven
+standard keys — become Arrow columns in a few C-level passes; validation is
+vectorised and only *certifies* rows. A row it cannot certify (an unknown key,
+an explicit null, a value the row path would reject or map differently) is
+left to the row path, in place, so rejects, attributes and every odd record
+come out exactly as before; the two paths emit rows in source order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.builder import BatchBuilder
+from pipelines.masks import from_uncompressed
+
+FAST_KEYS = frozenset({"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"})
+"""Annotations with other keys (attributes, keypoints, score, ...) take the row path."""
+
+MAX_ODD_ROWS = 64
+"""Above this many uncertified rows in a chunk, the whole chunk takes the row path."""
+
+# Beyond this magnitude a sum of coordinates could overflow, which the row path's
+# check (a finite sum) would reject: such rows are left to it.
+_LIMIT = 1e300
+_CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
+_NUMBER_TYPES = frozenset({int, float, bool})
+_F64_LIST = pa.list_(pa.float64())
+_F64_LIST_LIST = pa.list_(_F64_LIST)
+_NONE = type(None)
+
+
+class Fallback(Exception):
+    """The chunk cannot be mapped by columns: map it row by row."""
+
+
+@dataclass
+class _Chunk:
+    """One parsed chunk: its columns, which rows are certified, and their geometry."""
+
+    first: int
+    anns: list
+    odd: np.ndarray
+    columns: dict[str, Any]
+    kind: np.ndarray
+    polygons: pa.ListArray | None
+    polygon_rows: np.ndarray
+    rle_rows: np.ndarray
+
+
+class ColumnMapper:
+    """Maps the certified rows of a chunk to column blocks of a BatchBuilder."""
+
+    def __init__(
+        self,
+        stem: str,
+        image_ids: frozenset,
+        int_ids: list | None,
+        categories: dict[Any, dict],
+        check: Callable,
+    ) -> None:
+        self.stem = stem
+        self.image_ids = image_ids
+        # An int image_id matches when its text is an image id: ints, and text like "7".
+        ints = list(int_ids or ())
+        if int_ids is None or len(ints) != len(image_ids):
+            ints += [int(s) for s in image_ids if _CANONICAL_INT.fullmatch(s)]
+        self.int_image_ids = np.unique(np.array(ints, dtype=np.int64))
+        self.names = {k: c.get("name") for k, c in categories.items()}
+        self.check = check
+        # Labels are written as strings; anything else is the row path's business.
+        self.enabled = all(v is None or isinstance(v, str) for v in self.names.values())
+
+    def segments(self, first: int, anns: list) -> Iterator[tuple[int, int, _Chunk | None]]:
+        """Yield (start, stop, chunk) runs in order: chunk None means "row by row".
+
+        Raises `Fallback` before yielding anything when the chunk is too unusual.
+        """
+        chunk = self._prepare(first, anns)
+        odd = np.flatnonzero(chunk.odd).tolist()
+        start = 0
+        for k in [*odd, len(anns)]:
+            if k > start:
+                yield start, k, chunk
+            if k < len(anns):
+                yield k, k + 1, None
+            start = k + 1
+
+    # -- certification ------------------------------------------------------------
+
+    def _prepare(self, first: int, anns: list) -> _Chunk:
+        if not self.enabled or not anns:
+            raise Fallback
+        n = len(anns)
+        odd = np.zeros(n, dtype=bool)
+        if set(map(type, anns)) != {dict}:
+            odd |= _flags(type(a) is not dict for a in anns)
+            anns = [a if type(a) is dict else {} for a in anns]
+        if not set().union(*anns) <= FAST_KEYS:
+            odd |= _flags(not a.keys() <= FAST_KEYS for a in anns)
+        cols = {k: list(map(dict.get, anns, repeat(k))) for k in FAST_KEYS}
+        # An explicit null is kept as an attribute by the row path.
+        nonnull = sum(n - col.count(None) for col in cols.values())
+        if sum(map(len, anns)) != nonnull:
+            odd |= _flags(None in a.values() for a in anns)
+        try:
+            columns = {
+                "native_id": _strings(cols["id"]),
+                "label": pa.array([self.names.get(c) for c in cols["category_id"]], pa.string()),
+                "label_id": _strings(cols["category_id"]),
+                "iscrowd": pa.array([v if v is None else bool(v) for v in cols["iscrowd"]]),
+            }
+            columns["item_id"] = self._items(cols["image_id"], odd)
+            columns.update(_boxes(cols["bbox"], odd))
+            columns["area"] = _numbers(cols["area"], odd)
+        except _ARROW_ERRORS as exc:
+            raise Fallback from exc
+        kind, polygons, polygon_rows, rle_rows = self._shapes(anns, cols["segmentation"], odd)
+        if int(odd.sum()) > MAX_ODD_ROWS:
+            raise Fallback
+        return _Chunk(first, anns, odd, columns, kind, polygons, polygon_rows, rle_rows)
+
+    def _items(self, image_ids: list, odd: np.ndarray) -> pa.Array:
+        """item_id strings; rows whose image is not in the file are the row path's rejects."""
+        if set(map(type, image_ids)) == {int}:
+            ids = np.array(image_ids, dtype=np.int64)
+            odd |= ~np.isin(ids, self.int_image_ids)
+            text = pa.array(ids).cast(pa.string())
+        else:
+            strs = [str(v) for v in image_ids]
+            odd |= _flags(s not in self.image_ids for s in strs)
+            text = pa.array(strs, pa.string())
+        return pc.binary_join_element_wise(f"{self.stem}/", text, "")
+
+    def _shapes(self, anns: list, segs: list, odd: np.ndarray):
+        n = len(segs)
+        kind = np.full(n, "bbox", dtype=object)
+        types = [type(s) for s in segs]
+        poly = [i for i, t in enumerate(types) if t is list and segs[i]]
+        rle = [i for i, t in enumerate(types) if t is dict]
+        for i, t in enumerate(types):
+            if t is not list and t is not dict and t is not _NONE:
+                odd[i] = True
+        for i in rle:
+            if self.check(anns[i]):
+                odd[i] = True
+        kind[rle] = "mask"
+        kind[poly] = "polygon"
+        polygons, rows = _polygons(anns, segs, poly, odd, self.check)
+        return kind, polygons, rows, np.array(rle, dtype=np.int64)
+
+    # -- emission -----------------------------------------------------------------
+
+    def emit(self, chunk: _Chunk, start: int, stop: int, b: BatchBuilder, layout: str) -> None:
+        """Append the certified rows [start, stop) of `chunk` to the builder."""
+        n = stop - start
+        first = chunk.first
+        idx = pa.array(np.arange(first + start, first + stop, dtype=np.int64)).cast(pa.string())
+        ann_id = pc.binary_join_element_wise(f"{self.stem}/a", idx, "")
+        cols = {k: v.slice(start, n) for k, v in chunk.columns.items()}
+        cols["ann_id"] = ann_id
+        cols["units"] = pa.array(["px"]).take(pa.array(np.zeros(n, dtype=np.int64)))
+        cols["kind"] = pa.array(chunk.kind[start:stop], pa.string())
+        lo, hi = np.searchsorted(chunk.rle_rows, [start, stop])
+        if hi > lo:
+            cols.update(
+                self._masks(chunk, chunk.rle_rows[lo:hi], start, n, ann_id, cols, b, layout)
+            )
+        b.annotation_block(cols, n)
+        lo, hi = np.searchsorted(chunk.polygon_rows, [start, stop])
+        if hi > lo:
+            rows = chunk.polygon_rows[lo:hi] - start
+            _points(chunk.polygons.slice(lo, hi - lo), ann_id, cols["item_id"], rows, b)
+
+    def _masks(self, chunk, rows, start, n, ann_id, cols, b, layout) -> dict[str, Any]:
+        mask: list = [None] * n
+        mask_h: list = [None] * n
+        mask_w: list = [None] * n
+        for r in rows.tolist():
+            seg = chunk.anns[r]["segmentation"]
+            h, w = (int(v) for v in seg["size"])
+            counts = seg["counts"]
+            k = r - start
+            if isinstance(counts, str):
+                mask[k] = counts
+            else:
+                mask[k] = from_uncompressed(counts, h, w)
+                # Remembered so the writer gives back the form the export used.
+                b.attribute(
+                    ann_id[k].as_py(), cols["item_id"][k].as_py(), "rle", "uncompressed",
+                    source=layout,
+                )  # fmt: skip
+            mask_h[k], mask_w[k] = h, w
+        return {"mask": mask, "mask_h": mask_h, "mask_w": mask_w}
+
+
+def _flags(values) -> np.ndarray:
+    return np.fromiter(values, dtype=bool)
+
+
+def _strings(values: list) -> pa.Array:
+    """str(v) for each value, None kept: what the row path writes for ids."""
+    if set(map(type, values)) <= {int, _NONE}:
+        try:
+            return pa.array(values, pa.int64()).cast(pa.string())
+        except _ARROW_ERRORS:
+            pass
+    return pa.array([v if v is None else str(v) for v in values], pa.string())
+
+
+def _bad_values(flat: pa.Array) -> np.ndarray:
+    """Per value: null, not finite, or too large to sum safely."""
+    values = flat.to_numpy(zero_copy_only=False)
+    bad = ~(np.abs(values) < _LIMIT)  # NaN compares false: bad too
+    if flat.null_count:
+        bad |= np.asarray(flat.is_null())
+    return bad
+
+
+def _any_per_list(bad: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """For lists given by value offsets, whether any of their values is flagged."""
+    counts = np.concatenate([[0], np.cumsum(bad, dtype=np.int64)])
+    return counts[offsets[1:]] > counts[offsets[:-1]]
+
+
+def _numbers(values: list, odd: np.ndarray) -> pa.Array:
+    """A float column; rows with anything but a finite number are left to the row path."""
+    if not set(map(type, values)) <= _NUMBER_TYPES | {_NONE}:
+        bad = _flags(type(v) not in _NUMBER_TYPES and v is not None for v in values)
+        odd |= bad
+        values = [None if f else v for v, f in zip(values, bad.tolist(), strict=True)]
+    arr = pa.array(values, pa.float64())
+    odd |= _bad_values(arr.fill_null(0.0))
+    return arr
+
+
+def _boxes(values: list, odd: np.ndarray) -> dict[str, pa.Array]:
+    """bbox_x/y/w/h; a missing or empty bbox is null, anything but 4 numbers is odd."""
+    if not set(map(type, values)) <= {list, _NONE}:
+        bad = _flags(type(v) is not list and v is not None for v in values)
+        odd |= bad
+        values = [None if f else v for v, f in zip(values, bad.tolist(), strict=True)]
+    try:
+        arr = pa.array(values, _F64_LIST)
+    except _ARROW_ERRORS:
+        # Some box holds a non-number: those rows are the row path's rejects.
+        bad = _flags(v is not None and not set(map(type, v)) <= _NUMBER_TYPES for v in values)
+        odd |= bad
+        values = [None if f else v for v, f in zip(values, bad.tolist(), strict=True)]
+        arr = pa.array(values, _F64_LIST)
+    lengths = pc.list_value_length(arr).fill_null(0).to_numpy()
+    odd |= (lengths != 0) & (lengths != 4)
+    offsets = arr.offsets.to_numpy()
+    offsets = offsets - offsets[0]
+    flat = arr.flatten()
+    odd |= _any_per_list(_bad_values(flat), offsets)
+    has = lengths == 4
+    grid = np.zeros((len(values), 4))
+    if has.all():
+        grid = flat.to_numpy(zero_copy_only=False).reshape(-1, 4)
+    elif has.any():
+        starts = offsets[:-1][has]
+        data = flat.to_numpy(zero_copy_only=False)
+        grid[has] = data[starts[:, None] + np.arange(4)]
+    mask = ~has
+    return {
+        name: pa.array(grid[:, j], mask=mask)
+        for j, name in enumerate(("bbox_x", "bbox_y", "bbox_w", "bbox_h"))
+    }
+
+
+def _polygons(
+    anns: list, segs: list, rows: list[int], odd: np.ndarray, check: Callable
+) -> tuple[pa.ListArray | None, np.ndarray]:
+    """Polygon rows as one nested Arrow array (row → parts → coordinates).
+
+    A flat list of numbers is one part, as in the row path. Parts must hold an
+    even number (≥ 2) of finite numbers; other rows are odd.
+    """
+    if not rows:
+        return None, np.zeros(0, dtype=np.int64)
+    try:
+        arr = pa.array([segs[i] for i in rows], _F64_LIST_LIST)
+    except _ARROW_ERRORS:
+        arr = None
+    if arr is None:
+        nested = [s if type(s[0]) is list else [s] for s in (segs[i] for i in rows)]
+        try:
+            arr = pa.array(nested, _F64_LIST_LIST)
+        except _ARROW_ERRORS:
+            arr = None
+    if arr is None:
+        # Some part is not a list of numbers: let the row path's own check say which.
+        for i in rows:
+            if check(anns[i]):
+                odd[i] = True
+        rows = [i for i in rows if not odd[i]]
+        if not rows:
+            return None, np.zeros(0, dtype=np.int64)
+        nested = [s if type(s[0]) is list else [s] for s in (segs[i] for i in rows)]
+        try:
+            arr = pa.array(nested, _F64_LIST_LIST)
+        except _ARROW_ERRORS as exc:
+            raise Fallback from exc
+    row_index = np.array(rows, dtype=np.int64)
+    parts = arr.flatten()
+    part_offsets = arr.offsets.to_numpy()
+    part_len = pc.list_value_length(parts).fill_null(0).to_numpy()
+    bad_part = (part_len < 2) | (part_len % 2 == 1)  # a null part has length 0 here
+    bad_part |= _any_per_list(_bad_values(parts.flatten()), parts.offsets.to_numpy())
+    odd[row_index] |= _any_per_list(bad_part, part_offsets)
+    return arr, row_index
+
+
+def _points(
+    polygons: pa.ListArray, ann_id: pa.Array, item_id: pa.Array, rows: np.ndarray, b: BatchBuilder
+) -> None:
+    """One vertex row per coordinate pair, numbered per part as `BatchBuilder.points` does."""
+    parts_per_row = pc.list_value_length(polygons).to_numpy().astype(np.int64)
+    parts = polygons.flatten()
+    coords = parts.flatten().to_numpy(zero_copy_only=False)
+    vertices = pc.list_value_length(parts).to_numpy().astype(np.int64) // 2
+    n_parts = len(parts)
+    part_start = np.cumsum(parts_per_row) - parts_per_row
+    part_number = np.arange(n_parts, dtype=np.int64) - np.repeat(part_start, parts_per_row)
+    part_row = np.repeat(rows, parts_per_row)
+    of_vertex = np.repeat(np.arange(n_parts), vertices)
+    total = int(vertices.sum())
+    idx = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(vertices) - vertices, vertices)
+    owner = pa.array(part_row[of_vertex])
+    b.point_block(
+        {
+            "ann_id": ann_id.take(owner),
+            "item_id": item_id.take(owner),
+            "part": pa.array(part_number[of_vertex].astype(np.int32)),
+            "idx": pa.array(idx.astype(np.int32)),
+            "x": pa.array(coords[0::2]),
+            "y": pa.array(coords[1::2]),
+        },
+        total,
+    )
