@@ -53,6 +53,9 @@ ROW_BYTES = 64 << 20
 TASK_BYTES = 32 << 20
 """Bytes of rows per read task."""
 
+DETECT_FILES = 16
+"""JSON files of a folder whose first bytes detection looks at."""
+
 
 def _looks_like_rows(head: bytes) -> bool:
     if b'"data_units"' not in head and not (b'"label_hash"' in head and b'"data_type"' in head):
@@ -61,13 +64,19 @@ def _looks_like_rows(head: bytes) -> bool:
     return not (b'"images"' in head and b'"categories"' in head)
 
 
-def _label_files(source: Source) -> list[str]:
-    return [rel for rel in source.glob(".json") if _looks_like_rows(source.head(rel))]
+def _label_files(source: Source, limit: int | None = None) -> list[str]:
+    found = []
+    for n, rel in enumerate(source.glob(".json")):
+        if limit is not None and n >= limit:
+            break
+        if _looks_like_rows(source.head(rel)):
+            found.append(rel)
+    return found
 
 
 def detect(source: Source) -> Detection | None:
     if source.is_dir:
-        found = _label_files(source)
+        found = _label_files(source, limit=DETECT_FILES)
         return Detection(0.9, f"Encord label rows in {', '.join(found[:3])}") if found else None
     if not source.name.lower().endswith(".json"):
         return None
