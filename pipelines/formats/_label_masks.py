@@ -33,6 +33,8 @@ from pipelines.storage import Source
 
 RGB = tuple[int, int, int]
 BLACK: RGB = (0, 0, 0)
+DRAWN = ("mask", "polygon", "bbox", "rotated_bbox", "ellipse")
+"""Kinds a mask writer draws (polygons and boxes rasterized)."""
 
 
 # -- text files --------------------------------------------------------------------
@@ -221,8 +223,11 @@ def class_table(
     background: str = "background",
     limit: int = 255,
     distinct_colors: bool = False,
+    kinds: Sequence[str] = DRAWN,
 ) -> list[tuple[str, RGB]]:
     """index → (name, colour) for a whole dataset; index 0 is the background.
+
+    The labels are those of annotations of `kinds` (the ones a mask writer draws).
 
     Numeric `label_id`s (what these formats read) are kept when they fit, so a
     Cityscapes or KITTI source keeps its class ids; gaps take the default table's name
@@ -232,8 +237,14 @@ def class_table(
     else the first unused colour of the VOC colour map. `distinct_colors` (for formats
     decoded by colour) gives a label whose colour is taken another one.
     """
+    marks = ", ".join("?" for _ in kinds)
     first: dict[str, str | None] = {}
-    for label, label_id in staging.labels():
+    for label, label_id in staging.con.execute(
+        "SELECT label, label_id FROM annotations WHERE label IS NOT NULL "
+        f"AND kind IN ({marks}) GROUP BY label, label_id "
+        "ORDER BY min(filename), min(file_row_number)",
+        list(kinds),
+    ).fetchall():
         first.setdefault(label, label_id)
     given = label_colors(staging)
     default_names = [n for n, _ in defaults]

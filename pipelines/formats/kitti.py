@@ -58,6 +58,8 @@ DEFAULT_SUBSET = "default"
 INSTANCE_BITS = 8
 SOURCE = "kitti"
 _DIRS = (LABELS, IMAGES, *MASK_DIRS)
+_PIXEL_KINDS = ("mask", "polygon")
+"""What the writer draws into the segmentation PNGs; boxes go to label_2."""
 
 
 # -- layout ---------------------------------------------------------------------------
@@ -281,7 +283,7 @@ def _masks(b: BatchBuilder, task: ReadTask, e: _Entry, folder: str, arr: np.ndar
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    table = lm.class_table(staging, defaults=CITYSCAPES_LABELS, limit=255)
+    table = lm.class_table(staging, defaults=CITYSCAPES_LABELS, limit=255, kinds=_PIXEL_KINDS)
     names = [
         r[0]
         for r in staging.con.execute(
@@ -339,9 +341,6 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
                 f.write(data)
             result.files.append(rel)
     return result
-
-
-_PIXEL_KINDS = ("mask", "polygon")
 
 
 def _label_lines(group: ItemGroup, result: WriteResult) -> list[str]:
