@@ -478,6 +478,17 @@ def test_key_order_does_not_change_the_tables(tmp_path: Path, path_mode: str, na
         assert _canonical(read(path)) == expected, sort
 
 
+def test_data_units_as_a_list_read_like_a_map(tmp_path: Path, path_mode: str) -> None:
+    """Older exports list the data units; width/height still come after the labels."""
+    rows = json.loads((SEEDS / "seed_video.json").read_text())
+    rows[0]["data_units"] = list(rows[0]["data_units"].values())
+    path = tmp_path / "listed.json"
+    path.write_text(json.dumps(rows))
+    t = read(path)
+    assert {(i["width"], i["height"]) for i in t["items"]} == {(W, H)}
+    assert _canonical(t) == _canonical(read(SEEDS / "seed_video.json"))
+
+
 def _long_video(path: Path, frames: int) -> None:
     labels = {
         str(n): {

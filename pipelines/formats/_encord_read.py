@@ -39,7 +39,7 @@ from pipelines.formats._encord_shapes import (
     optional_number,
     parse_object,
 )
-from pipelines.formats._encord_stream import Events, Window, key_path, prescan
+from pipelines.formats._encord_stream import Events, Window, key_path, prescan, unit_fields
 from pipelines.formats.base import ReadTask
 from pipelines.schema import Batch
 
@@ -134,13 +134,7 @@ class RowReader:
         self.row = row = _Row(index, loc)
         if whole is not None:
             row.fields.update((k, v) for k, v in whole.items() if k != "data_units")
-            units = whole.get("data_units")
-            if isinstance(units, dict):
-                row.du_infos = {
-                    k: {f: v for f, v in du.items() if f != "labels"}
-                    for k, du in units.items()
-                    if isinstance(du, dict)
-                }
+            row.du_infos = unit_fields(whole.get("data_units"))
             row.informed = True
 
     def reject_row(self, loc: str, value: Any) -> None:

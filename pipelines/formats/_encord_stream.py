@@ -265,8 +265,24 @@ def _scan_row(events: Events) -> tuple[dict, dict]:
                     else:
                         du[k] = events.value(ev2, val2)
                 dus[du_key] = du
+        elif key == "data_units" and event == "start_array":  # older exports: a list
+            dus.update(unit_fields(events.value(event, value)))
         elif key in SKIPPED:
             events.skip(event)
         else:
             fields[key] = events.value(event, value)
     return fields, dus
+
+
+def unit_fields(units: Any) -> dict[str, dict]:
+    """Each data unit's fields but its labels, by the key the drivers give it (a list's
+    units by their data_hash, else their position)."""
+    if isinstance(units, dict):
+        pairs = units.items()
+    elif isinstance(units, list):
+        pairs = ((str(du.get("data_hash", i)) if isinstance(du, dict) else str(i), du)
+                 for i, du in enumerate(units))  # fmt: skip
+    else:
+        return {}
+    return {k: {f: v for f, v in du.items() if f != "labels"} for k, du in pairs
+            if isinstance(du, dict)}  # fmt: skip
