@@ -86,7 +86,9 @@ def test_unreadable_mask_is_rejected_with_its_file(tmp_path: Path) -> None:
     [reject] = t["rejects"]
     assert reject["location"] == "gtFine/val/c/y_gtFine_instanceIds.png"
     assert reject["reason"].startswith("not a readable image")
-    report = convert([str(tmp_path / "cs")], "parquet", str(tmp_path / "o"), on_error="fail")
+    report = convert(
+        [str(tmp_path / "cs")], "parquet", str(tmp_path / "o"), on_error="fail", workers=1
+    )
     assert "gtFine/val/c/y_gtFine_instanceIds.png" in report.failures[0]
 
 
