@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -77,7 +79,7 @@ class Report:
         out = {}
         for table, c in self.counts.items():
             gap = c["read"] - c["written"] - c["rejected"]
-            if table == "annotations":
+            if table in ("items", "annotations"):
                 gap -= min(gap, lost)
             if gap:
                 out[table] = gap
@@ -173,8 +175,23 @@ def _adopt_environment(env: dict[str, str]) -> None:
     fsspec.config.set_conf_env(fsspec.config.conf)
 
 
+def _start_worker(env: dict[str, str]) -> None:
+    _adopt_environment(env)
+    # Everything imported so far lives as long as the worker: keep it out of the
+    # cyclic collector's passes (each full pass would otherwise walk all of it).
+    gc.freeze()
+
+
+def _ready() -> None:
+    """A task that does nothing: submitting it makes the pool start a worker."""
+
+
 class Executor:
-    """Runs task functions: inline, on a local process pool, or on a Dask cluster."""
+    """Runs task functions: inline, on a local process pool, or on a Dask cluster.
+
+    A local pool is started as soon as the executor is made, in the background:
+    the forkserver imports the engine (about a second) while the caller plans.
+    """
 
     def __init__(
         self, kind: str = "local", workers: int | None = None, scheduler: str | None = None
@@ -183,6 +200,31 @@ class Executor:
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.scheduler = scheduler
         self._pool: Any = None
+        self._warming: threading.Thread | None = None
+        if kind == "local" and self.workers > 1:
+            self._local_pool()
+            self._warming = threading.Thread(target=self._warm, daemon=True)
+            self._warming.start()
+
+    def _local_pool(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["pipelines.runner"])
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=ctx,
+                initializer=_start_worker,
+                initargs=(dict(os.environ),),
+            )
+        return self._pool
+
+    def _warm(self) -> None:
+        with contextlib.suppress(Exception):  # a pool closed meanwhile: nothing to warm
+            for fut in [self._pool.submit(_ready) for _ in range(self.workers)]:
+                fut.result()
 
     def map(
         self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str
@@ -197,19 +239,10 @@ class Executor:
                 if progress:
                     progress(i + 1, total, what)
             return
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import as_completed
 
-        if self._pool is None:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["pipelines.runner"])
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=ctx,
-                initializer=_adopt_environment,
-                initargs=(dict(os.environ),),
-            )
-        futures = [self._pool.submit(fn, *args) for args in calls]
+        pool = self._local_pool()
+        futures = [pool.submit(fn, *args) for args in calls]
         for i, _ in enumerate(as_completed(futures)):
             if progress:
                 progress(i + 1, total, what)
@@ -235,6 +268,9 @@ class Executor:
         if self._pool is not None:
             (self._pool.shutdown if hasattr(self._pool, "shutdown") else self._pool.close)()
             self._pool = None
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
 
 
 def convert(

@@ -65,9 +65,13 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         for key, value in _head(staging).items():
             f.write(orjson.dumps(key) + b":" + orjson.dumps(value) + b",")
         f.write(b'"images":[')
+        containers = _containers(staging)
         for n, group in enumerate(staging.iter_items(all_subsets=False, subset=subset)):
+            if group.item["item_id"] in containers and not group.annotations:
+                result.lose("video/series items written only as their frames")
+                continue
             image_id = int(group.item["native_id"]) if image_ids else n + 1
-            f.write((b"," if n else b"") + orjson.dumps(_image(group.item, image_id)))
+            f.write((b"," if result.items else b"") + orjson.dumps(_image(group.item, image_id)))
             result.items += 1
             for ann in _annotations(group, image_id, cat_ids, result):
                 next_ann += 1
@@ -80,6 +84,14 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         f.write(b'],"categories":' + orjson.dumps(categories) + b"}")
     result.files.append(name)
     return result
+
+
+def _containers(staging: Staging) -> set[str]:
+    """Items that other items name as their parent: a video, an image group, a series."""
+    rows = staging.con.execute(
+        "SELECT DISTINCT parent_id FROM items WHERE parent_id IS NOT NULL"
+    ).fetchall()
+    return {r[0] for r in rows}
 
 
 def _keep_native(staging: Staging, sql: str, params: list) -> bool:
@@ -189,7 +201,7 @@ def _base(a: dict[str, Any], image_id: int, cat_ids: dict[str, int], attrs: list
         ann["bbox"] = [a["bbox_x"], a["bbox_y"], a["bbox_w"], a["bbox_h"]]
     if a["area"] is not None:
         ann["area"] = a["area"]
-    elif a["bbox_w"] is not None and a["kind"] != "mask":
+    elif a["bbox_w"] is not None and a["kind"] in ("bbox", "rotated_bbox", "ellipse"):
         ann["area"] = a["bbox_w"] * a["bbox_h"]
     ann["iscrowd"] = int(bool(a["iscrowd"]))
     if a["confidence"] is not None:
@@ -199,7 +211,10 @@ def _base(a: dict[str, Any], image_id: int, cat_ids: dict[str, int], attrs: list
     layout: dict[str, Any] = {}
     for r in attrs:
         value = parse_attribute(r["value"], r["value_type"])
-        target = {"coco": top, "coco_layout": layout}.get(r["source"], named)
+        source = r["source"] or ""
+        if source.endswith("_layout") and source != "coco_layout":
+            continue  # another format's spelling detail
+        target = {"coco": top, "coco_layout": layout}.get(source, named)
         target[r["key"]] = value
     for column, key in _COLUMN_ATTRS:
         if a.get(column) is not None and key not in named:
