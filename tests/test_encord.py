@@ -407,12 +407,18 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize(("text", "mode", "where", "why"), MALFORMED)
+MODES = ("whole rows", "streamed rows")
+MALFORMED_BY_MODE = [
+    (text, m, where, why) for text, mode, where, why in MALFORMED for m in (mode,) if m
+] + [(text, m, where, why) for text, mode, where, why in MALFORMED if not mode for m in MODES]
+
+
+@pytest.mark.parametrize(("text", "mode", "where", "why"), MALFORMED_BY_MODE)
 def test_malformed_files_fail_with_file_and_place(
-    tmp_path: Path, path_mode: str, text, mode, where, why
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text, mode, where, why
 ) -> None:
-    if mode not in (None, path_mode):
-        pytest.skip(f"{mode} only")
+    if mode == "streamed rows":
+        monkeypatch.setattr(encord_format, "ROW_BYTES", 0)
     path = tmp_path / "broken.json"
     path.write_bytes(text)
     with pytest.raises(ParseError) as err:
