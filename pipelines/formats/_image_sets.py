@@ -19,6 +19,7 @@ from pipelines.builder import BatchBuilder, to_json
 from pipelines.docwrite import attribute_dict
 from pipelines.errors import LabelflowError, ParseError
 from pipelines.formats import _per_image as per_image
+from pipelines.formats._staged import has_rows
 from pipelines.formats.base import ReadTask, WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output, Source
@@ -146,10 +147,6 @@ def plan(
     return tasks
 
 
-def _has_rows(staging: Staging, table: str) -> bool:
-    return bool(staging.scalar(f"SELECT count(*) > 0 FROM {table}"))
-
-
 def groups(
     staging: Staging, *, subset: Any = _ALL, shard: int = 0, shards: int = 1
 ) -> Iterator[ItemGroup]:
@@ -159,13 +156,13 @@ def groups(
     Staging views of empty tables cannot be read from `iter_items`' cursors, so
     a dataset without annotations is read here from the items table directly.
     """
-    if _has_rows(staging, "annotations"):
+    if has_rows(staging, "annotations"):
         kw: dict[str, Any] = {"shard": shard, "shards": shards}
         if subset is not _ALL:
             kw |= {"subset": subset, "all_subsets": False}
         yield from staging.iter_items(
-            point_columns=None if _has_rows(staging, "points") else (),
-            with_attributes=_has_rows(staging, "attributes"),
+            point_columns=None if has_rows(staging, "points") else (),
+            with_attributes=has_rows(staging, "attributes"),
             **kw,
         )
         return
@@ -177,7 +174,7 @@ def groups(
         conds.append(f"hash(item_id) % {int(shards)} = {int(shard)}")
     where = f"WHERE {' AND '.join(conds)}" if conds else ""
     attrs: dict[str, list[dict[str, Any]]] = {}
-    if _has_rows(staging, "attributes"):  # item attributes without annotations: few
+    if has_rows(staging, "attributes"):  # item attributes without annotations: few
         sql = (
             "SELECT * EXCLUDE (filename, file_row_number) FROM attributes "
             "WHERE owner_kind = 'item' ORDER BY filename, file_row_number"
@@ -229,7 +226,9 @@ def copy_images(
     return result
 
 
-def copied(copier: per_image.MediaCopier, uri: str | None, out: Output, rel: str, result) -> bool:
+def copied(
+    copier: per_image.MediaCopier, uri: str | None, out: Output, rel: str, result: WriteResult
+) -> bool:
     """Copy one image; True when it was written (a failure is counted as lossy)."""
     before = sum(result.lossy.values())
     copier.copy(uri, out, rel, result)
