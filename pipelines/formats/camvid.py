@@ -110,10 +110,21 @@ def _is_list(source: Source, member: str) -> bool:
     return posixpath.join(root, parsed[1]) in source.files
 
 
+def _candidates(source: Source) -> list[str]:
+    """List files worth opening: beside a `<stem>annot/` folder, else a few shallow ones.
+
+    Detection must stay cheap on folders of thousands of .txt label files (YOLO).
+    """
+    dirs = {posixpath.dirname(f) for f in source.files}
+    lists = _list_files(source)
+    beside = [f for f in lists if posixpath.splitext(f)[0] + ANNOT in dirs]
+    return beside or [f for f in lists if f.count("/") <= 1][:5]
+
+
 def detect(source: Source) -> Detection | None:
     if not source.is_dir:
         return None
-    lists = [f for f in _list_files(source) if _is_list(source, f)]
+    lists = [f for f in _candidates(source) if _is_list(source, f)]
     if not lists:
         return None
     return Detection(0.9, f"CamVid lists pairing images with masks: {', '.join(lists[:3])}")
