@@ -39,7 +39,10 @@ LAYOUT = "coco_layout"
 """Attribute source for how the export spelled a value, not what it means."""
 
 TASK_BYTES = 32 << 20
-"""Annotation bytes per read task: large enough to amortise start-up, small enough to spread."""
+"""Most annotation bytes per read task: large enough to amortise start-up."""
+MIN_TASK_BYTES = 8 << 20
+TASKS_PER_WORKER = 4
+"""Several tasks per worker, so that the last ones finish close together."""
 
 _KNOWN = {
     "id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation",
@@ -121,18 +124,24 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
             ReadTask("coco", source, member, subset, images.start, images.end, first, options)
         )
         anns = values.get("annotations")
-        for group in _groups(anns.chunks if anns and anns.kind == "array" else []):
+        chunks = anns.chunks if anns and anns.kind == "array" else []
+        for group in _groups(chunks, _task_bytes(anns, options.workers)):
             ctx = {**base, "role": "annotations", "chunks": group}
             start, end = group[0].start, group[-1].end
             tasks.append(ReadTask("coco", source, member, subset, start, end, ctx, options))
     return tasks
 
 
-def _groups(chunks: list[jsonframe.Chunk]) -> list[list[jsonframe.Chunk]]:
+def _task_bytes(anns: jsonframe.Value | None, workers: int) -> int:
+    total = anns.end - anns.start if anns else 0
+    return max(MIN_TASK_BYTES, min(TASK_BYTES, total // (max(1, workers) * TASKS_PER_WORKER)))
+
+
+def _groups(chunks: list[jsonframe.Chunk], task_bytes: int) -> list[list[jsonframe.Chunk]]:
     groups: list[list[jsonframe.Chunk]] = [[]]
     size = 0
     for c in chunks:
-        if size >= TASK_BYTES:
+        if size >= task_bytes:
             groups.append([])
             size = 0
         groups[-1].append(c)
