@@ -27,6 +27,7 @@ from pycocotools import mask as cocomask
 from pipelines import masks
 from pipelines.builder import BatchBuilder
 from pipelines.errors import LabelflowError, ParseError
+from pipelines.formats._voc_masks import colormap
 from pipelines.formats.base import WriteOptions, WriteResult
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Source
@@ -211,8 +212,7 @@ def label_colors(staging: Staging) -> dict[str, RGB]:
 
 
 def voc_palette() -> tuple[RGB, ...]:
-    from pipelines.formats._voc_masks import colormap
-
+    """VOC's colour map: where these formats take colours for labels that have none."""
     return colormap()
 
 

@@ -33,6 +33,8 @@ from __future__ import annotations
 import csv
 import io
 import posixpath
+import shutil
+import tempfile
 import zlib
 from collections.abc import Iterator
 from fnmatch import fnmatch
@@ -62,6 +64,7 @@ FULL_DESCRIPTION = "image_ids_and_rotation.csv"
 SUBSET_DESCRIPTIONS = ("*-images-with-rotation.csv", "*-images-with-labels-with-rotation.csv")
 RANKS = {"image": 0, "label": 1, "bbox": 2, "mask": 3}
 """Row kinds in the order an image's rows are read."""
+_KIND_OF_RANK = {rank: kind for kind, rank in RANKS.items()}
 SUFFIXES = {
     "label": ("-annotations-human-imagelabels.csv", "-annotations-machine-imagelabels.csv"),
     "bbox": ("-annotations-bbox.csv",),
@@ -115,10 +118,7 @@ def _layout(source: Source) -> dict[str, Any]:
     descriptions = descriptions or _matching(files, *SUBSET_DESCRIPTIONS)
     csvs = [("image", name) for name in descriptions]
     for kind, suffixes in SUFFIXES.items():
-        csvs += [
-            ("label" if kind == "label" else kind, n)
-            for n in _matching(files, *(f"*{s}" for s in suffixes))
-        ]
+        csvs += [(kind, n) for n in _matching(files, *(f"*{s}" for s in suffixes))]
     classes = next((n for p in CLASS_FILES for n in _matching(files, p)), None)
     return {
         "csvs": [(kind, files[name], subset_of(name)) for kind, name in csvs],
@@ -176,13 +176,17 @@ def _classes(source: Source, member: str | None) -> dict[str, str]:
         return {}
     out: dict[str, str] = {}
     rows = csv.reader(line for _, line in _lines(source, member))
-    for n, row in enumerate(rows, 1):
-        if n == 1 and row[:2] == ["LabelName", "DisplayName"]:
-            continue
-        if len(row) >= 2:
-            out.setdefault(row[0], row[1])
-        elif row:
-            raise ParseError(source.uri(member), f"line {n}", "expected LabelName,DisplayName")
+    try:
+        for row in rows:
+            if rows.line_num == 1 and row[:2] == ["LabelName", "DisplayName"]:
+                continue
+            if len(row) >= 2:
+                out.setdefault(row[0], row[1])
+            elif row:
+                reason = "expected LabelName,DisplayName"
+                raise ParseError(source.uri(member), f"line {rows.line_num}", reason)
+    except csv.Error as exc:
+        raise ParseError(source.uri(member), f"line {rows.line_num}", str(exc)) from exc
     return out
 
 
@@ -221,13 +225,13 @@ def _meta(source: Source, member: str | None, keep: Any) -> dict[str, tuple[int,
     return out
 
 
-def _image_index(source: Source) -> dict[tuple[str, str], str]:
-    """(subset, ImageID) → image member, for images/<subset>/<ImageID>.<ext>."""
-    out = {}
+def _image_index(source: Source) -> dict[str, dict[str, str]]:
+    """ImageID → {subset folder: member}, for images/<subset>/<ImageID>.<ext>."""
+    out: dict[str, dict[str, str]] = {}
     for f in source.files:
         parts = f.split("/")
         if len(parts) >= 3 and parts[0] == IMAGES and per_image.is_image(f):
-            out[(parts[1], per_image.strip_ext("/".join(parts[2:])))] = f
+            out.setdefault(per_image.strip_ext("/".join(parts[2:])), {})[parts[1]] = f
     return out
 
 
@@ -240,7 +244,8 @@ def _sorted_rows(task: ReadTask, headers: dict[int, list[str]]) -> Iterator[list
     Rows are (rank, file index, line, fields); `headers` is filled with each file's header.
     """
     ctx, src = task.context, task.source
-    con = duckdb.connect(config={"memory_limit": "512MB", "threads": 1})
+    spill = tempfile.mkdtemp(prefix="labelflow-oid-")
+    con = duckdb.connect(config={"memory_limit": "512MB", "threads": 1, "temp_directory": spill})
     try:
         con.execute(
             "CREATE TABLE rows (image_id VARCHAR, rank INTEGER, file INTEGER, line BIGINT, "
@@ -264,6 +269,7 @@ def _sorted_rows(task: ReadTask, headers: dict[int, list[str]]) -> Iterator[list
             yield group
     finally:
         con.close()
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _file_rows(con: Any, src: Source, member: str, rank: int, f: int, ctx: dict) -> list[str]:
@@ -375,6 +381,11 @@ class _ImageReader:
         rows = [(rank, f, line, dict(zip(headers[f], fields, strict=False)), fields)
                 for rank, f, line, fields in group]  # fmt: skip
         image_id = rows[0][3]["ImageID"]
+        if not image_id:
+            for _, f, line, _, fields in rows:
+                where = self._where(f, line)
+                self.b.reject(where, "no ImageID", record=fields, record_kind="annotations")
+            return
         described = [r for r in rows if r[0] == RANKS["image"]]
         for _, f, line, _, fields in described[1:]:
             reason = f"image {image_id} is described twice"
@@ -382,9 +393,8 @@ class _ImageReader:
         desc = described[0][3] if described else {}
         subset = desc.get("Subset") or self.csvs[rows[0][1]][2]
         item_id = f"{subset}/{image_id}" if subset else image_id
-        image = self.images.get((subset, image_id)) or next(
-            (m for (_, i), m in self.images.items() if i == image_id), None
-        )
+        found = self.images.get(image_id, {})
+        image = found.get(subset) or next(iter(found.values()), None)
         size = self.meta.get(image_id)
         if size is None:
             size, _ = per_image.find_size(self.task.source, image, [image_id], self.task.options)
@@ -406,7 +416,7 @@ class _ImageReader:
         self.rows: list[tuple[dict, dict]] = []
         counts = {"label": 0, "bbox": 0, "mask": 0}
         for rank, f, line, rec, fields in rows:
-            kind = next(k for k, v in RANKS.items() if v == rank)
+            kind = _KIND_OF_RANK[rank]
             if kind == "image":
                 continue
             counts[kind] += 1
