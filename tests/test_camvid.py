@@ -144,3 +144,13 @@ def test_polygons_and_boxes_from_coco_are_painted_and_counted(tmp_path: Path) ->
     assert mask[:, :, 1].tolist() == [[0, 0, 128, 128]] * 3
     # the COCO reader takes the subset from the file name: c
     assert (tmp_path / "out" / "c.txt").read_text() == "/c/x.jpg /cannot/x.png\n"
+
+
+def test_save_images_copies_them_beside_the_masks(peer: Path, tmp_path: Path) -> None:
+    from pipelines.formats.base import WriteOptions
+
+    src = peer / "camvid" / "camvid_dataset"
+    options = WriteOptions(extra={"save_images": "true"})
+    write(src, "camvid", tmp_path / "out", write_options=options)
+    copied = tmp_path / "out" / "val" / "0016E5_07959.png"
+    assert copied.read_bytes() == (src / "val" / "0016E5_07959.png").read_bytes()

@@ -20,6 +20,7 @@ import numpy as np
 
 from pipelines.builder import parse_attribute
 from pipelines.errors import LabelflowError
+from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats._mot import number_text
@@ -74,7 +75,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         return result
     collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
-    save_images = lm.option_flag(task.options, "save_images")
+    save_images = image_sets.flag(task.options, "save_images", False)
     for group in per_image.item_groups(staging, task):
         item = group.item
         result.items += 1
@@ -128,7 +129,7 @@ def _recognition(task: WriteTask, staging: Staging, out: Output, result: WriteRe
     folder = f"{RECOGNITION}/{task.subset or DEFAULT_SUBSET}"
     collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
-    save_images = lm.option_flag(task.options, "save_images")
+    save_images = image_sets.flag(task.options, "save_images", False)
     lines = []
     for group in item_groups(staging, task.subset):
         item = group.item

@@ -26,9 +26,9 @@ from pycocotools import mask as cocomask
 
 from pipelines import masks
 from pipelines.builder import BatchBuilder
-from pipelines.errors import LabelflowError, ParseError
+from pipelines.errors import ParseError
 from pipelines.formats._voc_masks import colormap
-from pipelines.formats.base import WriteOptions, WriteResult
+from pipelines.formats.base import WriteResult
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Source
 
@@ -450,17 +450,3 @@ def png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
-
-
-def option_flag(options: WriteOptions, key: str, default: bool = False) -> bool:
-    """A yes/no writer option (the CLI passes every option as text)."""
-    value = options.extra.get(key, default)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off", ""):
-            return False
-        msg = f"writer option {key} must be true or false, not {value!r}"
-        raise LabelflowError(msg)
-    return bool(value)

@@ -49,6 +49,8 @@ MASK_FIELDS = ("MaskPath", "ImageID", "LabelName", "BoxID", "BoxXMin", "BoxXMax"
 FLAGS = (("IsTruncated", "truncated"), ("IsGroupOf", "is_group_of"),
          ("IsDepiction", "is_depiction"), ("IsInside", "is_inside"))  # fmt: skip
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_KINDS = ("tag", "bbox", "rotated_bbox", "mask", "polygon", "ellipse")
+"""What the CSVs hold: image-level labels, boxes, masks (polygons and ellipses rasterized)."""
 
 
 # -- planning ------------------------------------------------------------------------------
@@ -180,27 +182,29 @@ class _Subset:
         boxes = {}
         box_ids = {self._attrs(group, a).get("box_id") for a in group.annotations}
         next_box = 0
-        for a in group.annotations:
+        masks = []
+        for a in group.annotations:  # boxes first: masks refer to them
             kind = a["kind"]
-            attrs = self._attrs(group, a)
-            if a.get("label") is None or a.get("outside"):
+            if kind not in _KINDS:
+                result.lose(f"{kind} annotations not written: Open Images has no place for them")
+            elif a.get("label") is None or a.get("outside"):
                 result.lose("unlabelled or outside annotations skipped")
-                continue
-            if kind == "tag":
-                self._label(iid, a, attrs)
+            elif kind == "tag":
+                self._label(iid, a, self._attrs(group, a))
             elif kind in ("bbox", "rotated_bbox"):
-                box = self._box(iid, a, attrs, size)
+                box = self._box(iid, a, self._attrs(group, a), size)
                 if box:
                     boxes[a["ann_id"]] = box
-            elif kind in ("mask", "polygon", "ellipse"):
+            else:
+                masks.append(a)
+        for a in masks:
+            attrs = self._attrs(group, a)
+            if "box_id" not in attrs:
                 while format(next_box, "08x") in box_ids:
                     next_box += 1
-                if "box_id" not in attrs:
-                    attrs["box_id"] = format(next_box, "08x")
-                    box_ids.add(attrs["box_id"])
-                self._mask(iid, group, a, attrs, size, boxes)
-            else:
-                result.lose(f"{kind} annotations not written: Open Images has no place for them")
+                attrs["box_id"] = format(next_box, "08x")
+                box_ids.add(attrs["box_id"])
+            self._mask(iid, group, a, attrs, size, boxes)
 
     def _attrs(self, group: ItemGroup, a: dict) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.builder import BatchBuilder
+from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats.base import (
@@ -296,7 +297,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     for group in per_image.item_groups(staging, task, with_attributes=False):
         result.items += 1
         _, image, mask = _paths(group.item, collisions)
-        if lm.option_flag(task.options, "save_images"):
+        if image_sets.flag(task.options, "save_images", False):
             copier.copy(group.item.get("media_uri"), out, image, result)
         size = lm.item_size(group)
         if size is None:

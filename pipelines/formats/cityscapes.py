@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.builder import BatchBuilder
+from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats.base import (
@@ -272,7 +273,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         item = group.item
         result.items += 1
         base = f"{item.get('subset') or DEFAULT_SUBSET}/{stem(item, collisions)}"
-        if lm.option_flag(task.options, "save_images"):
+        if image_sets.flag(task.options, "save_images", False):
             image = f"{IMAGES}/{base}_{IMAGES}{per_image.image_suffix(item)}"
             copier.copy(item.get("media_uri"), out, image, result)
         size = lm.item_size(group)

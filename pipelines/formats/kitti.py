@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.builder import BatchBuilder, is_finite, parse_attribute
+from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats._mot import number_text
@@ -318,7 +319,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         result.items += 1
         base = item.get("subset") or DEFAULT_SUBSET
         stem = per_image.output_stem(item, collisions, per_subset=True)
-        if lm.option_flag(task.options, "save_images"):
+        if image_sets.flag(task.options, "save_images", False):
             image = f"{base}/{IMAGES}/{stem}{per_image.image_suffix(item)}"
             copier.copy(item.get("media_uri"), out, image, result)
         lines = _label_lines(group, result)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.builder import BatchBuilder, to_json
+from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _voc_masks as vm
@@ -252,7 +253,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         item = group.item
         result.items += 1
         stem = per_image.output_stem(item, collisions, per_subset=False)
-        if lm.option_flag(task.options, "save_images"):
+        if image_sets.flag(task.options, "save_images", False):
             copier.copy(item.get("media_uri"), out, f"{IMAGES}/{stem}.jpg", result)
         for a in group.annotations:
             if a["kind"] in ("tag", "caption"):
