@@ -80,12 +80,16 @@ class _Entry:
 
 
 def _place(path: str) -> tuple[str, str, str, str] | None:
-    """(root, subset, folder, stem) of a file in one of the KITTI folders."""
+    """(root, subset, folder, stem) of a file in one of the KITTI folders.
+
+    A folder at the top of the source (the subset folder itself was given) has no subset.
+    """
     parts = path.split("/")
-    for i in range(len(parts) - 2, 0, -1):
+    for i in range(len(parts) - 2, -1, -1):
         if parts[i] in _DIRS:
             stem = per_image.strip_ext("/".join(parts[i + 1 :]))
-            return "/".join(parts[: i - 1]), parts[i - 1], parts[i], stem
+            subset = parts[i - 1] if i else ""
+            return "/".join(parts[: max(i - 1, 0)]), subset, parts[i], stem
     return None
 
 
@@ -196,7 +200,7 @@ def _item(b: BatchBuilder, task: ReadTask, e: _Entry) -> None:
         media_type="image",
         width=size[0] if size else None,
         height=size[1] if size else None,
-        subset=e.subset,
+        subset=e.subset or None,
     )
     if LABELS in e.files:
         _objects(b, task, e)
