@@ -8,7 +8,9 @@ the source had them.
 
 from __future__ import annotations
 
+import os
 import posixpath
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +57,16 @@ class Staging:
         return self._con
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        con = duckdb.connect(config={"memory_limit": self.memory_limit, "threads": self.threads})
+        # Sorts larger than memory_limit spill to the system's temporary folder,
+        # never into the working directory.
+        spill = os.path.join(tempfile.gettempdir(), f"labelflow-duckdb-{os.getpid()}")
+        con = duckdb.connect(
+            config={
+                "memory_limit": self.memory_limit,
+                "threads": self.threads,
+                "temp_directory": spill,
+            }
+        )
         fs, root = fs_for(self.url)
         fs.invalidate_cache()
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
