@@ -207,3 +207,41 @@ def test_run_where_every_source_fails_keeps_previous_output(tmp_path: Path) -> N
     report = convert([str(bad)], "parquet", str(out), workers=1)
     assert not report.ok
     assert pq.read_table(out / "annotations").num_rows == 1
+
+
+def test_captions_round_trip(tmp_path: Path) -> None:
+    doc = {
+        "images": [{"id": 3, "file_name": "c.jpg", "width": 4, "height": 2}],
+        "annotations": [
+            {"id": 11, "image_id": 3, "caption": "A cat on a mat."},
+            {"id": 12, "image_id": 3, "caption": "Un chat \u00e9tendu."},
+        ],
+    }
+    src = tmp_path / "captions_val.json"
+    src.write_text(json.dumps(doc))
+    batch = _read(src)
+    assert [(a["kind"], a["text"]) for a in batch.annotations.to_pylist()] == [
+        ("caption", "A cat on a mat."),
+        ("caption", "Un chat \u00e9tendu."),
+    ]
+    out = tmp_path / "out"
+    assert convert([str(src)], "coco", str(out), workers=1).ok
+    written = json.loads((out / "annotations/captions_val.json").read_text())
+    assert [(a["id"], a["image_id"], a["caption"]) for a in written["annotations"]] == [
+        (11, 3, "A cat on a mat."),
+        (12, 3, "Un chat \u00e9tendu."),
+    ]
+
+
+def test_memory_urls_in_and_out() -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/lf-test/in/instances_m.json", json.dumps(_doc()).encode())
+    report = convert(["memory://lf-test/in/instances_m.json"], "parquet", "memory://lf-test/out",
+                     workers=1)  # fmt: skip
+    assert report.ok, report.failures
+    files = fs.find("/lf-test/out/annotations")
+    assert len(files) == 1
+    with fs.open(files[0], "rb") as f:
+        assert pq.read_table(f).column("native_id").to_pylist() == ["7"]
