@@ -111,3 +111,9 @@ def test_airflow_task_names_the_extra_when_airflow_is_missing() -> None:
     else:
         task = labelflow_task("configs/example.yaml")
         assert task.task_id == "labelflow_example"
+
+
+def test_every_format_is_documented() -> None:
+    matrix = (ROOT / "docs/formats/README.md").read_text()
+    for name in formats.names():
+        assert f"| `{name}` |" in matrix, f"{name} missing from docs/formats/README.md"
