@@ -237,9 +237,3 @@ def copied(
 
 def lose_unwritten(result: WriteResult, ann: dict[str, Any], fmt: str) -> None:
     result.lose(f"{ann['kind']} annotations not written: {fmt} has no place for them")
-
-
-def put(out: Output, rel: str, text: str, result: WriteResult) -> None:
-    with out.open(rel) as f:
-        f.write(text.encode())
-    result.files.append(rel)

@@ -93,20 +93,16 @@ def _csv_text(rows: list[tuple] | list[list]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _put(out: Output, rel: str, data: bytes, result: WriteResult) -> None:
-    with out.open(rel) as f:
-        f.write(data)
-    result.files.append(rel)
-
-
 def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     labels = task.options.extra["_labels"]
     rows = [(name, props.get("display_name") or name) for name, props in labels.items()]
-    _put(out, "annotations/class-descriptions.csv", _csv_text(rows), result)
+    per_image.put(out, "annotations/class-descriptions.csv", _csv_text(rows), result)
     parents = {name: p["parent"] for name, p in labels.items() if p.get("parent")}
     if parents:
-        _put(out, "annotations/bbox_labels_600_hierarchy.json", _hierarchy(parents), result)
+        per_image.put(
+            out, "annotations/bbox_labels_600_hierarchy.json", _hierarchy(parents), result
+        )
     collisions = per_image.colliding_stems(staging, per_subset=False)
     lines = []
     for item_id, file_name, native_id, fmt, w, h in staging.con.execute(
@@ -115,7 +111,7 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
     ).fetchall():
         item = {"item_id": item_id, "file_name": file_name, "native_id": native_id}
         lines.append(f"{image_id(item | {'source_format': fmt}, collisions)} {h} {w}\n")
-    _put(out, "annotations/images.meta", "".join(lines).encode(), result)
+    per_image.put(out, "annotations/images.meta", "".join(lines), result)
     return result
 
 
@@ -166,7 +162,7 @@ class _Subset:
         ):
             if key == "images" or self.tables[key]:
                 rows = [fields] + [[r.get(f, "") for f in fields] for r in self.tables[key]]
-                _put(self.out, prefix + suffix, _csv_text(rows), self.result)
+                per_image.put(self.out, prefix + suffix, _csv_text(rows), self.result)
         return self.result
 
     def _item(self, group: ItemGroup) -> None:
@@ -258,7 +254,7 @@ class _Subset:
         while name in self.mask_names:
             name = name[: -len(".png")] + "_.png"
         self.mask_names.add(name)
-        _put(self.out, f"masks/{self.subset}/{name}", lm.png(m), self.result)
+        per_image.put(self.out, f"masks/{self.subset}/{name}", lm.png(m), self.result)
         row = {"MaskPath": name, "ImageID": iid, "LabelName": a["label"]}
         row |= {"BoxID": attrs["box_id"], "Clicks": attrs.get("clicks", "")}
         iou = attrs.get("predicted_iou")

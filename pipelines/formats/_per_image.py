@@ -135,6 +135,13 @@ def rows(staging: Staging, sql: str, batch: int = 10_000) -> Iterator[dict[str, 
             yield dict(zip(names, row, strict=True))
 
 
+def put(out: Output, rel: str, data: bytes | str, result: WriteResult) -> None:
+    """Write one whole file (text as UTF-8) and list it among the files written."""
+    with out.open(rel) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    result.files.append(rel)
+
+
 class LineFiles:
     """Text files written line by line as rows stream past, one open handle per file.
 

@@ -127,19 +127,13 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     return _write_shard(task, staging, out)
 
 
-def _put(out: Output, rel: str, data: bytes, result: WriteResult) -> None:
-    with out.open(rel) as f:
-        f.write(data)
-    result.files.append(rel)
-
-
 # -- shared files --------------------------------------------------------------------
 
 
 def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     labelmap = [vm.LabelEntry(n, tuple(c), p, a) for n, c, p, a in task.options.extra["_labelmap"]]
-    _put(out, "labelmap.txt", vm.labelmap_text(labelmap).encode(), result)
+    per_image.put(out, "labelmap.txt", vm.labelmap_text(labelmap), result)
     collisions = per_image.colliding_stems(staging, per_subset=False)
     tag_labels = [
         r[0]
@@ -202,7 +196,7 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         item = group.item
         stem = per_image.output_stem(item, collisions, per_subset=False)
         doc, seg = _Document(item, group, stem, result).build(class_index)
-        _put(out, f"Annotations/{stem}.xml", doc, result)
+        per_image.put(out, f"Annotations/{stem}.xml", doc, result)
         if seg is not None:
             obj, cls = seg
             for folder, arr, pal in (

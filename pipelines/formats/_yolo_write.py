@@ -141,18 +141,18 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
     finally:
         lists.close()
     if layout == "yolo":
-        _put(out, "obj.names", "".join(f"{n}\n" for n in names), result)
+        per_image.put(out, "obj.names", "".join(f"{n}\n" for n in names), result)
         data = [f"classes = {len(names)}"]
         data += [f"{s} = data/{s}.txt" for s in subsets]
         data += ["names = data/obj.names", "backup = backup/"]
-        _put(out, "obj.data", "\n".join(data) + "\n", result)
+        per_image.put(out, "obj.data", "\n".join(data) + "\n", result)
     else:
         doc: dict[str, Any] = {"path": "."}
         doc |= {s: f"images/{s}" for s in subsets}
         doc["names"] = dict(enumerate(names))
         doc |= _pose_settings(staging, ex)
         text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=None)
-        _put(out, "data.yaml", text, result)
+        per_image.put(out, "data.yaml", text, result)
     return result
 
 
@@ -190,12 +190,6 @@ def _pose_settings(staging: Staging, ex: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _put(out: Output, rel: str, text: str, result: WriteResult) -> None:
-    with out.open(rel) as f:
-        f.write(text.encode())
-    result.files.append(rel)
-
-
 # -- per-item files -------------------------------------------------------------------
 
 
@@ -223,7 +217,7 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
             if written:
                 text += written
                 result.annotations += 1
-        _put(out, f"{label_dir}/{stem}.txt", "".join(f"{t}\n" for t in text), result)
+        per_image.put(out, f"{label_dir}/{stem}.txt", "".join(f"{t}\n" for t in text), result)
         if save_images:
             rel = f"{image_dir}/{stem}{per_image.image_suffix(item)}"
             copier.copy(item.get("media_uri"), out, rel, result)

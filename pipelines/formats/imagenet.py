@@ -245,7 +245,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         return _write_folders(task, staging, out)
     if task.shard == sets.SHARED:
         result = WriteResult()
-        sets.put(out, SYNSETS, "".join(f"{n}\n" for n in ex["_names"]), result)
+        per_image.put(out, SYNSETS, "".join(f"{n}\n" for n in ex["_names"]), result)
         return result
     if task.shard == sets.SUBSET:
         return _write_list(task, staging, out)

@@ -300,13 +300,15 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     if positive or negative:
         header = header or [1, max(len(positive), len(negative))]
         pairs.insert(0, "\t".join(str(n) for n in header))
-    sets.put(out, f"{root}/{PAIRS}", "".join(f"{line}\n" for line in pairs), result)
+    per_image.put(out, f"{root}/{PAIRS}", "".join(f"{line}\n" for line in pairs), result)
     # The source's people list counts a person's images in the whole of LFW: kept as it was.
     people = listed | {p: n for p, n in people.items() if p not in listed}
     text = f"{len(people)}\n" + "".join(f"{p}\t{n}\n" for p, n in people.items())
-    sets.put(out, f"{root}/{PEOPLE}", text, result)
+    per_image.put(out, f"{root}/{PEOPLE}", text, result)
     if landmarks:
-        sets.put(out, f"{root}/{LANDMARKS}", "".join(f"{line}\n" for line in landmarks), result)
+        per_image.put(
+            out, f"{root}/{LANDMARKS}", "".join(f"{line}\n" for line in landmarks), result
+        )
     return result
 
 

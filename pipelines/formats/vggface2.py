@@ -410,7 +410,7 @@ def _write_labels(staging: Staging, out: Output) -> WriteResult:
         names.setdefault(label, None)
     result = WriteResult()
     text = "".join(f"{k} {v}\n" if v else f"{k}\n" for k, v in names.items())
-    sets.put(out, LABELS, text, result)
+    per_image.put(out, LABELS, text, result)
     return result
 
 

@@ -413,7 +413,7 @@ def _write_labels(staging: Staging, events: dict[str, int], out: Output) -> Writ
         if label not in names:
             names.append(label)
     result = WriteResult()
-    sets.put(out, LABELS, "".join(f"{n}\n" for n in names), result)
+    per_image.put(out, LABELS, "".join(f"{n}\n" for n in names), result)
     return result
 
 
