@@ -20,6 +20,7 @@ import numpy as np
 
 from pipelines.builder import parse_attribute
 from pipelines.errors import LabelflowError
+from pipelines.formats import _class_table as classes
 from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
@@ -87,16 +88,10 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         if kind == LOCALIZATION:
             head, base = posixpath.split(stem)
             rel = posixpath.join(folder, head, f"gt_{base}.txt")
-            _put(out, rel, _localization(group, result).encode(), result)
+            per_image.put(out, rel, _localization(group, result), result)
         else:
             _segmentation(group, out, f"{folder}/{stem}_GT", result)
     return result
-
-
-def _put(out: Output, rel: str, data: bytes, result: WriteResult) -> None:
-    with out.open(rel) as f:
-        f.write(data)
-    result.files.append(rel)
 
 
 def _quoted(text: str, result: WriteResult) -> str:
@@ -148,7 +143,7 @@ def _recognition(task: WriteTask, staging: Staging, out: Output, result: WriteRe
             result.annotations += 1
         if not texts:
             lines.append(f"{name},")
-    _put(out, f"{folder}/gt.txt", "".join(f"{line}\n" for line in lines).encode(), result)
+    per_image.put(out, f"{folder}/gt.txt", "".join(f"{line}\n" for line in lines), result)
 
 
 # -- text localization ---------------------------------------------------------------------
@@ -209,7 +204,7 @@ def _segmentation(group: ItemGroup, out: Output, base: str, result: WriteResult)
     if size is None:
         if group.annotations:
             result.lose("items without a size written without characters")
-        _put(out, f"{base}.txt", b"", result)
+        per_image.put(out, f"{base}.txt", b"", result)
         return
     h, w = size
     drawn = lm.shapes(group, h, w, result, "ICDAR text segmentation")
@@ -218,7 +213,7 @@ def _segmentation(group: ItemGroup, out: Output, base: str, result: WriteResult)
     canvas = np.full((h, w, 3), 255, dtype=np.uint8)
     painted = np.zeros((h, w), dtype=bool)
     used = {WHITE}
-    palette = (c for c in lm.voc_palette()[1:] if c != WHITE)
+    palette = (c for c in classes.voc_palette()[1:] if c != WHITE)
     lines: list[str] = []
     previous: Any = ()
     for a, m in drawn:
@@ -240,8 +235,8 @@ def _segmentation(group: ItemGroup, out: Output, base: str, result: WriteResult)
         previous = group_id
         lines.append(_character_line(a, m, color, given, group))
         result.annotations += 1
-    _put(out, f"{base}.txt", "".join(f"{line}\n" for line in lines).encode(), result)
-    _put(out, f"{base}.bmp", lm.png(canvas, fmt="BMP"), result)
+    per_image.put(out, f"{base}.txt", "".join(f"{line}\n" for line in lines), result)
+    per_image.put(out, f"{base}.bmp", lm.png(canvas, fmt="BMP"), result)
 
 
 def _icdar_attrs(group: ItemGroup, a: dict[str, Any]) -> dict[str, Any]:

@@ -8,35 +8,29 @@ Each value present becomes one `mask` annotation, a COCO RLE over the whole imag
 
 Writing: an item's annotations that cover pixels (masks; polygons and boxes are
 rasterized, which is counted as lossy) are drawn in z_order, later ones on top, and
-each format encodes the drawing as its PNGs. The class table (index → name, colour)
-is computed once per dataset so every partition numbers classes alike.
+each format encodes the drawing as its PNGs, numbering classes by the dataset's class
+table (_class_table.py).
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as cocomask
 
 from pipelines import masks
 from pipelines.builder import BatchBuilder
 from pipelines.errors import ParseError
-from pipelines.formats._voc_masks import colormap
-from pipelines.formats.base import WriteResult
-from pipelines.staging import ItemGroup, Staging
+from pipelines.formats import _per_image as per_image
+from pipelines.formats._class_table import RGB
+from pipelines.formats.base import ReadOptions, WriteResult
+from pipelines.staging import ItemGroup
 from pipelines.storage import Source
-
-RGB = tuple[int, int, int]
-BLACK: RGB = (0, 0, 0)
-DRAWN = ("mask", "polygon", "bbox", "rotated_bbox", "ellipse")
-"""Kinds a mask writer draws (polygons and boxes rasterized)."""
-
 
 # -- text files --------------------------------------------------------------------
 
@@ -50,42 +44,6 @@ def read_text(source: Source, member: str) -> str:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ParseError(source.uri(member), f"line {line}", "not UTF-8 text") from exc
-
-
-def parse_label_colors(text: str, uri: str) -> list[tuple[str, RGB | None]]:
-    """`label_colors.txt`: `r g b name` or just `name` a line; line order is the class id.
-
-    `#` lines and blank lines are skipped; a name may contain spaces.
-    """
-    out: list[tuple[str, RGB | None]] = []
-    seen: set[str] = set()
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(maxsplit=3)
-        color = None
-        if len(parts) == 4 and all(p.lstrip("-").isdigit() for p in parts[:3]):
-            rgb = tuple(int(p) for p in parts[:3])
-            if not all(0 <= v <= 255 for v in rgb):
-                raise ParseError(uri, f"line {n}", f"colour {parts[:3]} is not 0..255")
-            color, name = rgb, parts[3]
-        elif parts[0].lstrip("-").isdigit() and len(parts) >= 3:
-            raise ParseError(uri, f"line {n}", "expected `r g b name` or `name`")
-        else:
-            name = line
-        if name in seen:
-            raise ParseError(uri, f"line {n}", f"label {name!r} is defined twice")
-        seen.add(name)
-        out.append((name, color))  # type: ignore[arg-type]
-    return out
-
-
-def label_colors_text(table: Sequence[tuple[str, RGB | None]]) -> str:
-    return "".join(
-        f"{' '.join(str(v) for v in color)} {name}\n" if color else f"{name}\n"
-        for name, color in table
-    )
 
 
 # -- reading pixels ------------------------------------------------------------------
@@ -152,6 +110,46 @@ def reject_colors(b: BatchBuilder, where: str, unknown: dict[RGB, int]) -> None:
         b.reject(f"{where} colour {color}", reason, record=list(color), record_kind="annotations")
 
 
+def load_or_reject(
+    b: BatchBuilder, source: Source, member: str, native_id: str
+) -> np.ndarray | None:
+    """The mask of an item, or None after rejecting the item with the reason it is unreadable."""
+    arr = load(source, member)
+    if isinstance(arr, str):
+        b.reject(member, arr, record_kind="items", native_id=native_id)
+        return None
+    return arr
+
+
+def size_of(
+    arr: np.ndarray | None,
+    source: Source,
+    image: str | None,
+    names: list[str],
+    options: ReadOptions,
+) -> tuple[int, int] | None:
+    """(width, height) of an item: its mask's, else its image's (`image_sizes` or header)."""
+    if arr is not None:
+        return arr.shape[1], arr.shape[0]
+    return per_image.find_size(source, image, names, options)[0]
+
+
+def in_table(
+    b: BatchBuilder,
+    where: str,
+    value: int,
+    cls: int,
+    table: Sequence[Any],
+    what: str = "class id",
+) -> bool:
+    """Whether the class of a mask value is in the label table; if not, the value is rejected."""
+    if cls < len(table):
+        return True
+    reason = f"{what} {cls} is not in the label table ({len(table)} labels)"
+    b.reject(f"{where} value {value}", reason, record=value, record_kind="annotations")
+    return False
+
+
 def values(arr: np.ndarray, skip: Sequence[int] = (0,)) -> Iterator[tuple[int, np.ndarray]]:
     """(value, boolean mask) for each distinct value of a 2-D array, ascending."""
     for value in np.unique(arr).tolist():
@@ -186,122 +184,6 @@ def resize_nearest(m: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(img.resize((width, height), Image.Resampling.NEAREST))
 
 
-# -- label colours of a dataset ---------------------------------------------------------
-
-
-def label_colors(staging: Staging) -> dict[str, RGB]:
-    """label → colour as the sources gave it (label attribute `color`, any source)."""
-    out: dict[str, RGB] = {}
-    for owner, value in staging.con.execute(
-        "SELECT owner_id, value FROM attributes WHERE owner_kind = 'label' AND key = 'color' "
-        "ORDER BY filename, file_row_number"
-    ).fetchall():
-        label = owner.removeprefix("label:")
-        try:
-            rgb = orjson.loads(value) if value else None
-        except orjson.JSONDecodeError:
-            continue
-        if (
-            label not in out
-            and isinstance(rgb, list)
-            and len(rgb) == 3
-            and all(isinstance(v, int) and 0 <= v <= 255 for v in rgb)
-        ):
-            out[label] = tuple(rgb)  # type: ignore[assignment]
-    return out
-
-
-def voc_palette() -> tuple[RGB, ...]:
-    """VOC's colour map: where these formats take colours for labels that have none."""
-    return colormap()
-
-
-def class_table(
-    staging: Staging,
-    *,
-    defaults: Sequence[tuple[str, RGB | None]] = (),
-    background: str = "background",
-    limit: int = 255,
-    distinct_colors: bool = False,
-    kinds: Sequence[str] = DRAWN,
-) -> list[tuple[str, RGB]]:
-    """index → (name, colour) for a whole dataset; index 0 is the background.
-
-    The labels are those of annotations of `kinds` (the ones a mask writer draws).
-
-    Numeric `label_id`s (what these formats read) are kept when they fit, so a
-    Cityscapes or KITTI source keeps its class ids; gaps take the default table's name
-    for that index (or `class_<n>`). Otherwise, when every label is in the default
-    table, the default numbering is used; else labels are numbered from 1 in order of
-    first appearance. Colours: as the sources gave them, else the default table's,
-    else the first unused colour of the VOC colour map. `distinct_colors` (for formats
-    decoded by colour) gives a label whose colour is taken another one.
-    """
-    marks = ", ".join("?" for _ in kinds)
-    first: dict[str, str | None] = {}
-    for label, label_id in staging.con.execute(
-        "SELECT label, label_id FROM annotations WHERE label IS NOT NULL "
-        f"AND kind IN ({marks}) GROUP BY label, label_id "
-        "ORDER BY min(filename), min(file_row_number)",
-        list(kinds),
-    ).fetchall():
-        first.setdefault(label, label_id)
-    given = label_colors(staging)
-    default_names = [n for n, _ in defaults]
-    default_color = {n: c for n, c in defaults if c is not None}
-    names = _kept_ids(first, default_names, background, limit)
-    if names is None:
-        if first and all(n in default_names for n in first) and len(defaults) - 1 <= limit:
-            names = list(default_names)
-        else:
-            bg = default_names[0] if default_names else background
-            names = [bg] + [n for n in first if n != bg]
-    colors: list[RGB | None] = []
-    for i, name in enumerate(names):
-        color = given.get(name) or default_color.get(name)
-        if i == 0 and color is None:
-            color = BLACK
-        colors.append(color)
-    used: set[RGB] = set()
-    for i, color in enumerate(colors):
-        if color is not None and distinct_colors and color in used:
-            colors[i] = None
-        if colors[i] is not None:
-            used.add(colors[i])  # type: ignore[arg-type]
-    free = (c for c in voc_palette()[1:] if c not in used)
-    return [(name, color or next(free)) for name, color in zip(names, colors, strict=True)]
-
-
-def _kept_ids(
-    first: dict[str, str | None], default_names: list[str], background: str, limit: int
-) -> list[str] | None:
-    ids: dict[str, int] = {}
-    for label, label_id in first.items():
-        if label_id is None or not label_id.isdigit():
-            return None
-        ids[label] = int(label_id)
-    if not ids or len(set(ids.values())) != len(ids):
-        return None
-    top = max(ids.values())
-    if top > limit or top > max(2 * len(ids) + 16, len(default_names) - 1):
-        return None
-    by_id = {n: label for label, n in ids.items()}
-    if 0 in by_id and by_id[0] not in (background, *default_names[:1]):
-        return None  # index 0 is the background in every one of these formats
-    taken = set(ids)
-    names = []
-    for i in range(top + 1):
-        if i in by_id:
-            names.append(by_id[i])
-        elif i < len(default_names) and default_names[i] not in taken:
-            names.append(default_names[i])
-        elif i == 0:
-            names.append(background)
-        else:
-            names.append(f"class_{i}")
-    return names
-
-
 # -- writing pixels ----------------------------------------------------------------------
 
 
@@ -314,6 +196,38 @@ def item_size(group: ItemGroup) -> tuple[int, int] | None:
         if a["kind"] == "mask" and a.get("mask_h") and a.get("mask_w"):
             return int(a["mask_h"]), int(a["mask_w"])
     return None
+
+
+def lose_text_annotations(group: ItemGroup, result: WriteResult, target: str) -> None:
+    """Tags and captions: `shapes` leaves them to the caller, and a mask format drops them."""
+    for a in group.annotations:
+        if a["kind"] in ("tag", "caption"):
+            result.lose(f"{a['kind']} annotations not written: {target} holds pixel masks")
+
+
+def draw_instances(
+    group: ItemGroup,
+    size: tuple[int, int],
+    class_of: dict[str, int],
+    limit: int,
+    result: WriteResult,
+    target: str,
+    code: Callable[[int, int | None], int],
+    kinds: Sequence[str] | None = None,
+) -> np.ndarray:
+    """An instance-id image: each shape's pixels hold `code(class, instance)`, later on top.
+
+    Instance numbers are those of `number_instances` (None for a crowd region).
+    """
+    h, w = size
+    ids = np.zeros((h, w), dtype=np.int64)
+    drawn = shapes(group, h, w, result, target, kinds=kinds)
+    for _, m, cls, number in number_instances(drawn, class_of, limit, result):
+        if ids[m].any():
+            result.lose("masks partly hidden by an overlapping mask")
+        ids[m] = code(cls, number)
+        result.annotations += 1
+    return ids
 
 
 def shapes(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.builder import BatchBuilder
+from pipelines.formats import _class_table as classes
 from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
@@ -46,7 +47,7 @@ NAME = "camvid"
 LABELS_FILE = "label_colors.txt"
 ANNOT = "annot"
 DEFAULT_SUBSET = "default"
-CAMVID_LABELS: tuple[tuple[str, lm.RGB], ...] = (
+CAMVID_LABELS: tuple[tuple[str, classes.RGB], ...] = (
     ("Void", (0, 0, 0)), ("Animal", (64, 128, 64)), ("Archway", (192, 0, 128)),
     ("Bicyclist", (0, 128, 192)), ("Bridge", (0, 128, 64)), ("Building", (128, 0, 0)),
     ("Car", (64, 0, 128)), ("CartLuggagePram", (64, 0, 192)), ("Child", (192, 128, 64)),
@@ -134,20 +135,22 @@ def detect(source: Source) -> Detection | None:
 # -- planning and reading ----------------------------------------------------------------
 
 
-def label_table(entries: list[tuple[str, lm.RGB | None]]) -> list[tuple[str, lm.RGB | None]]:
+def label_table(
+    entries: list[tuple[str, classes.RGB | None]],
+) -> list[tuple[str, classes.RGB | None]]:
     """The class table as CVAT reads it: the black label (or a new "background") first;
     without any colour, colours of the VOC map by index."""
     table = list(entries)
-    black = next((i for i, (_, c) in enumerate(table) if c == lm.BLACK), None)
+    black = next((i for i, (_, c) in enumerate(table) if c == classes.BLACK), None)
     if black is None:
         has_colors = any(c is not None for _, c in table)
         bg = next((i for i, (n, _) in enumerate(table) if n == "background"), None)
         entry = table.pop(bg) if bg is not None else ("background", None)
-        table.insert(0, (entry[0], lm.BLACK if has_colors else entry[1]))
+        table.insert(0, (entry[0], classes.BLACK if has_colors else entry[1]))
     else:
         table.insert(0, table.pop(black))
     if all(c is None for _, c in table):
-        palette = lm.voc_palette()
+        palette = classes.voc_palette()
         table = [(n, palette[i % 256]) for i, (n, _) in enumerate(table)]
     return table
 
@@ -161,7 +164,7 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         root = posixpath.dirname(member)
         labels_member = posixpath.join(root, LABELS_FILE)
         if labels_member in source.files:
-            given = lm.parse_label_colors(
+            given = classes.parse_label_colors(
                 lm.read_text(source, labels_member), source.uri(labels_member)
             )
         else:
@@ -183,9 +186,7 @@ def read(task: ReadTask) -> Iterator[Batch]:
     b = task.builder()
     table = ctx["table"]
     if ctx["header"]:
-        for i, (name, color) in enumerate(table):
-            values = {"index": i, "color": list(color) if color else None}
-            b.attributes(f"label:{name}", None, values, owner_kind="label", source=NAME)
+        classes.label_attributes(b, table, NAME)
     for n, line in ctx["entries"]:
         try:
             parsed = parse_line(line)
@@ -213,10 +214,7 @@ def _item(b: BatchBuilder, task: ReadTask, n: int, image: str, mask: str | None)
         if isinstance(arr, str):
             b.reject(where, f"mask {mask}: {arr}", record_kind="items", native_id=native)
             return
-    if arr is not None:
-        size: tuple[int, int] | None = (arr.shape[1], arr.shape[0])
-    else:
-        size, _ = per_image.find_size(src, image_member if present else None, [rel], task.options)
+    size = lm.size_of(arr, src, image_member if present else None, [rel], task.options)
     b.item(
         item_id=item_id,
         native_id=native,
@@ -233,9 +231,7 @@ def _item(b: BatchBuilder, task: ReadTask, n: int, image: str, mask: str | None)
     indices, unknown = lm.to_indices(arr, colors)
     lm.reject_colors(b, mask, unknown)
     for index, m in lm.values(indices, skip=(0, -1)):
-        if index >= len(table):
-            reason = f"class index {index} is not in the label table ({len(table)} labels)"
-            b.reject(f"{mask} value {index}", reason, record=index, record_kind="annotations")
+        if not lm.in_table(b, mask, index, index, table, what="class index"):
             continue
         row = lm.mask_fields(m)
         b.annotation(
@@ -251,8 +247,8 @@ def _item(b: BatchBuilder, task: ReadTask, n: int, image: str, mask: str | None)
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    table = lm.class_table(staging, defaults=CAMVID_LABELS, distinct_colors=True)
-    return per_image.plan_sharded(NAME, staging, options, _table=[[n, list(c)] for n, c in table])
+    table = classes.class_table(staging, defaults=CAMVID_LABELS, distinct_colors=True)
+    return classes.plan_write(NAME, staging, options, table)
 
 
 def _paths(item: dict[str, Any], collisions: set) -> tuple[str, str, str]:
@@ -268,12 +264,10 @@ def _quoted(path: str) -> str:
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
-    table = [(n, tuple(c)) for n, c in task.options.extra["_table"]]
+    table = classes.task_table(task)
     collisions = per_image.colliding_stems(staging, per_subset=True)
     if task.shard == per_image.SHARED:
-        with out.open(LABELS_FILE) as f:
-            f.write(lm.label_colors_text(table).encode())
-        result.files.append(LABELS_FILE)
+        per_image.put(out, LABELS_FILE, classes.label_colors_text(table), result)
         lists: dict[str, list[str]] = {}
         for item_id, file_name, native_id, subset, sized in staging.con.execute(
             "SELECT i.item_id, i.file_name, i.native_id, i.subset, (i.width > 0 AND i.height > 0) "
@@ -287,11 +281,9 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
             pair = [_quoted("/" + image)] + ([_quoted("/" + mask)] if sized else [])
             lists.setdefault(name, []).append(" ".join(pair))
         for name, lines in lists.items():
-            with out.open(f"{name}.txt") as f:
-                f.write("".join(f"{line}\n" for line in lines).encode())
-            result.files.append(f"{name}.txt")
+            per_image.put(out, f"{name}.txt", "".join(f"{line}\n" for line in lines), result)
         return result
-    class_of = {name: i for i, (name, _) in enumerate(table) if i > 0}
+    class_of = classes.class_numbers(table)
     colors = [c for _, c in table]
     copier = per_image.MediaCopier()
     for group in per_image.item_groups(staging, task, with_attributes=False):
@@ -305,9 +297,8 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
                 result.lose("items without a size written without a mask")
             continue
         indices = _draw(group, size, class_of, result)
-        with out.open(mask) as f:
-            f.write(lm.png(lm.paint(indices, colors)))
-        result.files.append(mask)
+        lm.lose_text_annotations(group, result, "CamVid")
+        per_image.put(out, mask, lm.png(lm.paint(indices, colors)), result)
     return result
 
 
@@ -329,9 +320,6 @@ def _draw(
         drawn.add(cls)
         indices[m] = cls
         result.annotations += 1
-    for a in group.annotations:
-        if a["kind"] in ("tag", "caption"):
-            result.lose(f"{a['kind']} annotations not written: CamVid holds pixel masks")
     return indices
 
 

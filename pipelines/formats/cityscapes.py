@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.builder import BatchBuilder
+from pipelines.formats import _class_table as classes
 from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
@@ -44,7 +45,7 @@ from pipelines.formats.base import (
     WriteTask,
 )
 from pipelines.schema import Batch
-from pipelines.staging import ItemGroup, Staging
+from pipelines.staging import Staging
 from pipelines.storage import Output, Source
 
 NAME = "cityscapes"
@@ -59,7 +60,7 @@ KINDS = ("instanceIds", "labelIds", "labelTrainIds", "color")
 _MASK = re.compile(r"^(.*)_gtFine_(instanceIds|labelIds|labelTrainIds|color)\.png$")
 _IMAGE = re.compile(r"^(.*)_leftImg8bit\.[^./]+$")
 
-CITYSCAPES_LABELS: tuple[tuple[str, lm.RGB], ...] = (
+CITYSCAPES_LABELS: tuple[tuple[str, classes.RGB], ...] = (
     ("unlabeled", (0, 0, 0)), ("egovehicle", (0, 0, 0)), ("rectificationborder", (0, 0, 0)),
     ("outofroi", (0, 0, 0)), ("static", (0, 0, 0)), ("dynamic", (111, 74, 0)),
     ("ground", (81, 0, 81)), ("road", (128, 64, 128)), ("sidewalk", (244, 35, 232)),
@@ -79,7 +80,7 @@ _TRAIN = (
     "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
     "motorcycle", "bicycle",
 )  # fmt: skip
-TRAIN_LABELS: tuple[tuple[str, lm.RGB], ...] = (
+TRAIN_LABELS: tuple[tuple[str, classes.RGB], ...] = (
     *((n, c) for n, c in CITYSCAPES_LABELS if n in _TRAIN),
     ("background", (0, 0, 0)),
 )
@@ -142,11 +143,11 @@ def detect(source: Source) -> Detection | None:
     return None
 
 
-def _table(source: Source, root: str) -> list[tuple[str, lm.RGB | None]] | None:
+def _table(source: Source, root: str) -> list[tuple[str, classes.RGB | None]] | None:
     for name in LABELS_FILES:
         member = posixpath.join(root, name)
         if member in source.files:
-            return lm.parse_label_colors(lm.read_text(source, member), source.uri(member))
+            return classes.parse_label_colors(lm.read_text(source, member), source.uri(member))
     return None
 
 
@@ -170,9 +171,7 @@ def read(task: ReadTask) -> Iterator[Batch]:
     b = task.builder()
     given = task.context["table"]
     if task.context["header"] and given:
-        for i, (name, color) in enumerate(given):
-            values = {"index": i, "color": list(color) if color else None}
-            b.attributes(f"label:{name}", None, values, owner_kind="label", source=NAME)
+        classes.label_attributes(b, given, NAME)
     for entry in task.context["entries"]:
         _item(b, task, entry, given)
         if b.full():
@@ -181,20 +180,14 @@ def read(task: ReadTask) -> Iterator[Batch]:
 
 
 def _item(
-    b: BatchBuilder, task: ReadTask, e: _Entry, given: list[tuple[str, lm.RGB | None]] | None
+    b: BatchBuilder, task: ReadTask, e: _Entry, given: list[tuple[str, classes.RGB | None]] | None
 ) -> None:
     src = task.source
     kind = next((k for k in KINDS if k in e.masks), None)
-    arr: Any = None
-    if kind:
-        arr = lm.load(src, e.masks[kind])
-        if isinstance(arr, str):
-            b.reject(e.masks[kind], arr, record_kind="items", native_id=e.rel)
-            return
-    if arr is not None:
-        size: tuple[int, int] | None = (arr.shape[1], arr.shape[0])
-    else:
-        size, _ = per_image.find_size(src, e.image or None, [e.rel], task.options)
+    arr = lm.load_or_reject(b, src, e.masks[kind], e.rel) if kind else None
+    if kind and arr is None:
+        return
+    size = lm.size_of(arr, src, e.image or None, [e.rel], task.options)
     image_name = posixpath.relpath(e.image, _image_dir(e)) if e.image else f"{e.rel}_{IMAGES}.png"
     b.item(
         item_id=e.item_id,
@@ -220,9 +213,7 @@ def _item(
     for value, m in lm.values(arr, skip=skip):
         instance = kind == "instanceIds" and value >= INSTANCE_DIVISOR
         cls, number = divmod(value, INSTANCE_DIVISOR) if instance else (value, None)
-        if cls >= len(table):
-            reason = f"class id {cls} is not in the label table ({len(table)} labels)"
-            b.reject(f"{where} value {value}", reason, record=value, record_kind="annotations")
+        if not lm.in_table(b, where, value, cls, table):
             continue
         b.annotation(
             ann_id=f"{e.item_id}/{value}",
@@ -247,8 +238,8 @@ def _image_dir(e: _Entry) -> str:
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    table = lm.class_table(staging, defaults=CITYSCAPES_LABELS, limit=MAX_CLASS)
-    return per_image.plan_sharded(NAME, staging, options, _table=[[n, list(c)] for n, c in table])
+    table = classes.class_table(staging, defaults=CITYSCAPES_LABELS, limit=MAX_CLASS)
+    return classes.plan_write(NAME, staging, options, table)
 
 
 def stem(item: dict[str, Any], collisions: set) -> str:
@@ -259,13 +250,11 @@ def stem(item: dict[str, Any], collisions: set) -> str:
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
-    table = [(n, tuple(c)) for n, c in task.options.extra["_table"]]
+    table = classes.task_table(task)
     if task.shard == per_image.SHARED:
-        with out.open(LABELS_FILES[0]) as f:
-            f.write(lm.label_colors_text(table).encode())
-        result.files.append(LABELS_FILES[0])
+        per_image.put(out, LABELS_FILES[0], classes.label_colors_text(table), result)
         return result
-    class_of = {name: i for i, (name, _) in enumerate(table) if i > 0}
+    class_of = classes.class_numbers(table)
     colors = [c for _, c in table]
     collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
@@ -281,35 +270,21 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
             if group.annotations:
                 result.lose("items without a size written without masks")
             continue
-        ids = _draw(group, size, class_of, result)
-        classes = np.where(ids >= INSTANCE_DIVISOR, ids // INSTANCE_DIVISOR, ids)
+        ids = lm.draw_instances(group, size, class_of, 999, result, "Cityscapes", _instance_id)
+        lm.lose_text_annotations(group, result, "Cityscapes")
+        class_ids = np.where(ids >= INSTANCE_DIVISOR, ids // INSTANCE_DIVISOR, ids)
         for suffix, data in (
             ("instanceIds", lm.png(ids.astype(np.uint16))),
-            ("labelIds", lm.png(classes.astype(np.uint8))),
-            ("color", lm.png(lm.paint(classes, colors))),
+            ("labelIds", lm.png(class_ids.astype(np.uint8))),
+            ("color", lm.png(lm.paint(class_ids, colors))),
         ):
-            rel = f"{GT}/{base}_{GT}_{suffix}.png"
-            with out.open(rel) as f:
-                f.write(data)
-            result.files.append(rel)
+            per_image.put(out, f"{GT}/{base}_{GT}_{suffix}.png", data, result)
     return result
 
 
-def _draw(
-    group: ItemGroup, size: tuple[int, int], class_of: dict[str, int], result: WriteResult
-) -> np.ndarray:
-    h, w = size
-    ids = np.zeros((h, w), dtype=np.int64)
-    drawn = lm.shapes(group, h, w, result, "Cityscapes")
-    for _, m, cls, number in lm.number_instances(drawn, class_of, 999, result):
-        if ids[m].any():
-            result.lose("masks partly hidden by an overlapping mask")
-        ids[m] = cls if number is None else cls * INSTANCE_DIVISOR + number
-        result.annotations += 1
-    for a in group.annotations:
-        if a["kind"] in ("tag", "caption"):
-            result.lose(f"{a['kind']} annotations not written: Cityscapes holds pixel masks")
-    return ids
+def _instance_id(cls: int, number: int | None) -> int:
+    """A crowd region (no instance number) holds its class id alone, below 1000."""
+    return cls if number is None else cls * INSTANCE_DIVISOR + number
 
 
 FORMAT = Format(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.builder import BatchBuilder, is_finite
+from pipelines.formats import _class_table as classes
 from pipelines.formats import _icdar_write
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
@@ -43,7 +44,7 @@ LABEL = "icdar"
 SOURCE = "icdar"
 IMAGES = "images"
 DEFAULT_EXT = ".png"
-WHITE: lm.RGB = (255, 255, 255)
+WHITE: classes.RGB = (255, 255, 255)
 RECOGNITION = "word_recognition"
 LOCALIZATION = "text_localization"
 SEGMENTATION = "text_segmentation"
@@ -115,7 +116,7 @@ def parse_localization(line: str) -> tuple[list[float], str | None]:
     return coords, text.strip() or None
 
 
-def parse_character(line: str) -> tuple[lm.RGB, str, str, str]:
+def parse_character(line: str) -> tuple[classes.RGB, str, str, str]:
     """(colour, centre, box, character) of a segmentation line; ValueError if malformed.
 
     A leading `#` marks a space character (CVAT writes `#R G B ... " "`).
@@ -316,7 +317,7 @@ def _segmentation(b: BatchBuilder, task: ReadTask, images: dict[str, str], membe
     size = (bitmap.shape[1], bitmap.shape[0]) if bitmap is not None else None
     item_id = _item(b, task, stem, image, name, size)
     codes = lm.color_codes(bitmap) if bitmap is not None else None
-    seen: dict[lm.RGB, int] = {WHITE: 0}
+    seen: dict[classes.RGB, int] = {WHITE: 0}
     word, in_word, index = 1, False, 0
     for n, line in enumerate(lm.read_text(src, member).splitlines(), 1):
         if not line.strip():

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.builder import BatchBuilder, is_finite, parse_attribute
+from pipelines.formats import _class_table as classes
 from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
@@ -151,7 +152,9 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
     tasks = []
     for root, entries in by_root.items():
         text = _root_file(source, root, COLORS_FILE)
-        table = lm.parse_label_colors(text, source.uri(root + "/" + COLORS_FILE)) if text else None
+        table = (
+            classes.parse_label_colors(text, source.uri(root + "/" + COLORS_FILE)) if text else None
+        )
         names = _root_file(source, root, NAMES_FILE)
         names_list = [n.strip() for n in names.splitlines() if n.strip()] if names else None
         for n, group in enumerate(per_image.chunks(entries, options)):
@@ -167,9 +170,7 @@ def read(task: ReadTask) -> Iterator[Batch]:
     b = task.builder()
     ctx = task.context
     if ctx["header"] and ctx["table"]:
-        for i, (name, color) in enumerate(ctx["table"]):
-            values = {"index": i, "color": list(color) if color else None}
-            b.attributes(f"label:{name}", None, values, owner_kind="label", source=SOURCE)
+        classes.label_attributes(b, ctx["table"], SOURCE)
     for e in ctx["entries"]:
         _item(b, task, e)
         if b.full():
@@ -180,17 +181,11 @@ def read(task: ReadTask) -> Iterator[Batch]:
 def _item(b: BatchBuilder, task: ReadTask, e: _Entry) -> None:
     src = task.source
     folder = next((d for d in MASK_DIRS if d in e.files), None)
-    arr: Any = None
-    if folder:
-        arr = lm.load(src, e.files[folder])
-        if isinstance(arr, str):
-            b.reject(e.files[folder], arr, record_kind="items", native_id=e.stem)
-            return
+    arr = lm.load_or_reject(b, src, e.files[folder], e.stem) if folder else None
+    if folder and arr is None:
+        return
     image = e.files.get(IMAGES)
-    if arr is not None:
-        size: tuple[int, int] | None = (arr.shape[1], arr.shape[0])
-    else:
-        size, _ = per_image.find_size(src, image, [e.stem], task.options)
+    size = lm.size_of(arr, src, image, [e.stem], task.options)
     prefix = posixpath.join(e.root, e.subset, IMAGES) + "/"
     b.item(
         item_id=e.item_id,
@@ -268,9 +263,7 @@ def _masks(b: BatchBuilder, task: ReadTask, e: _Entry, folder: str, arr: np.ndar
         cls, number = (value >> INSTANCE_BITS, value & 255) if instances else (value, None)
         if cls == 0:
             continue  # the background class: "unlabeled" (0 × 256 + an instance number)
-        if cls >= len(table):
-            reason = f"class id {cls} is not in the label table ({len(table)} labels)"
-            b.reject(f"{where} value {value}", reason, record=value, record_kind="annotations")
+        if not lm.in_table(b, where, value, cls, table):
             continue
         b.annotation(
             ann_id=f"{e.item_id}/{folder}/{value}",
@@ -288,7 +281,7 @@ def _masks(b: BatchBuilder, task: ReadTask, e: _Entry, folder: str, arr: np.ndar
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    table = lm.class_table(staging, defaults=CITYSCAPES_LABELS, limit=255, kinds=_PIXEL_KINDS)
+    table = classes.class_table(staging, defaults=CITYSCAPES_LABELS, limit=255, kinds=_PIXEL_KINDS)
     names = [
         r[0]
         for r in staging.con.execute(
@@ -296,25 +289,18 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
             "AND label IS NOT NULL GROUP BY label ORDER BY min(filename), min(file_row_number)"
         ).fetchall()
     ]
-    return per_image.plan_sharded(
-        NAME, staging, options, _table=[[n, list(c)] for n, c in table], _names=names
-    )
+    return classes.plan_write(NAME, staging, options, table, _names=names)
 
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     extra = task.options.extra
-    table = [(n, tuple(c)) for n, c in extra["_table"]]
+    table = classes.task_table(task)
     if task.shard == per_image.SHARED:
-        for rel, text in (
-            (COLORS_FILE, lm.label_colors_text(table)),
-            (NAMES_FILE, "".join(f"{n}\n" for n in extra["_names"])),
-        ):
-            with out.open(rel) as f:
-                f.write(text.encode())
-            result.files.append(rel)
+        per_image.put(out, COLORS_FILE, classes.label_colors_text(table), result)
+        per_image.put(out, NAMES_FILE, "".join(f"{n}\n" for n in extra["_names"]), result)
         return result
-    class_of = {name: i for i, (name, _) in enumerate(table) if i > 0}
+    class_of = classes.class_numbers(table)
     colors = [c for _, c in table]
     collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
@@ -328,23 +314,18 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
             copier.copy(item.get("media_uri"), out, image, result)
         lines = _label_lines(group, result)
         if lines:
-            rel = f"{base}/{LABELS}/{stem}.txt"
-            with out.open(rel) as f:
-                f.write("".join(f"{line}\n" for line in lines).encode())
-            result.files.append(rel)
+            text = "".join(f"{line}\n" for line in lines)
+            per_image.put(out, f"{base}/{LABELS}/{stem}.txt", text, result)
         ids = _instances(group, class_of, result)
         if ids is None:
             continue
-        classes = ids >> INSTANCE_BITS
+        class_ids = ids >> INSTANCE_BITS
         for folder, data in (
             ("instance", lm.png(ids.astype(np.uint16))),
-            ("semantic", lm.png(classes.astype(np.uint8))),
-            ("semantic_rgb", lm.png(lm.paint(classes, colors))),
+            ("semantic", lm.png(class_ids.astype(np.uint8))),
+            ("semantic_rgb", lm.png(lm.paint(class_ids, colors))),
         ):
-            rel = f"{base}/{folder}/{stem}.png"
-            with out.open(rel) as f:
-                f.write(data)
-            result.files.append(rel)
+            per_image.put(out, f"{base}/{folder}/{stem}.png", data, result)
     return result
 
 
@@ -409,15 +390,14 @@ def _instances(
     if size is None:
         result.lose("masks of items without a size skipped")
         return None
-    h, w = size
-    ids = np.zeros((h, w), dtype=np.int64)
-    drawn = lm.shapes(group, h, w, result, "KITTI", kinds=_PIXEL_KINDS)
-    for _, m, cls, number in lm.number_instances(drawn, class_of, 255, result):
-        if ids[m].any():
-            result.lose("masks partly hidden by an overlapping mask")
-        ids[m] = (cls << INSTANCE_BITS) | (number or 0)
-        result.annotations += 1
-    return ids
+    return lm.draw_instances(
+        group, size, class_of, 255, result, "KITTI", _instance_id, kinds=_PIXEL_KINDS
+    )
+
+
+def _instance_id(cls: int, number: int | None) -> int:
+    """Instance 0 of a class is its crowd (class-level) region."""
+    return (cls << INSTANCE_BITS) | (number or 0)
 
 
 FORMAT = Format(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.builder import BatchBuilder, to_json
+from pipelines.formats import _class_table as classes
 from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
@@ -138,9 +139,9 @@ def read(task: ReadTask) -> Iterator[Batch]:
     labelmap = task.context["labelmap"] or vm.default_labelmap()
     colors = _colors(labelmap)
     if task.context["header"]:
-        for i, e in enumerate(labelmap):
-            values = {"index": i, "color": list(colors[i])}
-            b.attributes(f"label:{e.name}", None, values, owner_kind="label", source=NAME)
+        classes.label_attributes(
+            b, [(e.name, c) for e, c in zip(labelmap, colors, strict=True)], NAME
+        )
     for entry in task.context["entries"]:
         _item(b, task, entry, labelmap, colors)
         if b.full():
@@ -148,7 +149,7 @@ def read(task: ReadTask) -> Iterator[Batch]:
     yield b.flush()
 
 
-def _colors(labelmap: list[vm.LabelEntry]) -> list[lm.RGB]:
+def _colors(labelmap: list[vm.LabelEntry]) -> list[classes.RGB]:
     """Each class's colour: as the label map gives it, else the VOC colour of its index."""
     return [e.color or vm.colormap()[i % 256] for i, e in enumerate(labelmap)]
 
@@ -157,9 +158,8 @@ def _indices(b: BatchBuilder, task: ReadTask, member: str, colors: list, e: _Ent
     """The PNG's index array; False (and a reject) when it is not a readable image."""
     if not member:
         return None
-    arr = lm.load(task.source, member)
-    if isinstance(arr, str):
-        b.reject(member, arr, record_kind="items", native_id=e.id)
+    arr = lm.load_or_reject(b, task.source, member, e.id)
+    if arr is None:
         return False
     indices, unknown = lm.to_indices(arr, colors, unknown=vm.VOID)
     lm.reject_colors(b, member, {c: n for c, n in unknown.items() if c != (224, 224, 192)})
@@ -176,10 +176,7 @@ def _item(
         return
     item_id = "/".join(p for p in (root, e.id) if p)
     arr = cls if cls is not None else obj
-    if arr is not None:
-        size: tuple[int, int] | None = (arr.shape[1], arr.shape[0])
-    else:
-        size, _ = per_image.find_size(src, e.image or None, [e.id], task.options)
+    size = lm.size_of(arr, src, e.image or None, [e.id], task.options)
     prefix = posixpath.join(root, IMAGES) + "/"
     b.item(
         item_id=item_id,
@@ -223,17 +220,17 @@ def _item(
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     defaults = [(e.name, e.color) for e in vm.default_labelmap()]
-    table = lm.class_table(staging, defaults=defaults, limit=vm.VOID - 1, distinct_colors=True)
-    return per_image.plan_sharded(NAME, staging, options, _table=[[n, list(c)] for n, c in table])
+    table = classes.class_table(staging, defaults=defaults, limit=vm.VOID - 1, distinct_colors=True)
+    return classes.plan_write(NAME, staging, options, table)
 
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
-    table = [(n, tuple(c)) for n, c in task.options.extra["_table"]]
+    table = classes.task_table(task)
     collisions = per_image.colliding_stems(staging, per_subset=False)
     if task.shard == per_image.SHARED:
         entries = [vm.LabelEntry(n, c) for n, c in table]  # type: ignore[arg-type]
-        _put(out, LABELMAP, vm.labelmap_text(entries).encode(), result)
+        per_image.put(out, LABELMAP, vm.labelmap_text(entries), result)
         lists: dict[str, list[str]] = {}
         for item_id, file_name, native_id, subset in staging.con.execute(
             "SELECT item_id, file_name, native_id, subset FROM items "
@@ -244,9 +241,9 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
             lists.setdefault(subset or DEFAULT_SUBSET, []).append(stem)
         for subset, stems in lists.items():
             text = "".join(f"{s}\n" for s in stems)
-            _put(out, f"{LISTS}/{subset}.txt", text.encode(), result)
+            per_image.put(out, f"{LISTS}/{subset}.txt", text, result)
         return result
-    class_index = {name: i for i, (name, _) in enumerate(table) if i > 0}
+    class_index = classes.class_numbers(table)
     colors = [c for _, c in table]
     copier = per_image.MediaCopier()
     for group in per_image.item_groups(staging, task, with_attributes=False):
@@ -274,12 +271,6 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
                 vm.write_png(f, arr, palette)
             result.files.append(f"{folder}/{stem}.png")
     return result
-
-
-def _put(out: Output, rel: str, data: bytes, result: WriteResult) -> None:
-    with out.open(rel) as f:
-        f.write(data)
-    result.files.append(rel)
 
 
 FORMAT = Format(
