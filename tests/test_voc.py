@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipelines import formats, masks
 from pipelines.errors import ParseError, UnsafePathError
+from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
 from pipelines.storage import Source
 from tests.conftest import FIXTURES, PEER
@@ -217,6 +218,14 @@ def test_writer_counts_what_it_loses(tmp_path: Path) -> None:
     objs = xml(out / "Annotations" / "a.xml").findall("object")
     assert [bndbox(o) for o in objs] == [("11", "6", "30", "15"), ("1", "1", "4", "3")]
     assert report.unaccounted() == {}
+
+
+@pytest.mark.parametrize(("text", "copied"), [("false", False), ("no", False), ("true", True)])
+def test_save_images_given_as_text_is_parsed(tmp_path: Path, text: str, copied: bool) -> None:
+    out = tmp_path / "out"
+    opts = WriteOptions(extra={"save_images": text})
+    assert convert([str(VOC1)], "voc", str(out), write_options=opts, workers=1).ok
+    assert (out / "JPEGImages" / "2007_000001.jpg").exists() is copied
 
 
 def test_item_name_escaping_the_output_is_refused(tmp_path: Path) -> None:

@@ -239,6 +239,16 @@ def test_class_ids_and_unused_names_survive_a_round_trip(tmp_path: Path) -> None
     assert (out / "obj_val_data" / "1.txt").read_text().split("\n")[0].startswith("2 ")
 
 
+def test_save_images_false_as_text_copies_no_image(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    opts = WriteOptions(extra={"save_images": "false"})
+    assert convert(
+        [str(PEER / "yolo" / "strict")], "yolo", str(out), write_options=opts, workers=1
+    ).ok
+    assert (out / "obj_train_data" / "1.txt").exists()
+    assert not (out / "obj_train_data" / "1.jpg").exists()
+
+
 def test_ultralytics_layout_by_option_and_task(tmp_path: Path) -> None:
     out = tmp_path / "out"
     opts = WriteOptions(extra={"layout": "ultralytics", "save_images": False})

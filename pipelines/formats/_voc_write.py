@@ -22,6 +22,7 @@ from lxml import etree
 
 from pipelines import masks
 from pipelines.builder import parse_attribute
+from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _voc_masks as vm
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
@@ -206,7 +207,7 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
                 with out.open(f"{folder}/{stem}.png") as f:
                     vm.write_png(f, arr, pal)
                 result.files.append(f"{folder}/{stem}.png")
-        if extra.get("save_images", False):
+        if image_sets.flag(task.options, image_sets.SAVE_IMAGES, False):
             rel = f"JPEGImages/{stem}{per_image.image_suffix(item)}"
             copier.copy(item.get("media_uri"), out, rel, result)
         result.items += 1

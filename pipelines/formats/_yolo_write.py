@@ -27,6 +27,7 @@ import yaml
 
 from pipelines.builder import parse_attribute
 from pipelines.errors import LabelflowError
+from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _per_image as per_image
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import Staging
@@ -196,7 +197,7 @@ def _pose_settings(staging: Staging, ex: dict[str, Any]) -> dict[str, Any]:
 def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     ex = task.options.extra
     layout = ex["_layout"]
-    save_images = bool(ex.get("save_images", True))
+    save_images = image_sets.flag(task.options, image_sets.SAVE_IMAGES, True)
     classes = {name: i for i, name in enumerate(ex["_names"])}
     lines = _Lines(ex["_task"], classes, ex.get("_kpt", 0))
     collisions = per_image.colliding_stems(staging, per_subset=True)
