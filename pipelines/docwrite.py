@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from pipelines.builder import parse_attribute
 from pipelines.errors import LabelflowError
 from pipelines.formats.base import WriteOptions, WriteTask
-from pipelines.staging import ItemGroup, Staging
+from pipelines.staging import ItemGroup
 
 STAGES = ("label", "check", "verify")
 """Review stages in the order a record passes them (iTAG: labeling, review, acceptance)."""
@@ -80,20 +79,6 @@ def select_stage(group: ItemGroup, prefer: str | None) -> tuple[list[dict[str, A
         target = present[-1] if present else None
     keep = [a for a in group.annotations if stages[a["ann_id"]] in (None, target)]
     return keep, target
-
-
-def iter_groups(staging: Staging, **kw: Any) -> Iterator[ItemGroup]:
-    """`staging.iter_items`, not asking for points or attributes a dataset has none of.
-
-    Besides saving two queries, this keeps writers working on datasets without
-    vertices (masks, tags only): the staging view of an empty table cannot be
-    read from the cursors iter_items streams through.
-    """
-    if not staging.scalar("SELECT count(*) FROM points"):
-        kw.setdefault("point_columns", ())
-    if not staging.scalar("SELECT count(*) FROM attributes"):
-        kw.setdefault("with_attributes", False)
-    return staging.iter_items(**kw)
 
 
 def shard_tasks(name: str, options: WriteOptions) -> list[WriteTask]:

@@ -22,7 +22,6 @@ from pipelines.docwrite import (
     by_source,
     check_stage,
     item_path,
-    iter_groups,
     json_number,
     select_stage,
     shard_tasks,
@@ -66,7 +65,7 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     res = WriteResult()
-    for group in iter_groups(staging, shard=task.shard, shards=task.shards):
+    for group in staging.iter_items(shard=task.shard, shards=task.shards):
         doc = document(group, task.options.prefer_stage, res)
         rel = item_path(group.item["item_id"], ".json")
         with out.open(rel) as f:

@@ -25,7 +25,6 @@ from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats._mot import number_text
-from pipelines.formats._staged import item_groups
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output
@@ -126,7 +125,7 @@ def _recognition(task: WriteTask, staging: Staging, out: Output, result: WriteRe
     copier = per_image.MediaCopier()
     save_images = image_sets.flag(task.options, "save_images", False)
     lines = []
-    for group in item_groups(staging, task.subset):
+    for group in staging.iter_items(subset=task.subset, all_subsets=False, point_columns=()):
         item = group.item
         result.items += 1
         name = per_image.output_stem(item, collisions, per_subset=True)

@@ -19,7 +19,6 @@ from pipelines.builder import BatchBuilder, to_json
 from pipelines.docwrite import attribute_dict
 from pipelines.errors import LabelflowError, ParseError
 from pipelines.formats import _per_image as per_image
-from pipelines.formats._staged import has_rows
 from pipelines.formats.base import ReadTask, WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output, Source
@@ -151,42 +150,10 @@ def groups(
     staging: Staging, *, subset: Any = _ALL, shard: int = 0, shards: int = 1
 ) -> Iterator[ItemGroup]:
     """Items in source order with what is attached to them: one subset (None: items
-    without one) or all, optionally one hash shard.
-
-    Staging views of empty tables cannot be read from `iter_items`' cursors, so
-    a dataset without annotations is read here from the items table directly.
-    """
-    if has_rows(staging, "annotations"):
-        kw: dict[str, Any] = {"shard": shard, "shards": shards}
-        if subset is not _ALL:
-            kw |= {"subset": subset, "all_subsets": False}
-        yield from staging.iter_items(
-            point_columns=None if has_rows(staging, "points") else (),
-            with_attributes=has_rows(staging, "attributes"),
-            **kw,
-        )
-        return
-    conds, params = [], []
-    if subset is not _ALL:
-        conds.append("subset IS NOT DISTINCT FROM ?")
-        params.append(subset)
-    if shards > 1:
-        conds.append(f"hash(item_id) % {int(shards)} = {int(shard)}")
-    where = f"WHERE {' AND '.join(conds)}" if conds else ""
-    attrs: dict[str, list[dict[str, Any]]] = {}
-    if has_rows(staging, "attributes"):  # item attributes without annotations: few
-        sql = (
-            "SELECT * EXCLUDE (filename, file_row_number) FROM attributes "
-            "WHERE owner_kind = 'item' ORDER BY filename, file_row_number"
-        )
-        for row in staging.con.cursor().sql(sql).to_arrow_table().to_pylist():
-            attrs.setdefault(row["owner_id"], []).append(row)
-    sql = f"SELECT * EXCLUDE (filename, file_row_number) FROM items {where}"
-    rel = staging.con.cursor().sql(sql + " ORDER BY filename, file_row_number", params=params)
-    for batch in rel.to_arrow_reader(65_536):
-        for item in batch.to_pylist():
-            own = attrs.get(item["item_id"])
-            yield ItemGroup(item=item, attributes={item["item_id"]: own} if own else {})
+    without one) or all, optionally one hash shard."""
+    if subset is _ALL:
+        return staging.iter_items(shard=shard, shards=shards)
+    return staging.iter_items(subset=subset, all_subsets=False, shard=shard, shards=shards)
 
 
 def item_attributes(group: ItemGroup) -> dict[str, Any]:

@@ -26,7 +26,6 @@ from pipelines.docwrite import (
     attribute_rows,
     by_source,
     check_stage,
-    iter_groups,
     json_number,
     select_stage,
 )
@@ -67,7 +66,7 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     res = WriteResult()
     with out.open("") as f:
-        for group in iter_groups(staging):
+        for group in staging.iter_items():
             f.write(orjson.dumps(manifest_line(group, task.options, res)))
             f.write(b"\n")
             res.items += 1

@@ -28,7 +28,6 @@ import orjson
 from pipelines.builder import parse_attribute
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
-from pipelines.formats._staged import item_groups
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output
@@ -148,8 +147,8 @@ class _Subset:
         self.mask_names: set[str] = set()
 
     def write(self) -> WriteResult:
-        for group in item_groups(
-            self.staging, self.task.subset, point_columns=("part", "idx", "x", "y")
+        for group in self.staging.iter_items(
+            subset=self.task.subset, all_subsets=False, point_columns=("part", "idx", "x", "y")
         ):
             self._item(group)
         prefix = f"annotations/{self.subset}"

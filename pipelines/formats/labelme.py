@@ -38,7 +38,6 @@ from pipelines.errors import ParseError
 from pipelines.formats import _labelme as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import labelme_xml
-from pipelines.formats._staged import item_groups
 from pipelines.formats.base import (
     Detection,
     Format,
@@ -340,9 +339,9 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     names = lm.OutputNames(staging)
-    for group in item_groups(
-        staging,
-        task.subset,
+    for group in staging.iter_items(
+        subset=task.subset,
+        all_subsets=False,
         point_columns=("part", "idx", "x", "y"),
         shard=task.shard,
         shards=task.shards,

@@ -41,7 +41,6 @@ from pipelines.formats._mot import (
     subset_dir,
     track_ids,
 )
-from pipelines.formats._staged import item_groups
 from pipelines.formats.base import (
     Detection,
     Format,
@@ -468,7 +467,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     lines: list[tuple[int, int, str]] = []
     sizes, exts, fps, renamed, last = set(), set(), None, 0, 0
     name = None
-    for group in item_groups(staging, task.subset):
+    for group in staging.iter_items(subset=task.subset, all_subsets=False, point_columns=()):
         item = group.item
         if item.get("sequence_id") != seq:
             continue

@@ -37,7 +37,6 @@ from pipelines.formats._mot import (
     subset_dir,
     track_ids,
 )
-from pipelines.formats._staged import item_groups
 from pipelines.formats.base import (
     Detection,
     Format,
@@ -241,8 +240,11 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     tracks = TrackNumbers(ids, lowest=0, limit=MAX_INSTANCES - 1)
     folder = subset_dir(task.subset, INSTANCES)
     written: set[str] = set()
-    for group in item_groups(
-        staging, task.subset, point_columns=("part", "idx", "x", "y"), with_attributes=False
+    for group in staging.iter_items(
+        subset=task.subset,
+        all_subsets=False,
+        point_columns=("part", "idx", "x", "y"),
+        with_attributes=False,
     ):
         canvas = _canvas(group, classes, tracks, result)
         if canvas is None:
