@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 import posixpath
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,9 @@ from PIL import Image, UnidentifiedImageError
 
 from pipelines.builder import parse_attribute
 from pipelines.formats import _per_image as per_image
-from pipelines.formats.base import WriteOptions, WriteTask
+from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
-from pipelines.storage import Source
+from pipelines.storage import Output, Source
 
 ANNOTATIONS_DIR = "Annotations"
 
@@ -112,6 +113,33 @@ def plan_write(name: str, staging: Staging, options: WriteOptions) -> list[Write
         for subset in staging.subsets()
         for shard in range(shards)
     ]
+
+
+def write_files(
+    task: WriteTask,
+    staging: Staging,
+    out: Output,
+    suffix: str,
+    render: Callable[[ItemGroup, str, WriteResult], bytes],
+) -> WriteResult:
+    """The task's items, one file each at `<subset>/<dir>/<stem><suffix>`.
+
+    `render(group, stem, result)` makes a file's bytes and counts what it cannot hold.
+    """
+    result = WriteResult()
+    names = OutputNames(staging)
+    for group in staging.iter_items(
+        subset=task.subset,
+        all_subsets=False,
+        point_columns=("part", "idx", "x", "y"),
+        shard=task.shard,
+        shards=task.shards,
+    ):
+        stem = names.stem(group.item)
+        rel = "/".join(p for p in (task.subset, stem + suffix) if p)
+        per_image.put(out, rel, render(group, stem, result), result)
+        result.items += 1
+    return result
 
 
 def annotation_values(group: ItemGroup, owner_id: str) -> list[tuple[str, Any, str | None]]:

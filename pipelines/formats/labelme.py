@@ -337,22 +337,11 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
-    result = WriteResult()
-    names = lm.OutputNames(staging)
-    for group in staging.iter_items(
-        subset=task.subset,
-        all_subsets=False,
-        point_columns=("part", "idx", "x", "y"),
-        shard=task.shard,
-        shards=task.shards,
-    ):
-        stem = names.stem(group.item)
-        rel = "/".join(p for p in (task.subset, stem + ".json") if p)
-        with out.open(rel) as f:
-            f.write(orjson.dumps(document(group, result), option=orjson.OPT_INDENT_2))
-        result.files.append(rel)
-        result.items += 1
-    return result
+    return lm.write_files(task, staging, out, ".json", _render)
+
+
+def _render(group: ItemGroup, stem: str, result: WriteResult) -> bytes:
+    return orjson.dumps(document(group, result), option=orjson.OPT_INDENT_2)
 
 
 def document(group: ItemGroup, result: WriteResult) -> dict[str, Any]:

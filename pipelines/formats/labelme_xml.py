@@ -426,24 +426,12 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
-    result = WriteResult()
-    names = lm.OutputNames(staging)
-    for group in staging.iter_items(
-        subset=task.subset,
-        all_subsets=False,
-        point_columns=("part", "idx", "x", "y"),
-        shard=task.shard,
-        shards=task.shards,
-    ):
-        stem = names.stem(group.item)
+    def render(group: ItemGroup, stem: str, result: WriteResult) -> bytes:
         folder, name = posixpath.split(stem)
         root = _document(group, task.subset, folder, name, out, result)
-        rel = "/".join(p for p in (task.subset, stem + ".xml") if p)
-        with out.open(rel) as f:
-            f.write(etree.tostring(root, encoding="utf-8", pretty_print=True))
-        result.files.append(rel)
-        result.items += 1
-    return result
+        return etree.tostring(root, encoding="utf-8", pretty_print=True)
+
+    return lm.write_files(task, staging, out, ".xml", render)
 
 
 def _sub(parent: etree._Element, tag: str, text: Any = None) -> etree._Element:
@@ -598,9 +586,7 @@ def _shape(
     if kind == "mask" and ann.get("mask"):
         mask = masks.decode(ann["mask"], ann["mask_h"], ann["mask_w"]).astype(bool)
         rel = posixpath.join(masks_dir, mask_name)
-        with out.open(rel) as f:
-            f.write(lm.png_bytes(mask))
-        result.files.append(rel)
+        per_image.put(out, rel, lm.png_bytes(mask), result)
         segm = etree.Element("segm")
         given = {k: v for k, v, _ in lm.annotation_values(group, ann["ann_id"])}
         box = _given_box(given.get("segm_box")) or lm.mask_box(mask)
