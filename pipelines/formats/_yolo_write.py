@@ -203,7 +203,7 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
     result = WriteResult()
-    for group in per_image.item_groups(staging, task, with_attributes=False):
+    for group in _item_groups(staging, task):
         item = group.item
         if not _has_size(item):
             result.lose("items without a size skipped")
@@ -224,6 +224,29 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
             copier.copy(item.get("media_uri"), out, rel, result)
         result.items += 1
     return result
+
+
+_ANN_COLUMNS = (
+    "ann_id", "kind", "label", "outside", "bbox_x", "bbox_y", "bbox_w", "bbox_h",
+    "angle_deg", "confidence", "mask", "mask_h", "mask_w",
+)  # fmt: skip
+"""What `_Lines` reads of an annotation: fetching every column costs as much again."""
+
+
+def _item_groups(staging: Staging, task: WriteTask):
+    """The shard's items with their annotations, and their vertices only when a line
+    needs them: boxes of a detect or obb dataset whose annotations all have one need
+    none, and fetching millions of vertex rows was most of the write."""
+    need_points = task.options.extra["_task"] in ("segment", "pose") or bool(
+        staging.scalar("SELECT count(*) FROM annotations WHERE bbox_x IS NULL OR bbox_w IS NULL")
+    )
+    return staging.iter_items(
+        shard=task.shard,
+        shards=task.shards,
+        ann_columns=_ANN_COLUMNS,
+        point_columns=None if need_points else (),
+        with_attributes=False,
+    )
 
 
 def corners(x: float, y: float, w: float, h: float, angle: float) -> list[tuple[float, float]]:
