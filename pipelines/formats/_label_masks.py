@@ -25,26 +25,11 @@ from pycocotools import mask as cocomask
 
 from pipelines import masks
 from pipelines.builder import BatchBuilder
-from pipelines.errors import ParseError
 from pipelines.formats import _per_image as per_image
 from pipelines.formats._class_table import RGB
 from pipelines.formats.base import ReadOptions, WriteResult
 from pipelines.staging import ItemGroup
 from pipelines.storage import Source
-
-# -- text files --------------------------------------------------------------------
-
-
-def read_text(source: Source, member: str) -> str:
-    """A small text file, UTF-8 (a BOM is dropped); not UTF-8 → ParseError with its line."""
-    with source.open(member) as f:
-        raw = f.read()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ParseError(source.uri(member), f"line {line}", "not UTF-8 text") from exc
-
 
 # -- reading pixels ------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import posixpath
 from collections.abc import Iterable
 from typing import Any
 
-from pipelines.errors import ParseError
+from pipelines.formats import _per_image as per_image
 from pipelines.staging import Staging
 from pipelines.storage import Source
 
@@ -21,13 +21,7 @@ LABELS_FILE = "labels.txt"
 
 def read_labels(source: Source, member: str) -> list[str]:
     """The class names of a labels.txt, one a line; class id = line number (from 1)."""
-    with source.open(member) as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ParseError(source.uri(member), f"line {line}", "not UTF-8 text") from exc
+    text = per_image.read_text(source, member)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

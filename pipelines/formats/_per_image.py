@@ -24,6 +24,7 @@ from typing import Any
 import fsspec
 
 from pipelines import masks
+from pipelines.errors import ParseError
 from pipelines.formats.base import ReadOptions, WriteOptions, WriteResult, WriteTask
 from pipelines.images import IMAGE_SUFFIXES, image_size
 from pipelines.staging import ItemGroup, Staging
@@ -44,6 +45,17 @@ def is_image(name: str) -> bool:
 def strip_ext(name: str) -> str:
     """`a/b.jpg` → `a/b`; the same rule as the SQL in `colliding_stems`."""
     return _EXT.sub("", name)
+
+
+def read_text(source: Source, member: str) -> str:
+    """A small text file, UTF-8 (a BOM is dropped); not UTF-8 → ParseError with its line."""
+    with source.open(member) as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ParseError(source.uri(member), f"line {line}", "not UTF-8 text") from exc
 
 
 def chunks(entries: Sequence[Any], options: ReadOptions) -> list[list[Any]]:

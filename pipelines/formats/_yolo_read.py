@@ -103,23 +103,15 @@ def is_label_file(name: str) -> bool:
 # -- planning -------------------------------------------------------------------
 
 
-def _read_text(source: Source, member: str) -> str:
-    with source.open(member) as f:
-        raw = f.read()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ParseError(source.uri(member), f"line {line}", "not UTF-8 text") from exc
-
-
 def _names_file(source: Source, member: str) -> list[str]:
-    return [line.strip() for line in _read_text(source, member).splitlines() if line.strip()]
+    return [
+        line.strip() for line in per_image.read_text(source, member).splitlines() if line.strip()
+    ]
 
 
 def _obj_data(source: Source, member: str) -> dict[str, str]:
     out = {}
-    for line in _read_text(source, member).splitlines():
+    for line in per_image.read_text(source, member).splitlines():
         key, sep, value = line.partition("=")
         if sep:
             out[key.strip().lower()] = value.split("#", 1)[0].strip()
@@ -153,7 +145,7 @@ def _yaml(source: Source, member: str) -> dict | None:
     A malformed file fails the source only when it looks like the dataset's
     own (it mentions `names`); an unrelated broken config is not ours to judge.
     """
-    text = _read_text(source, member)
+    text = per_image.read_text(source, member)
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -299,7 +291,7 @@ def find_entries(source: Source, roots: dict[str, Root]) -> list[Entry]:
         entry(root, where[0], where[1]).label = f
     for root in roots.values():
         for member, list_subset in root.lists:
-            for line in _read_text(source, member).splitlines():
+            for line in per_image.read_text(source, member).splitlines():
                 path = line.strip()
                 if not path or not per_image.is_image(path):
                     continue

@@ -165,12 +165,12 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         labels_member = posixpath.join(root, LABELS_FILE)
         if labels_member in source.files:
             given = classes.parse_label_colors(
-                lm.read_text(source, labels_member), source.uri(labels_member)
+                per_image.read_text(source, labels_member), source.uri(labels_member)
             )
         else:
             given = list(CAMVID_LABELS)
         table = label_table(given)
-        entries = list(enumerate(lm.read_text(source, member).splitlines(), 1))
+        entries = list(enumerate(per_image.read_text(source, member).splitlines(), 1))
         subset = posixpath.splitext(posixpath.basename(member))[0]
         for group in per_image.chunks(entries, options):
             ctx = {"root": root, "table": table, "entries": group, "header": root not in roots}

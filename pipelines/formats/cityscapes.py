@@ -147,7 +147,9 @@ def _table(source: Source, root: str) -> list[tuple[str, classes.RGB | None]] | 
     for name in LABELS_FILES:
         member = posixpath.join(root, name)
         if member in source.files:
-            return classes.parse_label_colors(lm.read_text(source, member), source.uri(member))
+            return classes.parse_label_colors(
+                per_image.read_text(source, member), source.uri(member)
+            )
     return None
 
 

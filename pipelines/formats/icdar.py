@@ -200,7 +200,7 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
 def _recognition_entries(source: Source, member: str) -> list[tuple[str, list]]:
     """gt.txt lines grouped by image, in order of first appearance: (image, [(line, text)])."""
     by_image: dict[str, list] = {}
-    for n, line in enumerate(lm.read_text(source, member).splitlines(), 1):
+    for n, line in enumerate(per_image.read_text(source, member).splitlines(), 1):
         if line.strip():
             image, sep, _ = line.partition(",")
             by_image.setdefault(image.strip() if sep else "", []).append((n, line))
@@ -282,7 +282,7 @@ def _localization(b: BatchBuilder, task: ReadTask, images: dict[str, str], membe
     stem = posixpath.basename(member)[len("gt_") : -len(".txt")]
     image, name = _image_name(images, folder, stem)
     item_id = _item(b, task, stem, image, name)
-    for n, line in enumerate(lm.read_text(task.source, member).splitlines(), 1):
+    for n, line in enumerate(per_image.read_text(task.source, member).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -319,7 +319,7 @@ def _segmentation(b: BatchBuilder, task: ReadTask, images: dict[str, str], membe
     codes = lm.color_codes(bitmap) if bitmap is not None else None
     seen: dict[classes.RGB, int] = {WHITE: 0}
     word, in_word, index = 1, False, 0
-    for n, line in enumerate(lm.read_text(src, member).splitlines(), 1):
+    for n, line in enumerate(per_image.read_text(src, member).splitlines(), 1):
         if not line.strip():
             word += in_word
             in_word = False

@@ -142,7 +142,7 @@ def detect(source: Source) -> Detection | None:
 
 def _root_file(source: Source, root: str, name: str) -> str | None:
     member = posixpath.join(root, name)
-    return lm.read_text(source, member) if member in source.files else None
+    return per_image.read_text(source, member) if member in source.files else None
 
 
 def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
@@ -206,7 +206,7 @@ def _item(b: BatchBuilder, task: ReadTask, e: _Entry) -> None:
 def _objects(b: BatchBuilder, task: ReadTask, e: _Entry) -> None:
     member = e.files[LABELS]
     names = task.context["names"]
-    for n, line in enumerate(lm.read_text(task.source, member).splitlines(), 1):
+    for n, line in enumerate(per_image.read_text(task.source, member).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{member} line {n}"

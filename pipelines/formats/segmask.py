@@ -87,7 +87,7 @@ def _scan(source: Source, root: str) -> list[_Entry]:
     for name, member in sorted(_under(source, root, LISTS).items()):
         if not member.endswith(".txt"):
             continue
-        for line in lm.read_text(source, member).splitlines():
+        for line in per_image.read_text(source, member).splitlines():
             item_id = line.strip()
             if item_id:
                 e = entries.setdefault(item_id, _Entry(item_id))
@@ -123,7 +123,7 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         member = posixpath.join(root, LABELMAP)
         labelmap = None
         if member in source.files:
-            labelmap = vm.parse_labelmap(lm.read_text(source, member), source.uri(member))
+            labelmap = vm.parse_labelmap(per_image.read_text(source, member), source.uri(member))
         entries = _scan(source, root)
         for n, group in enumerate(per_image.chunks(entries, options)):
             ctx = {"root": root, "labelmap": labelmap, "entries": group, "header": n == 0}

@@ -110,16 +110,6 @@ def _roots(source: Source) -> list[str]:
     return sorted(roots) or [""]
 
 
-def _text(source: Source, member: str) -> str:
-    with source.open(member) as f:
-        raw = f.read()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ParseError(source.uri(member), f"line {line}", "not UTF-8 text") from exc
-
-
 def _under(files: list[str], root: str, folder: str) -> dict[str, str]:
     """id (path under the folder, no extension) → member."""
     prefix = posixpath.join(root, folder) + "/" if root else folder + "/"
@@ -148,7 +138,7 @@ def _scan_root(source: Source, root: str, files: list[str]) -> list[_Item]:
     by_task = sorted(lists.items(), key=lambda kv: (_task_rank(kv[0]), kv[0]))
     for rel, member in by_task:
         task, _, stem = rel.rpartition("/")
-        lines = [line.split() for line in _text(source, member).splitlines()]
+        lines = [line.split() for line in per_image.read_text(source, member).splitlines()]
         if _is_class_list(stem, lines):
             if task != "Main":
                 continue  # per-action / per-class lists of other tasks repeat the XML
@@ -194,7 +184,9 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         lm_member = posixpath.join(root, "labelmap.txt") if root else "labelmap.txt"
         labelmap = None
         if lm_member in files:
-            labelmap = vm.parse_labelmap(_text(source, lm_member), source.uri(lm_member))
+            labelmap = vm.parse_labelmap(
+                per_image.read_text(source, lm_member), source.uri(lm_member)
+            )
         entries = _scan_root(source, root, files)
         for n, group in enumerate(per_image.chunks(entries, options)):
             ctx = {"root": root, "labelmap": labelmap, "header": n == 0, "entries": group}
