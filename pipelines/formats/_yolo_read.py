@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,6 +350,15 @@ def plan(fmt: str, source: Source, options: ReadOptions) -> list:
             context = {**ctx, "entries": group, "header": n == 0}
             tasks.append(ReadTask(fmt, source, context=context, options=options))
     return tasks
+
+
+def planner(fmt: str) -> Callable[[Source, ReadOptions], list[ReadTask]]:
+    """`plan_read` of a format that reads YOLO label files (yolo, ultralytics)."""
+
+    def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
+        return plan(fmt, source, options)
+
+    return plan_read
 
 
 # -- reading ---------------------------------------------------------------------

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import posixpath
 
-from pipelines.formats import _yolo_read, _yolo_write
-from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
-from pipelines.formats.yolo import label_files, looks_like_labels
+from pipelines.formats.base import Detection
+from pipelines.formats.yolo import family_format, label_files, looks_like_labels
 from pipelines.storage import Source
 
 NAME = "ultralytics"
@@ -41,17 +40,10 @@ def detect(source: Source) -> Detection | None:
     return None
 
 
-def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
-    return _yolo_read.plan(NAME, source, options)
-
-
-FORMAT = Format(
-    name=NAME,
-    description="Ultralytics YOLO (data.yaml, images/ and labels/ per split): boxes, "
+FORMAT = family_format(
+    NAME,
+    "Ultralytics YOLO (data.yaml, images/ and labels/ per split): boxes, "
     "segmentation polygons, pose keypoints, oriented boxes",
-    detect=detect,
-    plan_read=plan_read,
-    read=_yolo_read.read,
-    plan_write=_yolo_write.planner(NAME, "ultralytics"),
-    write=_yolo_write.write,
+    detect,
+    "ultralytics",
 )

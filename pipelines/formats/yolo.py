@@ -10,10 +10,11 @@ says "ultralytics". See docs/formats/yolo.md.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_read, _yolo_write
-from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
+from pipelines.formats.base import Detection, Format
 from pipelines.storage import Source
 
 NAME = "yolo"
@@ -64,17 +65,26 @@ def detect(source: Source) -> Detection | None:
     return None
 
 
-def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
-    return _yolo_read.plan(NAME, source, options)
+def family_format(
+    name: str, description: str, detect: Callable[[Source], Detection | None], layout: str
+) -> Format:
+    """A format of the YOLO family: the same label lines, read and written by `_yolo_read`
+    and `_yolo_write`; only detection and the layout written by default differ."""
+    return Format(
+        name=name,
+        description=description,
+        detect=detect,
+        plan_read=_yolo_read.planner(name),
+        read=_yolo_read.read,
+        plan_write=_yolo_write.planner(name, layout),
+        write=_yolo_write.write,
+    )
 
 
-FORMAT = Format(
-    name=NAME,
-    description="YOLO 1.1 as CVAT writes it (obj.data, obj.names, obj_<subset>_data/) and "
+FORMAT = family_format(
+    NAME,
+    "YOLO 1.1 as CVAT writes it (obj.data, obj.names, obj_<subset>_data/) and "
     "loose YOLO layouts; boxes, normalized centre coordinates",
-    detect=detect,
-    plan_read=plan_read,
-    read=_yolo_read.read,
-    plan_write=_yolo_write.planner(NAME, "yolo"),
-    write=_yolo_write.write,
+    detect,
+    "yolo",
 )
