@@ -1,13 +1,25 @@
-"""Group ids as integers, for formats that only have numbered groups (CVAT, Datumaro).
+"""Ids for CVAT and Datumaro: group ids as integers, and ids made unique on reading.
 
 Staged `group_id`s are text and may come from formats that name groups; within
 one item, numeric ids keep their number and others get unused small numbers.
+Both formats may repeat a name (two <image>s, two items with one id), which staging
+must not: a repeat becomes `<id>#2`, `<id>#3`, ...
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+
+def unique_id(candidate: str, taken: set[str]) -> str:
+    """`candidate`, or `candidate#n` with the lowest free n > 1; recorded in `taken`."""
+    new_id, n = candidate, 1
+    while new_id in taken:
+        n += 1
+        new_id = f"{candidate}#{n}"
+    taken.add(new_id)
+    return new_id
 
 
 def int_like(v: Any) -> int | None:

@@ -30,6 +30,7 @@ from typing import IO, Any
 from pipelines import masks, xmlsafe
 from pipelines.builder import BatchBuilder, to_json
 from pipelines.formats.base import ReadTask
+from pipelines.grouping import unique_id
 from pipelines.schema import Batch
 from pipelines.skeleton import POINT_OWNER, point_owner, visibility
 
@@ -308,14 +309,6 @@ class CvatReader:
         if self.info.get("subset"):
             self.subset = self.info["subset"]
 
-    def _unique(self, candidate: str) -> str:
-        item_id, n = candidate, 1
-        while item_id in self.ids:
-            n += 1
-            item_id = f"{candidate}#{n}"
-        self.ids.add(item_id)
-        return item_id
-
     def _media_index(self) -> dict[str, str]:
         """Image files shipped beside the XML (images/...), by their path under images/."""
         if self._media is None:
@@ -354,7 +347,7 @@ class CvatReader:
             return
         name = name or native
         self.images += 1
-        item_id = self._unique(f"{subset}/{name}" if subset else name)
+        item_id = unique_id(f"{subset}/{name}" if subset else name, self.ids)
         media = self._media_index()
         member = media.get(name) or (media.get(f"{subset}/{name}") if subset else None)
         b.item(
@@ -579,7 +572,7 @@ class CvatReader:
             height = _int(orig.get("height"), "height")
         except _Bad:
             width = height = None
-        vid = self._unique(f"{self.subset}/{name}" if self.subset else name)
+        vid = unique_id(f"{self.subset}/{name}" if self.subset else name, self.ids)
         self.video = _Video(vid, width, height, self.subset)
         self.b.item(
             item_id=vid,
@@ -632,12 +625,7 @@ class CvatReader:
     def _frame_ann_id(self, base: str) -> str:
         v = self.video
         assert v is not None
-        ann_id, n = base, 1
-        while ann_id in v.ann_ids:
-            n += 1
-            ann_id = f"{base}#{n}"
-        v.ann_ids.add(ann_id)
-        return ann_id
+        return unique_id(base, v.ann_ids)
 
     def _track(self, el: Any, children: list) -> Iterator[Batch]:
         yield from self._ensure_video()

@@ -32,6 +32,7 @@ from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
 from pipelines.formats._datumaro_write import plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
+from pipelines.grouping import unique_id
 from pipelines.schema import Batch
 from pipelines.skeleton import POINT_OWNER, point_owner
 from pipelines.storage import Source
@@ -269,14 +270,6 @@ class _Reader:
 
     # -- items --------------------------------------------------------------------
 
-    def _unique(self, candidate: str) -> str:
-        item_id, n = candidate, 1
-        while item_id in self.ids:
-            n += 1
-            item_id = f"{candidate}#{n}"
-        self.ids.add(item_id)
-        return item_id
-
     def _media(self, path: str | None) -> str | None:
         if not path or not self.files:
             return None
@@ -300,7 +293,7 @@ class _Reader:
                 )
             return
         native = str(item["id"])
-        item_id = self._unique(f"{self.subset}/{native}")
+        item_id = unique_id(f"{self.subset}/{native}", self.ids)
         extra = {k: v for k, v in item.items() if k not in _ITEM_KNOWN}
         row: dict[str, Any] = {"item_id": item_id, "native_id": native, "subset": self.subset}
         image, pcd = item.get("image"), item.get("point_cloud")
