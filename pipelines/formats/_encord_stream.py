@@ -11,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-import ijson
-
 from pipelines.errors import ParseError
 from pipelines.schema import Batch
+from pipelines.streamjson import ijson
 
 if TYPE_CHECKING:
     from pipelines.formats._encord_read import RowReader
 
-_BACKEND = ijson.get_backend("yajl2_c")
+
 SKIPPED = ("data_units", "object_answers", "classification_answers", "object_actions")
 """What the light pass does not keep: the bulk of a row."""
 
@@ -28,7 +27,7 @@ class Events:
     """ijson basic_parse events, with whole values built on demand and errors located."""
 
     def __init__(self, f: IO[bytes], uri: str) -> None:
-        self._it = _BACKEND.basic_parse(f, use_float=True)
+        self._it = ijson.basic_parse(f, use_float=True)
         self._f = f
         self.uri = uri
         self.where = "$"

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-import ijson
 import orjson
 
 from pipelines import masks
@@ -41,6 +40,7 @@ from pipelines.formats._aimmo_write import TYPE_OF_KIND, plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
 from pipelines.schema import Batch
 from pipelines.storage import Source
+from pipelines.streamjson import ijson
 
 NAME = "aimmo"
 FILES_PER_TASK = 256

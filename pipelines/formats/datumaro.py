@@ -25,8 +25,6 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-import ijson
-
 from pipelines import masks
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
@@ -36,6 +34,7 @@ from pipelines.grouping import unique_id
 from pipelines.schema import Batch
 from pipelines.skeleton import POINT_OWNER, point_owner
 from pipelines.storage import Source
+from pipelines.streamjson import ijson
 
 SOURCE = "datumaro"
 FIELD_SOURCE = "datumaro_field"

@@ -27,7 +27,6 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-import ijson
 import numpy as np
 import orjson
 from PIL import Image, UnidentifiedImageError
@@ -51,6 +50,7 @@ from pipelines.images import image_size
 from pipelines.schema import Batch
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output, Source
+from pipelines.streamjson import ijson
 
 VERSION = "5.4.1"
 _KNOWN_TOP = {"version", "flags", "shapes", "imagePath", "imageData", "imageHeight", "imageWidth"}
