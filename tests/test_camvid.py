@@ -11,7 +11,8 @@ import pytest
 
 from pipelines.formats.camvid import label_table, parse_line
 from pipelines.runner import convert
-from tests.mask_formats import by_id, pixels, png, read, save, write
+from tests.mask_formats import pixels, png, save, write
+from tests.rows import by_id, read
 
 
 def test_peer_masks_decode_to_the_default_camvid_classes(peer: Path, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 from pipelines import formats
 from pipelines.runner import convert
 from pipelines.storage import Source
-from tests.mask_formats import by_id, pixels, png, read, save, write
+from tests.mask_formats import pixels, png, save, write
+from tests.rows import by_id, read
 
 CITY = "defaultcity"
 

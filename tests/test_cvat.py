@@ -6,19 +6,16 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from lxml import etree
 
-import transforms
 from pipelines import formats, masks
 from pipelines.errors import ParseError
 from pipelines.formats.base import ReadOptions
 from pipelines.runner import convert
-from pipelines.schema import TABLES
 from pipelines.storage import Source
 from tests.conftest import FIXTURES, PEER
+from tests.rows import by_id, parquet_rows, read_direct
 
 CVAT = FIXTURES / "cvat"
 VIDEO = PEER / "cvat_video" / "for_video"
@@ -26,22 +23,7 @@ SKELETON = PEER / "cvat_images" / "task_export_with_skeleton"
 
 
 def _read(path: Path | str) -> dict[str, list[dict]]:
-    fmt = formats.get("cvat")
-    tables: dict[str, list[pa.Table]] = {n: [] for n in TABLES}
-    for task in fmt.plan_read(Source(str(path)), ReadOptions(dataset="t")):
-        for batch in fmt.read(task):
-            for name, table in transforms.standard(batch).tables().items():
-                tables[name].append(table)
-    return {n: pa.concat_tables(t).to_pylist() if t else [] for n, t in tables.items()}
-
-
-def _by(rows: list[dict], key: str) -> dict:
-    return {r[key]: r for r in rows}
-
-
-def _load(out: Path, table: str) -> list[dict]:
-    files = sorted((out / table).rglob("*.parquet"))
-    return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
+    return read_direct(path, "cvat")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +32,7 @@ def task() -> dict[str, list[dict]]:
 
 
 def test_rotated_box_keeps_its_angle_clockwise_about_the_centre(task) -> None:
-    box = _by(task["annotations"], "ann_id")["train/street/a.jpg/0"]
+    box = by_id(task["annotations"], "ann_id")["train/street/a.jpg/0"]
     assert box["kind"] == "rotated_bbox"
     assert (box["bbox_x"], box["bbox_y"], box["bbox_w"], box["bbox_h"]) == (1.0, 1.0, 4.0, 2.0)
     assert box["angle_deg"] == 30.0
@@ -61,7 +43,7 @@ def test_rotated_box_keeps_its_angle_clockwise_about_the_centre(task) -> None:
 
 
 def test_mask_rle_over_its_box_becomes_a_full_image_coco_rle(task) -> None:
-    mask = _by(task["annotations"], "ann_id")["train/street/a.jpg/2"]
+    mask = by_id(task["annotations"], "ann_id")["train/street/a.jpg/2"]
     assert (mask["mask_h"], mask["mask_w"]) == (4, 6)
     assert (mask["bbox_x"], mask["bbox_y"], mask["bbox_w"], mask["bbox_h"]) == (1, 1, 3, 2)
     expected = np.zeros((4, 6), dtype=np.uint8)
@@ -127,7 +109,7 @@ def test_meta_becomes_label_and_dataset_attributes(task) -> None:
     assert labels[("label:car", "color")] == "#fa3253"
     assert labels[("label:eye", "parent")] == "face"
     assert '"input_type":"checkbox"' in labels[("label:car", "attributes")]
-    items = _by(task["items"], "item_id")
+    items = by_id(task["items"], "item_id")
     assert set(items) == {"train/street/a.jpg", "train/street/b.jpg"}
     assert items["train/street/a.jpg"]["subset"] == "train"  # from the task's <subset>
 
@@ -241,7 +223,7 @@ def test_export_zip_is_read_in_place(tmp_path: Path) -> None:
     assert found[0][0] == "cvat"
     report = convert([str(archive)], "parquet", str(tmp_path / "out"), workers=1)
     assert report.ok, report.failures
-    items = _load(tmp_path / "out", "items")
+    items = parquet_rows(tmp_path / "out", "items")
     assert [i["media_uri"] for i in items] == [
         f"{archive}!images/img0.jpg",
         f"{archive}!images/img1.jpg",
@@ -330,16 +312,16 @@ _CROSS = """<annotations><version>1.1</version>
 
 
 def _shapes(out: Path) -> list[tuple]:
-    items = {i["item_id"]: (i["subset"], i["file_name"]) for i in _load(out, "items")}
+    items = {i["item_id"]: (i["subset"], i["file_name"]) for i in parquet_rows(out, "items")}
     pts: dict[str, list] = {}
-    for p in _load(out, "points"):
+    for p in parquet_rows(out, "points"):
         pts.setdefault(p["ann_id"], []).append((p["part"], p["idx"], p["x"], p["y"]))
     return sorted(
         (
             *items[a["item_id"]], a["kind"], a["label"], a["bbox_x"], a["bbox_y"],
             a["bbox_w"], a["bbox_h"], a["angle_deg"], tuple(sorted(pts.get(a["ann_id"], []))),
         )
-        for a in _load(out, "annotations")
+        for a in parquet_rows(out, "annotations")
         if a["kind"] in ("bbox", "rotated_bbox", "polygon")
     )  # fmt: skip
 

@@ -6,31 +6,23 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-import transforms
 from pipelines import formats, masks
 from pipelines.errors import ParseError
 from pipelines.formats.base import ReadOptions
 from pipelines.runner import convert
-from pipelines.schema import TABLES
 from pipelines.storage import Source
 from tests.conftest import FIXTURES, PEER
+from tests.rows import read_direct
 
 DIVERSE = PEER / "datumaro" / "diverse"
 SKELETON = PEER / "datumaro" / "with_skeleton"
 ODD = FIXTURES / "datumaro" / "odd"
 
 
-def _read(path: Path) -> dict[str, list[dict]]:
-    fmt = formats.get("datumaro")
-    tables: dict[str, list[pa.Table]] = {n: [] for n in TABLES}
-    for task in fmt.plan_read(Source(str(path)), ReadOptions(dataset="t")):
-        for batch in fmt.read(task):
-            for name, table in transforms.standard(batch).tables().items():
-                tables[name].append(table)
-    return {n: pa.concat_tables(t).to_pylist() if t else [] for n, t in tables.items()}
+def _read(path: Path | str) -> dict[str, list[dict]]:
+    return read_direct(path, "datumaro")
 
 
 @pytest.fixture(scope="module")

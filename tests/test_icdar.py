@@ -11,7 +11,8 @@ import pytest
 from pipelines.errors import LabelflowError
 from pipelines.formats.icdar import parse_character, parse_localization, parse_recognition
 from pipelines.runner import convert
-from tests.mask_formats import attrs, by_id, pixels, png, read, save, write
+from tests.mask_formats import attrs, pixels, png, save, write
+from tests.rows import by_id, read
 
 
 def test_recognition_captions(peer: Path, tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from pipelines.errors import LabelflowError
 from pipelines.formats import imagenet
 from pipelines.runner import convert
 from pipelines.storage import Source
-from tests._image_sets import by_id, image, read, write
+from tests._image_sets import image, write
 from tests.conftest import FIXTURES
+from tests.rows import by_id, read
 
 LISTS = FIXTURES / "imagenet" / "lists"
 

@@ -10,7 +10,8 @@ import numpy as np
 from pipelines import formats
 from pipelines.runner import convert
 from pipelines.storage import Source
-from tests.mask_formats import attrs, by_id, pixels, png, read, save, write
+from tests.mask_formats import attrs, pixels, png, save, write
+from tests.rows import by_id, read
 
 
 def test_peer_detection_boxes_and_fields(peer: Path, tmp_path: Path) -> None:

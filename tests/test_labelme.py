@@ -12,8 +12,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -24,23 +22,10 @@ from pipelines.formats.labelme_xml import format_attributes, parse_attributes
 from pipelines.runner import convert
 from pipelines.storage import Source
 from tests.conftest import FIXTURES, PEER
+from tests.rows import read
 
 JSON = FIXTURES / "labelme" / "json"
 BAD = FIXTURES / "labelme" / "bad"
-
-
-def _tables(out: Path) -> dict[str, list[dict]]:
-    def load(name: str) -> list[dict]:
-        files = sorted((out / name).rglob("*.parquet"))
-        return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
-
-    return {n: load(n) for n in ("items", "annotations", "points", "attributes", "rejects")}
-
-
-def _read(src: Path, out: Path, **kw) -> dict[str, list[dict]]:
-    report = convert([str(src)], "parquet", str(out), workers=1, **kw)
-    assert report.ok, report.failures
-    return _tables(out)
 
 
 def _by_label(t: dict) -> dict[str, dict]:
@@ -62,7 +47,7 @@ def _attrs(t: dict, owner: str) -> dict:
 
 @pytest.fixture(scope="module")
 def xml_tables(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _read(PEER / "labelme" / "labelme_dataset", tmp_path_factory.mktemp("xml") / "t")
+    return read(PEER / "labelme" / "labelme_dataset", tmp_path_factory.mktemp("xml") / "t")
 
 
 # -- LabelMe 3.0 XML ------------------------------------------------------------
@@ -153,7 +138,7 @@ def test_xml_rejects_deleted_and_broken_objects(tmp_path: Path) -> None:
         "</polygon></object></annotation>"
     )
     (tmp_path / "ds" / "broken.xml").write_text("<annotation><object><name>x</name></annotation>")
-    t = _read(tmp_path / "ds", tmp_path / "out", source_format="labelme_xml")
+    t = read(tmp_path / "ds", tmp_path / "out", source_format="labelme_xml")
     rejects = {r["location"]: r["reason"] for r in t["rejects"]}
     assert rejects["a.xml: annotation/object[1]"] == "deleted object"
     assert rejects["a.xml: annotation/object[2]/segm/mask"] == "mask file 'x.png' not found"
@@ -167,7 +152,7 @@ def test_xml_rejects_deleted_and_broken_objects(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def json_tables(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _read(JSON, tmp_path_factory.mktemp("json") / "t")
+    return read(JSON, tmp_path_factory.mktemp("json") / "t")
 
 
 def test_json_items(json_tables: dict) -> None:
@@ -223,7 +208,7 @@ def test_json_mask_decodes_to_its_pixels(json_tables: dict) -> None:
 
 
 def test_malformed_json_is_rejected_with_file_and_place(tmp_path: Path) -> None:
-    t = _read(BAD, tmp_path / "out")
+    t = read(BAD, tmp_path / "out")
     rejects = {r["location"]: (r["reason"], r["record_kind"]) for r in t["rejects"]}
     assert rejects["truncated.json: line 4, column 45"] == (
         "malformed JSON: unexpected character, expected a string key",
@@ -284,7 +269,7 @@ def test_detection_when_image_path_is_past_the_head(tmp_path: Path) -> None:
 
 
 def test_json_writer_document(tmp_path: Path) -> None:
-    _read(JSON, tmp_path / "a")
+    read(JSON, tmp_path / "a")
     report = convert([str(tmp_path / "a")], "labelme", str(tmp_path / "out"), workers=1)
     assert report.ok and report.lossy == {}
     doc = json.loads((tmp_path / "out" / "train" / "street.json").read_text())
@@ -310,7 +295,7 @@ def test_json_writer_document(tmp_path: Path) -> None:
 
 
 def test_xml_writer_from_json_counts_what_it_cannot_hold(tmp_path: Path) -> None:
-    _read(JSON, tmp_path / "a")
+    read(JSON, tmp_path / "a")
     report = convert([str(tmp_path / "a")], "labelme_xml", str(tmp_path / "out"), workers=1)
     assert report.ok, report.failures
     assert report.lossy == {
@@ -319,7 +304,7 @@ def test_xml_writer_from_json_counts_what_it_cannot_hold(tmp_path: Path) -> None
         "point annotations have no LabelMe 3.0 form": 1,
         "points annotations have no LabelMe 3.0 form": 1,
     }
-    t = _read(tmp_path / "out", tmp_path / "b")
+    t = read(tmp_path / "out", tmp_path / "b")
     anns = _by_label(t)
     assert sorted(anns) == ["car", "dog", "plate", "puddle", "wheel"]
     assert anns["plate"]["kind"] == "bbox"
@@ -335,7 +320,7 @@ def test_labelme_format_reads_xml_too_and_from_a_zip(peer: Path, tmp_path: Path)
         for f in src.rglob("*"):
             if f.is_file():
                 z.write(f, f.relative_to(src).as_posix())
-    t = _read(archive, tmp_path / "out", source_format="labelme")
+    t = read(archive, tmp_path / "out", source_format="labelme")
     assert len(t["annotations"]) == 7
     assert {i["source_format"] for i in t["items"]} == {"labelme_xml"}
     assert sum(a["kind"] == "mask" for a in t["annotations"]) == 2  # masks found in the zip
@@ -348,7 +333,7 @@ def test_colliding_stems_get_distinct_files(tmp_path: Path) -> None:
         shape = {"label": "x", "points": [[0, 0], [1, 1]], "shape_type": "rectangle"}
         doc = {"shapes": [shape], "imagePath": image, "imageHeight": 2, "imageWidth": 2}
         (ds / name).write_text(json.dumps(doc))
-    _read(ds, tmp_path / "a")
+    read(ds, tmp_path / "a")
     report = convert([str(tmp_path / "a")], "labelme", str(tmp_path / "out"), workers=1)
     assert report.ok and report.counts["items"]["written"] == 2
     written = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
@@ -365,7 +350,7 @@ def test_size_from_embedded_image_data(tmp_path: Path) -> None:
     }
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "x.json").write_text(json.dumps(doc))
-    t = _read(tmp_path / "ds", tmp_path / "out")
+    t = read(tmp_path / "ds", tmp_path / "out")
     (item,) = t["items"]
     assert (item["width"], item["height"]) == (7, 3)
     assert "imageData" not in (item["metadata"] or "")  # the image itself is not kept

@@ -8,8 +8,9 @@ from pathlib import Path
 from pipelines.formats import lfw
 from pipelines.runner import convert
 from pipelines.storage import Source
-from tests._image_sets import attrs, by_id, image, read, write
+from tests._image_sets import attrs, image, write
 from tests.conftest import FIXTURES
+from tests.rows import by_id, read
 
 MALFORMED = FIXTURES / "lfw" / "malformed"
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from pipelines.formats import market1501
 from pipelines.staging import ItemGroup
 from pipelines.storage import Source
-from tests._image_sets import attrs, by_id, image, read, write
+from tests._image_sets import attrs, image, write
 from tests.conftest import FIXTURES
+from tests.rows import by_id, read
 
 LISTS = FIXTURES / "market1501" / "lists"
 

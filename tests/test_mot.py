@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines import formats
@@ -17,22 +15,13 @@ from pipelines.runner import convert
 from pipelines.staging import Staging
 from pipelines.storage import Source
 from tests.conftest import FIXTURES
+from tests.rows import read
 
 TRACKS = FIXTURES / "mot" / "mot_tracks"
 
 
-def _tables(out: Path) -> dict[str, list[dict]]:
-    def load(name: str) -> list[dict]:
-        files = sorted((out / name).rglob("*.parquet"))
-        return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
-
-    return {name: load(name) for name in ("items", "annotations", "attributes", "rejects")}
-
-
 def _read(src: Path | str, tmp_path: Path, **kw) -> dict[str, list[dict]]:
-    report = convert([str(src)], "parquet", str(tmp_path / "read"), workers=1, **kw)
-    assert report.ok, report.failures
-    return _tables(tmp_path / "read")
+    return read(src, tmp_path / "read", **kw)
 
 
 def _attrs(tables: dict, owner: str) -> dict:

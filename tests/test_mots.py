@@ -6,29 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from pipelines import masks
 from pipelines.runner import convert
 from tests.conftest import FIXTURES
+from tests.rows import read
 
 KITTI = FIXTURES / "mot" / "mots_kitti"
-
-
-def _tables(out: Path) -> dict[str, list[dict]]:
-    def load(name: str) -> list[dict]:
-        files = sorted((out / name).rglob("*.parquet"))
-        return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
-
-    return {name: load(name) for name in ("items", "annotations", "rejects")}
-
-
-def _read(src: Path, out: Path) -> dict[str, list[dict]]:
-    report = convert([str(src)], "parquet", str(out), workers=1)
-    assert report.ok, report.failures
-    return _tables(out)
 
 
 def _pixels(ann: dict) -> list[list[int]]:
@@ -36,7 +21,7 @@ def _pixels(ann: dict) -> list[list[int]]:
 
 
 def test_peer_masks_decode_to_their_pixels(peer: Path, tmp_path: Path) -> None:
-    t = _read(peer / "mots" / "mots_dataset", tmp_path / "a")
+    t = read(peer / "mots" / "mots_dataset", tmp_path / "a")
     items = {i["item_id"]: i for i in t["items"]}
     assert sorted(items) == ["train/1", "train/2", "val/3"]
     # the PNG is 5 wide and 1 high; the JPEG beside it claims 1x5 and is not used
@@ -54,7 +39,7 @@ def test_peer_masks_decode_to_their_pixels(peer: Path, tmp_path: Path) -> None:
 
 
 def test_kitti_layout_without_labels_file(tmp_path: Path) -> None:
-    t = _read(KITTI, tmp_path / "a")
+    t = read(KITTI, tmp_path / "a")
     items = {i["item_id"]: i for i in t["items"]}
     assert sorted(items) == ["0001/000000", "0001/000001"]
     assert {(i["sequence_id"], i["frame_index"]) for i in items.values()} == {
@@ -77,7 +62,7 @@ def test_kitti_layout_without_labels_file(tmp_path: Path) -> None:
 
 def test_writer_reproduces_the_pixels(peer: Path, tmp_path: Path) -> None:
     src = peer / "mots" / "mots_dataset"
-    _read(src, tmp_path / "a")
+    read(src, tmp_path / "a")
     report = convert([str(tmp_path / "a")], "mots", str(tmp_path / "out"), workers=1)
     assert report.ok, report.failures
     assert report.lossy == {}
@@ -92,9 +77,9 @@ def test_writer_reproduces_the_pixels(peer: Path, tmp_path: Path) -> None:
 
 
 def test_roundtrip_by_frame(peer: Path, tmp_path: Path) -> None:
-    first = _read(peer / "mots" / "mots_dataset", tmp_path / "a")
+    first = read(peer / "mots" / "mots_dataset", tmp_path / "a")
     convert([str(tmp_path / "a")], "mots", str(tmp_path / "out"), workers=1)
-    second = _read(tmp_path / "out", tmp_path / "b")
+    second = read(tmp_path / "out", tmp_path / "b")
 
     def key(t: dict) -> set:
         return {
@@ -128,7 +113,7 @@ def test_pngs_that_are_not_instance_masks_are_rejected(tmp_path: Path) -> None:
     (inst / "labels.txt").write_text("car\n")
     Image.new("RGB", (3, 2)).save(inst / "rgb.png")
     Image.fromarray(np.array([[1001, 5001]], dtype=np.uint16)).save(inst / "f.png")
-    t = _read(tmp_path / "ds", tmp_path / "a")
+    t = read(tmp_path / "ds", tmp_path / "a")
     rejects = {r["location"]: (r["reason"], r["record_kind"]) for r in t["rejects"]}
     assert rejects == {
         "instances/rgb.png": ("a RGB image, not a single-channel instance mask", "items"),

@@ -11,7 +11,8 @@ from pipelines import formats
 from pipelines.formats.base import ReadOptions
 from pipelines.runner import convert
 from pipelines.storage import Source
-from tests.mask_formats import attrs, by_id, pixels, png, read, write
+from tests.mask_formats import attrs, pixels, png, write
+from tests.rows import by_id, read
 
 
 def test_boxes_in_pixels_from_meta_or_header(peer: Path, tmp_path: Path) -> None:

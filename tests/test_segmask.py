@@ -13,7 +13,8 @@ from pipelines.formats import _voc_masks as vm
 from pipelines.runner import convert
 from pipelines.storage import Source
 from tests.conftest import FIXTURES
-from tests.mask_formats import by_id, pixels, png, read, save, write
+from tests.mask_formats import pixels, png, save, write
+from tests.rows import by_id, read
 
 EXPORT = FIXTURES / "segmentation_mask" / "cvat_export"
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from pipelines.formats import vggface2
 from pipelines.formats.vggface2 import _lookup, _merge, _Row
 from pipelines.runner import convert
-from tests._image_sets import attrs, by_id, read, write
+from tests._image_sets import attrs, write
 from tests.conftest import FIXTURES
+from tests.rows import by_id, read
 
 UNSORTED = FIXTURES / "vggface2" / "unsorted"
 

@@ -17,7 +17,8 @@ from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
 from pipelines.storage import Source
 from tests.conftest import FIXTURES, PEER
-from tests.test_yolo import parquet_rows, read_tables, stage
+from tests.rows import parquet_rows, read_direct
+from tests.test_yolo import stage
 
 VOC1 = PEER / "voc" / "voc_dataset1"
 CVAT = FIXTURES / "voc" / "cvat_export"
@@ -39,7 +40,7 @@ def bndbox(obj: etree._Element) -> tuple[str, ...]:
 
 
 def test_boxes_are_read_one_based_inclusive() -> None:
-    t = read_tables(VOC1, "voc")
+    t = read_direct(VOC1, "voc")
     got = boxes([a for a in t["annotations"] if a["kind"] == "bbox"])
     # <xmin>1 <ymin>2 <xmax>3 <ymax>4: pixels 1..3 and 2..4 → x 0, y 1, 3 wide, 3 high
     assert got == {
@@ -47,12 +48,12 @@ def test_boxes_are_read_one_based_inclusive() -> None:
         "2007_000001/2": (3.0, 4.0, 3.0, 3.0),
         "2007_000001/2/part/1": (4.5, 5.0, 3.0, 3.0),
     }
-    whole = boxes(read_tables(CVAT, "voc")["annotations"])["frame_000000/1"]
+    whole = boxes(read_direct(CVAT, "voc")["annotations"])["frame_000000/1"]
     assert whole == (0.0, 0.0, 64.0, 48.0)  # 1..64 × 1..48 covers the whole 64×48 image
 
 
 def test_object_fields_parts_and_actions() -> None:
-    t = read_tables(VOC1, "voc")
+    t = read_direct(VOC1, "voc")
     anns = {a["ann_id"]: a for a in t["annotations"]}
     cat, person, head = anns["2007_000001/1"], anns["2007_000001/2"], anns["2007_000001/2/part/1"]
     assert (cat["label"], cat["label_id"], person["label_id"]) == ("cat", "8", "15")
@@ -64,7 +65,7 @@ def test_object_fields_parts_and_actions() -> None:
     actions = {k: v for (o, s, k), v in attrs.items() if s == "voc_action"}
     assert len(actions) == 11 and actions["phoning"] == "true" and actions["jumping"] == "false"
 
-    c = read_tables(CVAT, "voc")
+    c = read_direct(CVAT, "voc")
     car = next(a for a in c["annotations"] if a["ann_id"] == "frame_000000/1")
     assert car["occluded"] is True and car["label_id"] == "1"
     cvat_attrs = {(a["key"], a["value"]) for a in c["attributes"] if a["source"] == "voc_attribute"}
@@ -74,7 +75,7 @@ def test_object_fields_parts_and_actions() -> None:
 
 
 def test_images_listed_without_xml_are_kept() -> None:
-    t = read_tables(VOC1, "voc")
+    t = read_direct(VOC1, "voc")
     item = next(i for i in t["items"] if i["item_id"] == "2007_000002")
     assert (item["subset"], item["width"], item["height"]) == ("test", 20, 10)
     assert item["file_name"] == "2007_000002.jpg"
@@ -83,13 +84,13 @@ def test_images_listed_without_xml_are_kept() -> None:
         in (item["metadata"])
     )
     assert not [a for a in t["annotations"] if a["item_id"] == "2007_000002"]
-    c = read_tables(CVAT, "voc")
+    c = read_direct(CVAT, "voc")
     bare = next(i for i in c["items"] if i["item_id"] == "frame_000001")
     assert (bare["subset"], bare["width"], bare["file_name"]) == ("default", None, "frame_000001")
 
 
 def test_segmentation_pngs_become_masks_linked_to_objects() -> None:
-    t = read_tables(VOC1, "voc")
+    t = read_direct(VOC1, "voc")
     [mask] = [a for a in t["annotations"] if a["kind"] == "mask"]
     # class PNG colour (0,128,0) = VOC class 2; object PNG colour (128,0,0) = instance 1
     assert (mask["label"], mask["label_id"], mask["native_id"]) == ("bicycle", "2", "1")
@@ -99,7 +100,7 @@ def test_segmentation_pngs_become_masks_linked_to_objects() -> None:
 
 
 def test_class_lists_become_tags() -> None:
-    t = read_tables(VOC1, "voc")
+    t = read_direct(VOC1, "voc")
     tags = sorted(a["label"] for a in t["annotations"] if a["kind"] == "tag")
     assert tags == sorted(
         ["aeroplane", "bird", "bottle", "car", "chair", "diningtable", "horse", "ignored",
@@ -108,7 +109,7 @@ def test_class_lists_become_tags() -> None:
 
 
 def test_malformed_xml_is_rejected_with_its_place() -> None:
-    t = read_tables(CVAT, "voc")
+    t = read_direct(CVAT, "voc")
     rejects = {r["location"]: r for r in t["rejects"]}
     bad = rejects["Annotations/bad.xml: line 4, column 14"]
     assert bad["record_kind"] == "items" and bad["reason"].startswith("malformed XML")
@@ -116,7 +117,7 @@ def test_malformed_xml_is_rejected_with_its_place() -> None:
     assert partial["reason"] == "no complete <bndbox> (xmin, ymin, xmax, ymax)"
     assert "bad" not in {i["item_id"] for i in t["items"]}
     with pytest.raises(ParseError) as err:
-        read_tables(CVAT, "voc", on_error="fail")
+        read_direct(CVAT, "voc", on_error="fail")
     assert err.value.location.startswith("Annotations/bad.xml: line 4")
 
 
@@ -129,13 +130,13 @@ def test_detection_keeps_to_voc() -> None:
 
 
 def test_single_xml_file_and_flat_folder(tmp_path: Path) -> None:
-    t = read_tables(VOC1 / "Annotations" / "2007_000001.xml", "voc")
+    t = read_direct(VOC1 / "Annotations" / "2007_000001.xml", "voc")
     assert [i["item_id"] for i in t["items"]] == ["2007_000001"]
     assert len([a for a in t["annotations"] if a["kind"] == "bbox"]) == 3
     for name in ("Annotations/2007_000001.xml", "JPEGImages/2007_000001.jpg"):
         shutil.copy(VOC1 / name, tmp_path)
     assert formats.detect(Source(str(tmp_path)))[0][0] == "voc"
-    flat = read_tables(tmp_path, "voc")
+    flat = read_direct(tmp_path, "voc")
     assert [(i["item_id"], i["media_uri"]) for i in flat["items"]] == [
         ("2007_000001", f"{tmp_path}/2007_000001.jpg")
     ]
@@ -149,7 +150,7 @@ def test_zip_is_read_in_place(tmp_path: Path) -> None:
             if f.is_file():
                 z.write(f, f.relative_to(VOC1).as_posix())
     assert formats.detect(Source(str(archive)))[0][0] == "voc"
-    t = read_tables(archive, "voc")
+    t = read_direct(archive, "voc")
     assert len(t["items"]) == 2 and len(t["annotations"]) == 15
     assert t["items"][1]["media_uri"] == f"{archive}!JPEGImages/2007_000002.jpg"
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from pipelines.formats import widerface
 from pipelines.runner import convert
 from pipelines.storage import Source
-from tests._image_sets import attrs, by_id, read, write
+from tests._image_sets import attrs, write
 from tests.conftest import FIXTURES
+from tests.rows import by_id, read
 
 RELEASE = FIXTURES / "widerface" / "release"
 LABELLED = FIXTURES / "widerface" / "with_labels"

@@ -6,36 +6,21 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import transforms
 from pipelines import formats
 from pipelines.builder import BatchBuilder
 from pipelines.errors import ParseError, UnsafePathError
 from pipelines.formats.base import ReadOptions, WriteOptions
 from pipelines.formats.parquet import PartWriter
 from pipelines.runner import convert
-from pipelines.schema import TABLES
 from pipelines.storage import Source
 from tests.conftest import FIXTURES, PEER
+from tests.rows import parquet_rows, read_direct
 
 YOLO = FIXTURES / "yolo"
 VARIANTS = PEER / "yolo" / "ultralytics_variants"
-
-
-def read_tables(path: Path | str, fmt: str, **options) -> dict[str, list[dict]]:
-    """Every table a reader yields for a source, after the runner's standard transforms."""
-    reader = formats.get(fmt)
-    out: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
-    opts = ReadOptions(dataset="t", **options)
-    for task in reader.plan_read(Source(str(path)), opts):
-        for batch in reader.read(task):
-            for name, table in transforms.standard(batch).tables().items():
-                out[name].append(table)
-    return {n: pa.concat_tables(ts).to_pylist() if ts else [] for n, ts in out.items()}
 
 
 def stage(root: Path, items: list[dict], anns: list[dict] = (), points: list = ()) -> str:
@@ -57,16 +42,11 @@ def rounded(rows: list[tuple]) -> list[tuple]:
     return [tuple(round(v, 6) if isinstance(v, float) else v for v in r) for r in rows]
 
 
-def parquet_rows(root: Path, table: str) -> list[dict]:
-    files = sorted((root / table).rglob("*.parquet"))
-    return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
-
-
 # -- reading -----------------------------------------------------------------------
 
 
 def test_line_on_a_non_square_image_becomes_pixels() -> None:
-    t = read_tables(YOLO / "nonsquare", "yolo")
+    t = read_direct(YOLO / "nonsquare", "yolo")
     wide = next(a for a in t["annotations"] if a["item_id"] == "train/wide")
     # "1 0.5 0.5 0.25 0.2" on 200 x 100: centre (100, 50), size 50 x 20
     assert (wide["bbox_x"], wide["bbox_y"], wide["bbox_w"], wide["bbox_h"]) == (75, 40, 50, 20)
@@ -81,7 +61,7 @@ def test_line_on_a_non_square_image_becomes_pixels() -> None:
 
 
 def test_annotation_without_image_size_is_rejected_not_guessed() -> None:
-    t = read_tables(YOLO / "nonsquare", "yolo")
+    t = read_direct(YOLO / "nonsquare", "yolo")
     assert [i["item_id"] for i in t["items"]] == ["train/nosize", "train/wide"]
     nosize = t["items"][0]
     assert nosize["width"] is None and nosize["file_name"] == "nosize.jpg"
@@ -95,7 +75,7 @@ def test_annotation_without_image_size_is_rejected_not_guessed() -> None:
 
 
 def test_image_sizes_option_supplies_the_missing_size() -> None:
-    t = read_tables(YOLO / "nonsquare", "yolo", image_sizes={"nosize.jpg": (30, 10)})
+    t = read_direct(YOLO / "nonsquare", "yolo", image_sizes={"nosize.jpg": (30, 10)})
     assert not t["rejects"]
     a = next(a for a in t["annotations"] if a["item_id"] == "train/nosize")
     assert (a["bbox_x"], a["bbox_y"], a["bbox_w"], a["bbox_h"]) == (7.5, 2.5, 15, 5)
@@ -103,7 +83,7 @@ def test_image_sizes_option_supplies_the_missing_size() -> None:
 
 
 def test_bad_and_odd_lines() -> None:
-    t = read_tables(YOLO / "lines", "yolo")
+    t = read_direct(YOLO / "lines", "yolo")
     rejects = {r["location"]: r["reason"] for r in t["rejects"]}
     where = "labels/train/odd.txt line"
     assert rejects == {
@@ -126,7 +106,7 @@ def test_bad_and_odd_lines() -> None:
 
 def test_fail_policy_raises_parse_error_with_file_and_line() -> None:
     with pytest.raises(ParseError) as err:
-        read_tables(YOLO / "lines", "yolo", on_error="fail")
+        read_direct(YOLO / "lines", "yolo", on_error="fail")
     assert err.value.location == "labels/train/odd.txt line 3"
     assert err.value.reason == "not a number"
 
@@ -141,13 +121,13 @@ def test_malformed_data_yaml_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_readme_and_list_files_are_not_labels() -> None:
-    t = read_tables(PEER / "yolo" / "labels", "yolo")
+    t = read_direct(PEER / "yolo" / "labels", "yolo")
     assert not t["rejects"]
     assert sorted(i["item_id"] for i in t["items"]) == ["train/1", "val/1"]
 
 
 def test_oriented_boxes_are_rotated_boxes_in_pixels() -> None:
-    t = read_tables(VARIANTS / "yolov8_oriented_boxes", "ultralytics")
+    t = read_direct(VARIANTS / "yolov8_oriented_boxes", "ultralytics")
     got = [
         (a["kind"], a["label"], *(round(a[k], 3) for k in ("bbox_x", "bbox_y", "bbox_w")),
          round(a["bbox_h"], 3), a["angle_deg"], a["units"])
@@ -160,11 +140,11 @@ def test_oriented_boxes_are_rotated_boxes_in_pixels() -> None:
 
 
 def test_segmentation_and_pose_in_pixels() -> None:
-    seg = read_tables(VARIANTS / "yolov8_segmentation", "ultralytics")
+    seg = read_direct(VARIANTS / "yolov8_segmentation", "ultralytics")
     first = [(p["x"], p["y"]) for p in seg["points"] if p["ann_id"] == "train/1/1"]
     assert rounded(first) == [(1.5, 1.0), (6.0, 1.0), (6.0, 5.0)]
     assert seg["annotations"][0]["area"] == pytest.approx(9.0)
-    pose = read_tables(VARIANTS / "yolov8_pose", "ultralytics")
+    pose = read_direct(VARIANTS / "yolov8_pose", "ultralytics")
     [kp] = pose["annotations"]
     assert kp["kind"] == "keypoints" and kp["label"] == "skeleton_label"
     pts = [(p["idx"], p["x"], p["y"], p["visibility"]) for p in pose["points"]]
@@ -174,7 +154,7 @@ def test_segmentation_and_pose_in_pixels() -> None:
 
 
 def test_two_dimensional_keypoints_with_names() -> None:
-    t = read_tables(YOLO / "pose2d", "ultralytics")
+    t = read_direct(YOLO / "pose2d", "ultralytics")
     pts = [(p["name"], p["x"], p["y"], p["visibility"]) for p in t["points"]]
     assert pts == [("nose", 10.0, 5.0, None), ("tail", 30.0, 15.0, None)]
     assert t["items"][0]["subset"] == "val"
@@ -187,7 +167,7 @@ def test_zip_is_read_in_place(tmp_path: Path) -> None:
             if f.is_file():
                 z.write(f, f.relative_to(PEER / "yolo" / "strict").as_posix())
     assert formats.detect(Source(str(archive)))[0][0] == "yolo"
-    t = read_tables(archive, "yolo")
+    t = read_direct(archive, "yolo")
     assert [i["width"] for i in t["items"]] == [15]
     assert t["items"][0]["media_uri"] == f"{archive}!obj_train_data/1.jpg"
     assert len(t["annotations"]) == 2
@@ -381,7 +361,7 @@ def test_labelimg_flat_folder_with_classes_txt(tmp_path: Path) -> None:
     (tmp_path / "classes.txt").write_text("cat\ndog\n")
     (tmp_path / "notes.txt").write_text("not labels\n")
     assert formats.detect(Source(str(tmp_path)))[0][0] == "yolo"
-    t = read_tables(tmp_path, "yolo")
+    t = read_direct(tmp_path, "yolo")
     assert [(i["item_id"], i["file_name"]) for i in t["items"]] == [("a", "a.png")]
     assert [(a["label"], a["bbox_w"]) for a in t["annotations"]] == [("dog", 10.0)]
     assert not t["rejects"]
