@@ -27,6 +27,7 @@ from pipelines.schema import TABLES
 from pipelines.staging import Staging
 from pipelines.storage import Source
 from tests.conftest import FIXTURES, PEER
+from tests.rows import read_direct
 
 SEEDS = FIXTURES / "encord"
 SAMPLES = ("coco_exporter_project", "video_data_1", "image_group", "dicom", "image_skeleton")
@@ -34,14 +35,7 @@ W, H = 1920, 1080
 
 
 def read(path: Path | str, **options) -> dict[str, list[dict]]:
-    """Every table of a source as rows, after the runner's standard transforms."""
-    fmt = formats.get("encord")
-    tables: dict[str, list[dict]] = {name: [] for name in TABLES}
-    for task in fmt.plan_read(Source(str(path)), ReadOptions(dataset="t", **options)):
-        for batch in fmt.read(task):
-            for name, table in transforms.standard(batch).tables().items():
-                tables[name].extend(table.to_pylist())
-    return tables
+    return read_direct(path, "encord", **options)
 
 
 def by(rows: list[dict], **match) -> list[dict]:
