@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.builder import parse_attribute
+from pipelines.builder import BatchBuilder, parse_attribute
+from pipelines.errors import ParseError
 from pipelines.formats import _per_image as per_image
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
@@ -76,6 +77,20 @@ class OutputNames:
             digest = hashlib.sha1(item["item_id"].encode()).hexdigest()[:8]
             return f"{stem}_{digest}"
         return stem
+
+
+def parse_or_reject(
+    b: BatchBuilder, source: Source, member: str, parse: Callable[[Source, str], Any]
+) -> Any:
+    """One annotation file parsed, or None after rejecting it as an item that names the
+    file and the place (under the `fail` policy, the error): one bad file of thousands
+    should not stop the read."""
+    try:
+        return parse(source, member)
+    except ParseError as exc:
+        b.read_counts["items"] += 1
+        b.reject(f"{member or source.name}: {exc.location}", exc.reason, record_kind="items")
+        return None
 
 
 def mask_from_png(data: bytes) -> np.ndarray | str:

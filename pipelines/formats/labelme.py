@@ -162,14 +162,10 @@ def load(source: Source, member: str) -> dict[str, Any]:
 
 
 def read_file(source: Source, member: str, b: BatchBuilder) -> None:
-    """One JSON file: an item and its shapes. A file that cannot be parsed is a rejected
-    item naming the file and the place (under the `fail` policy, the error)."""
+    """One JSON file: an item and its shapes (a file that cannot be parsed: a reject)."""
     name = member or source.name
-    try:
-        doc = load(source, member)
-    except ParseError as exc:
-        b.read_counts["items"] += 1
-        b.reject(f"{name}: {exc.location}", exc.reason, record_kind="items")
+    doc = lm.parse_or_reject(b, source, member, load)
+    if doc is None:
         return
     subset, item_id, inner = lm.item_place(name, ".json")
     image_path = doc.get("imagePath") if isinstance(doc.get("imagePath"), str) else None

@@ -224,14 +224,10 @@ def _parse(source: Source, member: str) -> etree._Element:
 
 
 def read_file(source: Source, member: str, b: BatchBuilder) -> None:
-    """One XML file: an item and its objects. A file that cannot be parsed is a rejected
-    item naming the file and the place (under the `fail` policy, the error)."""
+    """One XML file: an item and its objects (a file that cannot be parsed: a reject)."""
     name = member or source.name
-    try:
-        root = _parse(source, member)
-    except ParseError as exc:
-        b.read_counts["items"] += 1
-        b.reject(f"{name}: {exc.location}", exc.reason, record_kind="items")
+    root = lm.parse_or_reject(b, source, member, _parse)
+    if root is None:
         return
     subset, item_id, inner = lm.item_place(name, ".xml")
     filename = xmlsafe.text(root, "filename") or ""
