@@ -110,7 +110,7 @@ def _annotations_by_file(out: Path, columns: tuple[str, ...], with_points: bool)
         )
     out_map: dict[str, list] = {}
     for a in load("annotations"):
-        row = tuple(_norm(a.get(c)) for c in columns) + (tuple(sorted(pts.get(a["ann_id"], []))),)
+        row = (*(_norm(a.get(c)) for c in columns), tuple(sorted(pts.get(a["ann_id"], []))))
         out_map.setdefault(files[a["item_id"]], []).append(row)
     return {k: sorted(v, key=repr) for k, v in out_map.items()}
 

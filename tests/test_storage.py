@@ -54,7 +54,9 @@ def s3() -> Iterator[fsspec.AbstractFileSystem]:
 
 def test_s3_in_and_out(s3: fsspec.AbstractFileSystem, tmp_path: Path) -> None:
     s3.put(str(COCO_VAL), "labels/in/instances_val.json")
-    report = convert(["s3://labels/in/instances_val.json"], "parquet", "s3://labels/build", workers=2)
+    report = convert(
+        ["s3://labels/in/instances_val.json"], "parquet", "s3://labels/build", workers=2
+    )
     assert report.ok, report.failures
     s3.invalidate_cache()
     parts = s3.find("labels/build/annotations")
