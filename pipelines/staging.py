@@ -103,7 +103,8 @@ class Staging:
 
     def table(self, name: str, where: str = "", params: Sequence[Any] = ()) -> pa.Table:
         """A whole table (or a filtered part of it) in source order, with the schema's types."""
-        sql = f"SELECT * FROM {name} {f'WHERE {where}' if where else ''} ORDER BY filename, file_row_number"
+        condition = f"WHERE {where}" if where else ""
+        sql = f"SELECT * FROM {name} {condition} ORDER BY filename, file_row_number"
         return conform(self.con.sql(sql, params=list(params)).to_arrow_table(), name)
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
