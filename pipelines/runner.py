@@ -186,12 +186,15 @@ def _ready() -> None:
     """A task that does nothing: submitting it makes the pool start a worker."""
 
 
-class Executor:
-    """Runs task functions: inline, on a local process pool, or on a Dask cluster.
+WARM_AFTER_S = 0.25
+"""Start a local pool this long after the executor is made unless it is used or closed
+before: planning a big source (framing a large JSON file) takes longer, and the
+forkserver imports the engine (about a second) meanwhile; a small run that ends
+up inline never pays for a pool."""
 
-    A local pool is started as soon as the executor is made, in the background:
-    the forkserver imports the engine (about a second) while the caller plans.
-    """
+
+class Executor:
+    """Runs task functions: inline, on a local process pool, or on a Dask cluster."""
 
     def __init__(
         self, kind: str = "local", workers: int | None = None, scheduler: str | None = None
@@ -201,12 +204,17 @@ class Executor:
         self.scheduler = scheduler
         self._pool: Any = None
         self._warming: threading.Thread | None = None
+        self._settled = threading.Event()
+        self._lock = threading.Lock()
         if kind == "local" and self.workers > 1:
-            self._local_pool()
             self._warming = threading.Thread(target=self._warm, daemon=True)
             self._warming.start()
 
     def _local_pool(self) -> Any:
+        with self._lock:
+            return self._pool or self._new_pool()
+
+    def _new_pool(self) -> Any:
         if self._pool is None:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
@@ -222,14 +230,19 @@ class Executor:
         return self._pool
 
     def _warm(self) -> None:
+        if self._settled.wait(WARM_AFTER_S):
+            return
         with contextlib.suppress(Exception):  # a pool closed meanwhile: nothing to warm
-            for fut in [self._pool.submit(_ready) for _ in range(self.workers)]:
+            pool = self._local_pool()
+            for fut in [pool.submit(_ready) for _ in range(self.workers)]:
                 fut.result()
 
     def map(
         self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str
     ) -> Iterable:
         total = len(calls)
+        if self._pool is None:
+            self._settled.set()  # inline, or a pool made now: no warming needed any more
         if self.kind == "dask":
             yield from self._dask(fn, calls, progress, what)
             return
@@ -265,12 +278,13 @@ class Executor:
         yield from self._pool.gather(futures)
 
     def close(self) -> None:
-        if self._pool is not None:
-            (self._pool.shutdown if hasattr(self._pool, "shutdown") else self._pool.close)()
-            self._pool = None
+        self._settled.set()
         if self._warming is not None:
             self._warming.join()
             self._warming = None
+        if self._pool is not None:
+            (self._pool.shutdown if hasattr(self._pool, "shutdown") else self._pool.close)()
+            self._pool = None
 
 
 def convert(

@@ -171,7 +171,18 @@ def test_odd_records_same_tables(seed: int, chunk_bytes: int, tmp_path: Path, mo
     path = tmp_path / "instances_odd.json"
     path.write_text(json.dumps(_odd_corpus(seed)))
     monkeypatch.setattr(jsonframe, "CHUNK_BYTES", chunk_bytes)
+    if seed != 1:  # images and annotations in tasks of their own, as for a big file
+        monkeypatch.setattr(coco, "ONE_TASK_BYTES", 0)
+        monkeypatch.setattr(coco, "MIN_TASK_BYTES", 2000)
     fast = _assert_same(path, monkeypatch)
+    tasks = coco.plan_read(Source(str(path)), ReadOptions(dataset="d"))
+    roles = [t.context["role"] for t in tasks]
+    if seed == 1:
+        assert roles == ["all"]
+    else:
+        assert roles[0] == "images"
+        assert set(roles[1:]) == {"annotations"}
+        assert len(roles) > (2 if chunk_bytes < 2000 else 1)
     assert fast["rejects"].num_rows > 0
     assert fast["annotations"].num_rows > 500
     assert set(fast["annotations"].column("kind").to_pylist()) >= {"polygon", "mask", "bbox"}

@@ -43,6 +43,8 @@ TASK_BYTES = 32 << 20
 MIN_TASK_BYTES = 8 << 20
 TASKS_PER_WORKER = 4
 """Several tasks per worker, so that the last ones finish close together."""
+ONE_TASK_BYTES = 16 << 20
+"""A file this small is read by one task: starting workers would cost more than it saves."""
 
 _KNOWN = {
     "id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation",
@@ -120,11 +122,17 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         # The first task carries the images and the dataset-level fields.
         first = {**base, "head": head, "role": "images"}
         images = values["images"]
+        anns = values.get("annotations")
+        chunks = anns.chunks if anns and anns.kind == "array" else []
+        end = max(chunks[-1].end, images.end) if chunks else images.end
+        if chunks and end - images.start <= ONE_TASK_BYTES:
+            first.update(role="all", chunks=chunks)
+            start = images.start
+            tasks.append(ReadTask("coco", source, member, subset, start, end, first, options))
+            continue
         tasks.append(
             ReadTask("coco", source, member, subset, images.start, images.end, first, options)
         )
-        anns = values.get("annotations")
-        chunks = anns.chunks if anns and anns.kind == "array" else []
         for group in _groups(chunks, _task_bytes(anns, options.workers)):
             ctx = {**base, "role": "annotations", "chunks": group}
             start, end = group[0].start, group[-1].end
@@ -153,9 +161,9 @@ def read(task: ReadTask) -> Iterator[Batch]:
     ctx = task.context
     b = task.builder()
     with task.source.open(task.member) as f:
-        if ctx["role"] == "images":
+        if ctx["role"] in ("images", "all"):
             yield from _read_images(task, f, b)
-        else:
+        if ctx["role"] in ("annotations", "all"):
             reader = _AnnotationReader(task, b, *_image_index(task))
             for first, elements in jsonframe.iter_chunks(f, task.uri, ctx["chunks"]):
                 with jsonframe.paused_gc():
