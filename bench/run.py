@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Benchmark runner: labelflow and its peers side by side, on the same corpora, in one run.
+
+    python bench/run.py coco   [--corpora small,medium,large] [--runs 3] [--tools ...]
+    python bench/run.py disk   [--corpus medium] [--disk-dir DIR]
+    python bench/run.py jsonl  [--lines 34000] [--runs 3]
+    python bench/run.py report              # tables + plot from what was recorded
+
+Every measured command runs in a fresh process tree under `bench/measure.py`:
+wall time, peak RSS of the whole tree (the sum over every process it starts),
+the tree's unique memory (USS), and its CPU time. Tools alternate run by run
+(round r starts at the r-th tool), so a change in the machine's load during the
+run spreads over all of them; tables report medians, and the ratios between two
+tools are the medians of their ratios within each round.
+
+Peers run from their own virtualenvs (`bench/setup_venvs.sh`, run for you on
+first use), never from the project's; labelflow runs from the project's
+`.venv`. Corpora are generated on first use (`bench/make_coco.py`,
+`bench/make_itag.py`) into `--data`. Results are appended to
+`--work`/results.jsonl; `report` turns them into `--work`/summary.md and
+`--work`/scaling.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from measure import measure  # noqa: E402 - a sibling script, not a package
+
+# The corpora of ../shared/bench/ANCHORS.md: same generator, arguments and seeds.
+CORPORA = {
+    "small": ["--images", "4000", "--anns-per-image", "7", "--seed", "1"],
+    "medium": ["--images", "80000", "--anns-per-image", "7", "--seed", "2"],
+    "large": ["--images", "410000", "--anns-per-image", "7", "--seed", "3"],
+}
+ONCE_ABOVE_S = 60.0
+"""A tool whose first run on a corpus takes longer than this runs once there."""
+
+
+class Env:
+    """Paths of everything the commands need."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.work = Path(args.work).resolve()
+        self.data = Path(args.data).resolve()
+        self.venvs = Path(args.venvs).resolve()
+        self.out = Path(args.out_dir).resolve()
+        self.labelflow = str(ROOT / ".venv" / "bin" / "labelflow")
+        self.lf_py = str(ROOT / ".venv" / "bin" / "python")
+        self.workers = str(args.workers)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.data.mkdir(parents=True, exist_ok=True)
+
+    def venv(self, name: str, exe: str = "python") -> str:
+        return str(self.venvs / name / "bin" / exe)
+
+    def ensure_venvs(self) -> None:
+        if all((self.venvs / n / "bin" / "python").exists() for n in ("core", "labelformat")):
+            return
+        subprocess.run(["bash", str(HERE / "setup_venvs.sh"), str(self.venvs)], check=True)
+
+    def corpus(self, name: str) -> Path:
+        path = self.data / f"{name}.json"
+        if not path.exists():
+            print(f"# generating {path}", file=sys.stderr)
+            tmp = path.with_suffix(".tmp")
+            subprocess.run(
+                [sys.executable, str(HERE / "make_coco.py"), *CORPORA[name], "--out", str(tmp)],
+                check=True,
+            )
+            tmp.rename(path)
+        return path
+
+
+def corpus_facts(env: Env, path: Path) -> dict:
+    """Annotation count and size, plus the side files some peers need (cached)."""
+    facts_path = env.work / f"{path.stem}.facts.json"
+    if facts_path.exists():
+        return json.loads(facts_path.read_text())
+    with open(path, "rb") as f:
+        doc = json.load(f)
+    names = env.work / f"{path.stem}.names"
+    cats = sorted(doc["categories"], key=lambda c: c["id"])
+    names.write_text("".join(c["name"] + "\n" for c in cats))
+    dm_dir = env.work / f"dm_{path.stem}"
+    (dm_dir / "annotations").mkdir(parents=True, exist_ok=True)
+    (dm_dir / "images" / "train").mkdir(parents=True, exist_ok=True)
+    link = dm_dir / "annotations" / "instances_train.json"
+    if not link.exists():
+        link.symlink_to(path)
+    facts = {
+        "annotations": len(doc["annotations"]),
+        "images": len(doc["images"]),
+        "bytes": path.stat().st_size,
+        "names": str(names),
+        "dm_dir": str(dm_dir),
+    }
+    facts_path.write_text(json.dumps(facts))
+    return facts
+
+
+# -- the tools ---------------------------------------------------------------------
+
+Command = Callable[[Env, Path, dict, Path], list[str]]
+
+
+def _lf(to: str, workers: str | None = None, *extra: str) -> Command:
+    def cmd(env: Env, corpus: Path, facts: dict, out: Path) -> list[str]:
+        return [env.labelflow, "convert", str(corpus), "--from", "coco", "--to", to,
+                "--out", str(out / "result"), "--workers", workers or env.workers, "-q",
+                *extra]  # fmt: skip
+
+    return cmd
+
+
+def _probe(mode: str, *extra: str) -> Command:
+    def cmd(env: Env, corpus: Path, facts: dict, out: Path) -> list[str]:
+        return [env.venv("core"), str(HERE / "parse_bench.py"), mode, str(corpus),
+                "--out", str(out / "yolo"), *extra]  # fmt: skip
+
+    return cmd
+
+
+TOOLS: dict[str, Command] = {
+    "labelflow_parquet": _lf("parquet"),
+    "labelflow_yolo": _lf("yolo", None, "-o", "save_images=false"),
+    "labelflow_parquet_1w": _lf("parquet", "1"),
+    "labelflow_stream_probe": lambda env, corpus, facts, out: [
+        env.lf_py, str(HERE / "lf_probe.py"), str(corpus)],
+    "labelformat": lambda env, corpus, facts, out: [
+        env.venv("labelformat", "labelformat"), "convert", "--task", "object-detection",
+        "--input-format", "coco", "--input-file", str(corpus), "--output-format", "yolov8",
+        "--output-file", str(out / "data.yaml"), "--output-split", "train"],
+    "datumaro_stream": lambda env, corpus, facts, out: [
+        env.venv("datumaro"), str(HERE / "dm_coco_to_yolo.py"), facts["dm_dir"],
+        str(out / "yolo"), "--stream"],
+    "datumaro": lambda env, corpus, facts, out: [
+        env.venv("datumaro", "datum"), "convert", "-if", "coco_instances", "-i",
+        facts["dm_dir"], "-f", "yolo", "-o", str(out / "yolo")],
+    "globox": lambda env, corpus, facts, out: [
+        env.venv("globox", "globox"), "convert", "--format", "coco", "--save_fmt", "yolov5",
+        "--reverse_mapping_out", facts["names"], str(corpus), str(out / "yolo")],
+    "pycocotools": _probe("pycocotools"),
+    "naive_yolo_nogc": _probe("naive_yolo", "--no-gc"),
+    "ijson_float": _probe("ijson_float"),
+}  # fmt: skip
+
+DEFAULT_TOOLS = [
+    "labelflow_parquet", "labelflow_yolo", "labelformat", "datumaro_stream", "ijson_float",
+    "labelflow_parquet_1w", "labelflow_stream_probe", "naive_yolo_nogc", "pycocotools",
+    "globox", "datumaro",
+]  # fmt: skip
+LARGE_TOOLS = [
+    "labelflow_parquet", "labelflow_yolo", "labelformat", "datumaro_stream", "ijson_float",
+    "labelflow_stream_probe",
+]  # fmt: skip
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _record(env: Env, row: dict) -> None:
+    with open(env.work / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(
+        "{corpus:8} {tool:24} r{round} wall={wall_s:7.2f}s rss={peak_rss_mb:7.0f}MB "
+        "uss={peak_uss_mb:7.0f}MB cpu={cpu_s:7.2f}s exit={exit} load={load:.1f}".format(**row),
+        flush=True,
+    )
+
+
+def _clean(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    os.sync()
+
+
+def run_rounds(env: Env, suite: str, corpus_name: str, corpus: Path, facts: dict,
+               tools: list[str], runs: int, out: Path) -> None:  # fmt: skip
+    once: set[str] = set()
+    for r in range(runs):
+        order = tools[r % len(tools) :] + tools[: r % len(tools)]
+        for tool in order:
+            if tool in once:
+                continue
+            _clean(out)
+            cmd = TOOLS[tool](env, corpus, facts, out)
+            load = _load()
+            res = measure(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            row = {"suite": suite, "corpus": corpus_name, "tool": tool, "round": r + 1,
+                   "load": load, "bytes": facts["bytes"], "annotations": facts["annotations"],
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **res}  # fmt: skip
+            _record(env, row)
+            if res["exit"] != 0 or res["wall_s"] > ONCE_ABOVE_S:
+                once.add(tool)
+    _clean(out)
+
+
+def cmd_coco(env: Env, args: argparse.Namespace) -> None:
+    env.ensure_venvs()
+    for name in args.corpora.split(","):
+        corpus = env.corpus(name)
+        facts = corpus_facts(env, corpus)
+        tools = args.tools.split(",") if args.tools else (
+            LARGE_TOOLS if name == "large" else DEFAULT_TOOLS)  # fmt: skip
+        run_rounds(env, "coco", name, corpus, facts, tools, args.runs, env.out)
+
+
+def cmd_disk(env: Env, args: argparse.Namespace) -> None:
+    """COCO -> YOLO with the output on a real disk, and the file-system floor."""
+    env.ensure_venvs()
+    corpus = env.corpus(args.corpus)
+    facts = corpus_facts(env, corpus)
+    disk = Path(args.disk_dir).resolve()
+    files = facts["images"] + 4  # one label file per image, plus the list files
+    floor: Command = lambda env, corpus, facts, out: [  # noqa: E731
+        env.lf_py,
+        str(HERE / "fs_floor.py"),
+        str(out / "floor"),
+        str(files),
+        "260",
+    ]
+    TOOLS["fs_floor"] = floor
+    tools = args.tools.split(",") if args.tools else [
+        "fs_floor", "labelflow_yolo", "labelformat", "naive_yolo_nogc"]  # fmt: skip
+    run_rounds(env, "disk", args.corpus, corpus, facts, tools, args.runs, disk)
+
+
+def cmd_jsonl(env: Env, args: argparse.Namespace) -> None:
+    """JSON lines read as byte ranges (iTAG), and a writer from staging, 1 vs 2 workers."""
+    path = env.data / f"itag_{args.lines}.manifest"
+    if not path.exists():
+        subprocess.run([sys.executable, str(HERE / "make_itag.py"), "--lines", str(args.lines),
+                        "--out", str(path)], check=True)  # fmt: skip
+    facts = {"bytes": path.stat().st_size, "annotations": 0}
+    staged = env.work / "itag_staged"
+    if not staged.exists():
+        subprocess.run([env.labelflow, "convert", str(path), "--to", "parquet", "--out",
+                        str(staged), "-q"], check=True)  # fmt: skip
+    for w in ("1", "2"):
+        TOOLS[f"itag_read_{w}w"] = lambda env, corpus, facts, out, w=w: [
+            env.labelflow, "convert", str(corpus), "--from", "itag", "--to", "parquet",
+            "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
+        TOOLS[f"staged_to_coco_{w}w"] = lambda env, corpus, facts, out, w=w: [
+            env.labelflow, "convert", str(staged), "--to", "coco",
+            "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
+    tools = ["itag_read_1w", "itag_read_2w", "staged_to_coco_1w", "staged_to_coco_2w"]
+    run_rounds(env, "jsonl", path.stem, path, facts, tools, args.runs, env.out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("suite", choices=["coco", "disk", "jsonl", "report"])
+    ap.add_argument("--corpora", default="small,medium,large")
+    ap.add_argument("--corpus", default="medium", help="disk suite: which corpus")
+    ap.add_argument("--tools", default="", help="comma-separated subset of tools")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2, help="labelflow --workers")
+    ap.add_argument("--lines", type=int, default=34000, help="jsonl suite: manifest lines")
+    ap.add_argument("--work", default=str(ROOT / "bench-work"))
+    ap.add_argument("--data", default=str(ROOT / "bench-work" / "data"))
+    ap.add_argument("--venvs", default=str(ROOT / ".bench-venvs"))
+    ap.add_argument(
+        "--out-dir",
+        default="/dev/shm/labelflow-bench",
+        help="where converters write (a tmpfs keeps the disk out of the figures)",
+    )
+    ap.add_argument("--disk-dir", default=str(ROOT / "bench-work" / "disk-out"))
+    args = ap.parse_args()
+    env = Env(args)
+    if args.suite == "report":
+        import report
+
+        report.main(env.work)
+        return
+    {"coco": cmd_coco, "disk": cmd_disk, "jsonl": cmd_jsonl}[args.suite](env, args)
+
+
+if __name__ == "__main__":
+    main()
