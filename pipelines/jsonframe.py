@@ -26,19 +26,19 @@ import orjson
 
 from pipelines.errors import ParseError
 
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 2 << 20
 CHUNK_BYTES = 4 << 20
 
 # One byte pass (bytes.translate, at memory speed) gives each byte a class; the rest
 # of the scan works on the positions of the few bytes that matter.
-_CODE_OF = {'"': 1, "\\": 2, "{": 3, "[": 4, "}": 5, "]": 6, ",": 7, ":": 8}
+_CODE_OF = {'"': 1, "\\": 2, "{": 3, "[": 4, "}": 5, "]": 6}
 _CLASSES = bytes(_CODE_OF.get(chr(b), 0) for b in range(256))
-_CHAR = np.zeros(9, dtype=np.int64)
+_CHAR = np.zeros(7, dtype=np.int64)
 for _ch, _code in _CODE_OF.items():
     _CHAR[_code] = ord(_ch)
-_DELTA = np.array([0, 0, 0, 1, 1, -1, -1, 0, 0], dtype=np.int8)
-_Q, _BS, _COMMA_CODE, _COLON_CODE = 1, 2, 7, 8
-_OPEN_CODES, _CLOSE_CODES = (3, 4), (5, 6)
+_DELTA = np.array([0, 0, 0, 1, 1, -1, -1], dtype=np.int8)
+_Q, _BS = 1, 2
+_OPEN_CODES = (3, 4)
 _COMMA, _COLON = ord(","), ord(":")
 _OPEN = (ord("{"), ord("["))
 _KEY_BEFORE_COLON = re.compile(rb'"((?:[^"\\]|\\.)*)"\s*$', re.S)
@@ -103,15 +103,17 @@ class _Scanner:
         tail = len(block) - len(block.rstrip(b"\\"))
         self.trailing_backslashes = tail + (self.trailing_backslashes if tail == len(block) else 0)
         # Inside a string or not: the parity of the real quotes up to each position.
+        in_string_before = self.in_string
         inside = np.logical_xor.accumulate(quote)
         if self.in_string:
             np.logical_not(inside, out=inside)
         if inside.size:
             self.in_string = bool(inside[-1])
         # Depth changes only at brackets: a cumulative sum over them alone. Commas and
-        # colons (most of them between coordinates, deep inside elements) matter only
-        # in the stretches between brackets that sit at element depth or above.
-        bracket = (code >= _OPEN_CODES[0]) & (code <= _CLOSE_CODES[1])
+        # colons (most of them deep inside elements, between coordinates) are not
+        # classified at all: they matter only in the stretches between brackets at
+        # element depth or above, short ones, looked up in the bytes themselves.
+        bracket = code >= _OPEN_CODES[0]
         bracket &= ~inside
         bi = np.flatnonzero(bracket)
         start_depth = self.depth
@@ -124,23 +126,26 @@ class _Scanner:
                 raise ParseError(self.uri, f"byte {bad}", "unbalanced closing bracket")
             self.depth = int(depth_after[-1])
         e = self.elem_depth
-        sep_idx, sep_depth = self._separators(code, inside, bi, depth_after, start_depth)
+        bpos = pos[bi]
+        sep_pos, sep_depth = self._separators(
+            block, bpos, depth_after, start_depth, pos[quote], in_string_before
+        )
         # Events: everything above element level, plus the openers of top-level values
         # (an opener reaching depth e is a value's, never an element's).
-        bcode = code[bi]
-        is_open = bcode <= _OPEN_CODES[1]
+        bchar = _CHAR[code[bi]]
+        is_open = (bchar == _OPEN[0]) | (bchar == _OPEN[1])
         top = (depth_after < e) | (is_open & (depth_after == e))
+        sep_char = np.frombuffer(block, dtype=np.uint8)[sep_pos].astype(np.int64)
         sep_top = sep_depth < e
-        ev_idx = np.concatenate([bi[top], sep_idx[sep_top]])
-        ev_depth = np.concatenate([depth_after[top], sep_depth[sep_top]])
-        order = np.argsort(ev_idx, kind="stable")
-        ev_idx, ev_depth = ev_idx[order], ev_depth[order]
-        commas = pos[sep_idx[(sep_depth == e) & (code[sep_idx] == _COMMA_CODE)]] + offset
+        ev_pos = np.concatenate([bpos[top], sep_pos[sep_top]])
+        order = np.argsort(ev_pos, kind="stable")
+        ev_pos = ev_pos[order]
+        ev_char = np.concatenate([bchar[top], sep_char[sep_top]])[order]
+        ev_depth = np.concatenate([depth_after[top], sep_depth[sep_top]])[order]
+        commas = sep_pos[(sep_depth == e) & (sep_char == _COMMA)] + offset
         last = offset
         for p, c, d in zip(  # noqa: B905 - three views of one selection, equal by construction
-            (pos[ev_idx] + offset).tolist(),
-            _CHAR[code[ev_idx]].tolist(),
-            ev_depth.tolist(),
+            (ev_pos + offset).tolist(), ev_char.tolist(), ev_depth.tolist()
         ):
             self._commas(commas, last, p)
             self._event(p, c, d)
@@ -149,35 +154,38 @@ class _Scanner:
 
     def _separators(
         self,
-        code: np.ndarray,
-        inside: np.ndarray,
-        bi: np.ndarray,
+        block: bytes,
+        bpos: np.ndarray,
         depth_after: np.ndarray,
         start_depth: int,
+        quotes: np.ndarray,
+        in_string: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Commas and colons outside strings at element depth or above, with their depth.
-
-        They lie in the stretches between consecutive brackets whose depth is at most
-        the element depth: expand those index ranges and keep the separators.
+        """Positions of the commas and colons outside strings at element depth or above,
+        with their depth: in the stretches between brackets (bytes `bpos`) whose depth is
+        at most the element depth, expanded into byte positions without a Python loop.
         """
-        n = code.size
-        starts = np.concatenate([[0], bi + 1])
-        ends = np.concatenate([bi, [n]])
+        starts = np.concatenate([[0], bpos + 1])
+        ends = np.concatenate([bpos, [len(block)]])
         depths = np.concatenate([np.array([start_depth], dtype=np.int32), depth_after])
         keep = (depths <= self.elem_depth) & (ends > starts)
         starts, ends, depths = starts[keep], ends[keep], depths[keep]
         lengths = ends - starts
         total = int(lengths.sum())
         if not total:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty.astype(np.int32)
-        # idx = starts[r] + (0 .. lengths[r]-1) for every range r, without a Python loop.
-        idx = np.arange(total, dtype=np.int64)
-        idx += np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+        # at = starts[r] + (0 .. lengths[r]-1) for every stretch r.
+        at = np.arange(total, dtype=np.int64)
+        at += np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         depth = np.repeat(depths, lengths)
-        c = code[idx]
-        sep = ((c == _COMMA_CODE) | (c == _COLON_CODE)) & ~inside[idx]
-        return idx[sep], depth[sep]
+        c = np.frombuffer(block, dtype=np.uint8)[at]
+        sep = (c == _COMMA) | (c == _COLON)
+        at, depth = at[sep], depth[sep]
+        # Outside strings: an even number of real quotes before it (odd if the block
+        # started inside one).
+        before = np.searchsorted(quotes, at)
+        outside = (before & 1) == int(in_string)
+        return at[outside], depth[outside]
 
     def _unmark_escaped(
         self, block: bytes, pos: np.ndarray, code: np.ndarray, quote: np.ndarray
