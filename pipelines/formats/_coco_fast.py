@@ -12,10 +12,12 @@ come out exactly as before; the two paths emit rows in source order.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,21 @@ _F64_LIST_LIST = pa.list_(_F64_LIST)
 _NONE = type(None)
 
 
+_KEY_ORDER = tuple(sorted(FAST_KEYS))
+_GET_ALL = itemgetter(*_KEY_ORDER)
+_BOX, _POLYGON, _MASK, _OTHER = 0, 1, 2, 3
+_KINDS = pa.array(["bbox", "polygon", "mask", "bbox"])
+"""`kind` by code: a shapeless annotation (no segmentation) is a box."""
+
+
+class _SegCodes(dict):
+    def __missing__(self, key: type) -> int:
+        return _OTHER
+
+
+_SEG_CODE = _SegCodes({list: _POLYGON, dict: _MASK, type(None): _BOX})
+
+
 class Fallback(Exception):
     """The chunk cannot be mapped by columns: map it row by row."""
 
@@ -55,6 +72,7 @@ class _Chunk:
     odd: np.ndarray
     columns: dict[str, Any]
     kind: np.ndarray
+    """Kind codes: _BOX, _POLYGON, _MASK."""
     polygons: pa.ListArray | None
     polygon_rows: np.ndarray
     rle_rows: np.ndarray
@@ -110,21 +128,32 @@ class ColumnMapper:
             anns = [a if type(a) is dict else {} for a in anns]
         if not set().union(*anns) <= FAST_KEYS:
             odd |= _flags(not a.keys() <= FAST_KEYS for a in anns)
-        cols = {k: list(map(dict.get, anns, repeat(k))) for k in FAST_KEYS}
-        # An explicit null is kept as an attribute by the row path.
-        nonnull = sum(n - col.count(None) for col in cols.values())
-        if sum(map(len, anns)) != nonnull:
+        try:  # every row has every key: one pass, then a transpose
+            cols = dict(zip(_KEY_ORDER, zip(*map(_GET_ALL, anns), strict=True), strict=True))
+            complete = True
+        except KeyError:
+            cols = {k: list(map(dict.get, anns, repeat(k))) for k in FAST_KEYS}
+            complete = False
+        types = {k: set(map(type, col)) for k, col in cols.items()}
+        # An explicit null is kept as an attribute by the row path. With every key in
+        # every row a null shows as a None value; otherwise count keys against values.
+        if complete:
+            nulls = any(_NONE in t for t in types.values())
+        else:
+            nonnull = sum(n - col.count(None) for col in cols.values())
+            nulls = sum(map(len, anns)) != nonnull
+        if nulls:
             odd |= _flags(None in a.values() for a in anns)
         try:
             columns = {
-                "native_id": _strings(cols["id"]),
-                "label": pa.array([self.names.get(c) for c in cols["category_id"]], pa.string()),
-                "label_id": _strings(cols["category_id"]),
-                "iscrowd": pa.array([v if v is None else bool(v) for v in cols["iscrowd"]]),
+                "native_id": _strings(cols["id"], types["id"]),
+                "label": pa.array(list(map(self.names.get, cols["category_id"])), pa.string()),
+                "label_id": _strings(cols["category_id"], types["category_id"]),
+                "iscrowd": _flags_or_null(cols["iscrowd"], types["iscrowd"]),
             }
-            columns["item_id"] = self._items(cols["image_id"], odd)
-            columns.update(_boxes(cols["bbox"], odd))
-            columns["area"] = _numbers(cols["area"], odd)
+            columns["item_id"] = self._items(cols["image_id"], types["image_id"], odd)
+            columns.update(_boxes(cols["bbox"], types["bbox"], odd))
+            columns["area"] = _numbers(cols["area"], types["area"], odd)
         except _ARROW_ERRORS as exc:
             raise Fallback from exc
         kind, polygons, polygon_rows, rle_rows = self._shapes(anns, cols["segmentation"], odd)
@@ -132,9 +161,9 @@ class ColumnMapper:
             raise Fallback
         return _Chunk(first, anns, odd, columns, kind, polygons, polygon_rows, rle_rows)
 
-    def _items(self, image_ids: list, odd: np.ndarray) -> pa.Array:
+    def _items(self, image_ids: Sequence, types: set, odd: np.ndarray) -> pa.Array:
         """item_id strings; rows whose image is not in the file are the row path's rejects."""
-        if set(map(type, image_ids)) == {int}:
+        if types == {int}:
             ids = np.array(image_ids, dtype=np.int64)
             odd |= ~np.isin(ids, self.int_image_ids)
             text = pa.array(ids).cast(pa.string())
@@ -144,22 +173,21 @@ class ColumnMapper:
             text = pa.array(strs, pa.string())
         return pc.binary_join_element_wise(f"{self.stem}/", text, "")
 
-    def _shapes(self, anns: list, segs: list, odd: np.ndarray):
+    def _shapes(self, anns: list, segs: Sequence, odd: np.ndarray):
+        """Kind codes (see `_KINDS`), the polygon rows' geometry, the RLE rows."""
         n = len(segs)
-        kind = np.full(n, "bbox", dtype=object)
-        types = [type(s) for s in segs]
-        poly = [i for i, t in enumerate(types) if t is list and segs[i]]
-        rle = [i for i, t in enumerate(types) if t is dict]
-        for i, t in enumerate(types):
-            if t is not list and t is not dict and t is not _NONE:
-                odd[i] = True
-        for i in rle:
+        code = np.fromiter(map(_SEG_CODE.__getitem__, map(type, segs)), np.int8, n)
+        odd |= code == _OTHER
+        if segs.count([]):  # an empty list is no shape at all: a box
+            code[[i for i in np.flatnonzero(code == _POLYGON).tolist() if not segs[i]]] = _BOX
+        rle = np.flatnonzero(code == _MASK)
+        for i in rle.tolist():
             if self.check(anns[i]):
                 odd[i] = True
-        kind[rle] = "mask"
-        kind[poly] = "polygon"
+        poly = np.flatnonzero(code == _POLYGON)
         polygons, rows = _polygons(anns, segs, poly, odd, self.check)
-        return kind, polygons, rows, np.array(rle, dtype=np.int64)
+        code[code == _OTHER] = _BOX  # odd rows: never emitted
+        return code, polygons, rows, rle
 
     # -- emission -----------------------------------------------------------------
 
@@ -172,7 +200,7 @@ class ColumnMapper:
         cols = {k: v.slice(start, n) for k, v in chunk.columns.items()}
         cols["ann_id"] = ann_id
         cols["units"] = pa.array(["px"]).take(pa.array(np.zeros(n, dtype=np.int64)))
-        cols["kind"] = pa.array(chunk.kind[start:stop], pa.string())
+        cols["kind"] = _KINDS.take(pa.array(chunk.kind[start:stop]))
         lo, hi = np.searchsorted(chunk.rle_rows, [start, stop])
         if hi > lo:
             cols.update(
@@ -210,9 +238,9 @@ def _flags(values) -> np.ndarray:
     return np.fromiter(values, dtype=bool)
 
 
-def _strings(values: list) -> pa.Array:
+def _strings(values: Sequence, types: set) -> pa.Array:
     """str(v) for each value, None kept: what the row path writes for ids."""
-    if set(map(type, values)) <= {int, _NONE}:
+    if types <= {int, _NONE}:
         try:
             return pa.array(values, pa.int64()).cast(pa.string())
         except _ARROW_ERRORS:
@@ -235,9 +263,17 @@ def _any_per_list(bad: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return counts[offsets[1:]] > counts[offsets[:-1]]
 
 
-def _numbers(values: list, odd: np.ndarray) -> pa.Array:
+def _flags_or_null(values: Sequence, types: set) -> pa.Array:
+    """bool(v), None kept: what the row path writes for iscrowd."""
+    if types <= {int, bool}:
+        with contextlib.suppress(OverflowError):
+            return pa.array(np.asarray(values, dtype=bool))
+    return pa.array([v if v is None else bool(v) for v in values], pa.bool_())
+
+
+def _numbers(values: Sequence, types: set, odd: np.ndarray) -> pa.Array:
     """A float column; rows with anything but a finite number are left to the row path."""
-    if not set(map(type, values)) <= _NUMBER_TYPES | {_NONE}:
+    if not types <= _NUMBER_TYPES | {_NONE}:
         bad = _flags(type(v) not in _NUMBER_TYPES and v is not None for v in values)
         odd |= bad
         values = [None if f else v for v, f in zip(values, bad.tolist(), strict=True)]
@@ -246,9 +282,9 @@ def _numbers(values: list, odd: np.ndarray) -> pa.Array:
     return arr
 
 
-def _boxes(values: list, odd: np.ndarray) -> dict[str, pa.Array]:
+def _boxes(values: Sequence, types: set, odd: np.ndarray) -> dict[str, pa.Array]:
     """bbox_x/y/w/h; a missing or empty bbox is null, anything but 4 numbers is odd."""
-    if not set(map(type, values)) <= {list, _NONE}:
+    if not types <= {list, _NONE}:
         bad = _flags(type(v) is not list and v is not None for v in values)
         odd |= bad
         values = [None if f else v for v, f in zip(values, bad.tolist(), strict=True)]
@@ -282,17 +318,21 @@ def _boxes(values: list, odd: np.ndarray) -> dict[str, pa.Array]:
 
 
 def _polygons(
-    anns: list, segs: list, rows: list[int], odd: np.ndarray, check: Callable
+    anns: list, segs: Sequence, poly: np.ndarray, odd: np.ndarray, check: Callable
 ) -> tuple[pa.ListArray | None, np.ndarray]:
     """Polygon rows as one nested Arrow array (row → parts → coordinates).
 
     A flat list of numbers is one part, as in the row path. Parts must hold an
     even number (≥ 2) of finite numbers; other rows are odd.
     """
-    if not rows:
+    if not poly.size:
         return None, np.zeros(0, dtype=np.int64)
+    rows = poly.tolist()
     try:
-        arr = pa.array([segs[i] for i in rows], _F64_LIST_LIST)
+        arr = pa.array(
+            segs if len(rows) == len(segs) else list(map(segs.__getitem__, rows)),
+            _F64_LIST_LIST,
+        )
     except _ARROW_ERRORS:
         arr = None
     if arr is None:
