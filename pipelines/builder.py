@@ -23,6 +23,7 @@ from pipelines.errors import ParseError
 from pipelines.schema import ANNOTATIONS, ATTRIBUTES, ITEMS, POINTS, REJECTS, Batch
 
 DEFAULT_BATCH_ROWS = 50_000
+_ITEM_CONSTANTS = ("dataset", "source_format", "source_uri")
 _RECORD_PREVIEW = 2_000
 
 
@@ -127,6 +128,7 @@ class BatchBuilder:
         self._point_extra: list[dict] = []
         # Column blocks, in call order with the rows above: rows pending when a block
         # arrives are sealed into a block first.
+        self._item_blocks: list[pa.Table] = []
         self._ann_blocks: list[pa.Table] = []
         self._run_blocks: list[pa.Table] = []
         self._block_rows = 0
@@ -174,6 +176,15 @@ class BatchBuilder:
             self._point_extra.append(
                 {"ann_id": ann_id, "item_id": item_id, "part": part, "idx": idx, **r}
             )
+
+    def item_block(self, columns: dict[str, Any], n: int) -> None:
+        """Append `n` item rows given as columns (lists or Arrow arrays), as `item(**row)`
+        would; `dataset`, `source_format` and `source_uri` are filled at flush."""
+        if self._items:
+            self._item_blocks.append(self._plain_table(ITEMS, self._items, _ITEM_CONSTANTS))
+            self._items = []
+        self._item_blocks.append(_columns_table(ITEMS, columns, n, _ITEM_CONSTANTS))
+        self._block_rows += n
 
     def annotation_block(self, columns: dict[str, Any], n: int) -> None:
         """Append `n` annotation rows given as columns (lists or Arrow arrays).
@@ -271,14 +282,15 @@ class BatchBuilder:
 
     def flush(self) -> Batch:
         batch = Batch(
-            items=self._table(ITEMS, self._items, ("dataset", "source_format", "source_uri")),
+            items=self._items_table(),
             annotations=self._annotations_table(),
             points=self._points_table(),
             attributes=self._table(ATTRIBUTES, self._attrs, ("dataset",)),
             rejects=self._table(REJECTS, self._rejects, ("dataset", "source_uri")),
         )
         self._items, self._anns, self._attrs, self._rejects = [], [], [], []
-        self._ann_blocks, self._run_blocks, self._block_rows = [], [], 0
+        self._item_blocks, self._ann_blocks, self._run_blocks = [], [], []
+        self._block_rows = 0
         return batch
 
     def _constants(self, n: int, names: tuple[str, ...]) -> dict[str, pa.Array]:
@@ -304,6 +316,15 @@ class BatchBuilder:
     def _plain_table(self, schema: pa.Schema, rows: list[dict], constant: tuple[str, ...]):
         """Rows as a table of the non-constant columns, dictionary columns still plain."""
         return pa.Table.from_struct_array(pa.array(rows, type=_plain_struct(schema, constant)))
+
+    def _items_table(self) -> pa.Table:
+        if not self._item_blocks:
+            return self._table(ITEMS, self._items, _ITEM_CONSTANTS)
+        parts = self._item_blocks
+        if self._items:
+            parts = [*parts, self._plain_table(ITEMS, self._items, _ITEM_CONSTANTS)]
+        plain = pa.concat_tables(parts).combine_chunks()
+        return _assemble(ITEMS, plain, self._constants(plain.num_rows, _ITEM_CONSTANTS))
 
     def _annotations_table(self) -> pa.Table:
         if not self._ann_blocks:
@@ -394,8 +415,10 @@ def _plain_struct(schema: pa.Schema, constant: tuple[str, ...]) -> pa.StructType
     return _PLAIN_CACHE[key]
 
 
-def _columns_table(schema: pa.Schema, columns: dict[str, Any], n: int) -> pa.Table:
-    plain = _plain_struct(schema, ("dataset",))
+def _columns_table(
+    schema: pa.Schema, columns: dict[str, Any], n: int, constant: tuple[str, ...] = ("dataset",)
+) -> pa.Table:
+    plain = _plain_struct(schema, constant)
     arrays = []
     for f in plain:
         value = columns.get(f.name)

@@ -25,21 +25,30 @@ from tests.test_coco import SAMPLES
 
 
 def _tables(path: Path, *, fast: bool, monkeypatch, on_error: str = "reject") -> dict:
-    calls = {"emit": 0}
+    calls = {"emit": 0, "images": 0}
     real_emit = _coco_fast.ColumnMapper.emit
 
     def emit(self, *args, **kw):
         calls["emit"] += 1
         return real_emit(self, *args, **kw)
 
-    def no_columns(self, first, anns):
+    def no_columns(*args):
         raise _coco_fast.Fallback
         yield  # pragma: no cover - makes this a generator like the real one
 
+    real_images = coco.image_segments
+
+    def image_segments(*args):
+        for start, stop, columns in real_images(*args):
+            calls["images"] += columns is not None
+            yield start, stop, columns
+
     with monkeypatch.context() as m:
         m.setattr(_coco_fast.ColumnMapper, "emit", emit)
+        m.setattr(coco, "image_segments", image_segments)
         if not fast:
             m.setattr(_coco_fast.ColumnMapper, "segments", no_columns)
+            m.setattr(coco, "image_segments", no_columns)
         source = Source(str(path))
         options = ReadOptions(dataset="d", on_error=on_error)
         batches = [b for t in coco.plan_read(source, options) for b in coco.read(t)]
@@ -48,6 +57,7 @@ def _tables(path: Path, *, fast: bool, monkeypatch, on_error: str = "reject") ->
         cols = [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in table.columns]
         out[name] = pa.table(cols, names=table.column_names)
     out["_emits"] = calls["emit"]
+    out["_image_blocks"] = calls["images"]
     return out
 
 
@@ -77,8 +87,24 @@ def test_peer_samples_same_tables(sample: str, monkeypatch) -> None:
 def _odd_corpus(seed: int) -> dict:
     """Mostly ordinary annotations with every kind of odd record sprinkled in."""
     rng = random.Random(seed)
-    images = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in range(1, 40)]
+    images: list = [
+        {"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48, "license": i % 3,
+         "coco_url": rng.choice(["", None, f"http://x/{i}.jpg"]), "extra": {"k": [i]}}
+        for i in range(1, 40)
+    ]  # fmt: skip
     images.append({"id": "s7", "file_name": "s7.jpg", "width": 8, "height": 8})
+    images += [
+        {"file_name": "no-id.jpg", "width": 8, "height": 8},
+        {"id": None, "file_name": "null-id.jpg"},
+        {"id": 901, "file_name": "float.jpg", "width": 64.0, "height": 48},
+        {"id": 902, "file_name": "bool.jpg", "width": True, "height": 48},
+        {"id": 903, "file_name": "text.jpg", "width": "64", "height": 48},
+        {"id": 904, "file_name": "half.jpg", "width": 64.5, "height": 48},
+        {"id": 905},
+        "not an image",
+        {"id": 906.0, "file_name": "float-id.jpg", "width": None, "height": None},
+    ]
+    rng.shuffle(images)
     categories = [{"id": c, "name": f"c{c}", "supercategory": "x"} for c in (1, 2, 5)]
     categories.append({"id": 9})  # no name
 
@@ -184,6 +210,8 @@ def test_odd_records_same_tables(seed: int, chunk_bytes: int, tmp_path: Path, mo
         assert set(roles[1:]) == {"annotations"}
         assert len(roles) > (2 if chunk_bytes < 2000 else 1)
     assert fast["rejects"].num_rows > 0
+    assert "items" in fast["rejects"].column("record_kind").to_pylist()
+    assert fast["_image_blocks"] > 0
     assert fast["annotations"].num_rows > 500
     assert set(fast["annotations"].column("kind").to_pylist()) >= {"polygon", "mask", "bbox"}
 

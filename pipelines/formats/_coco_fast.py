@@ -391,3 +391,76 @@ def _points(
         },
         total,
     )
+
+
+# -- images -------------------------------------------------------------------------
+
+IMAGE_KNOWN = frozenset({"id", "file_name", "width", "height"})
+"""Image fields with a column; the others go to the item's `metadata` JSON."""
+_SIZE_TYPES = {int, _NONE}
+
+
+def image_segments(
+    stem: str, subset: str | None, first: int, images: list, to_json: Callable
+) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
+    """Yield (start, stop, columns) runs in order; columns None means "row by row".
+
+    Certified images — an object with an id, int (or no) width and height — become
+    item columns; the others (rejects, float sizes) are left to the row path.
+    Raises `Fallback` before yielding anything when the chunk is too unusual.
+    """
+    n = len(images)
+    if not n:
+        raise Fallback
+    odd = np.zeros(n, dtype=bool)
+    if set(map(type, images)) != {dict}:
+        odd |= _flags(type(a) is not dict for a in images)
+        images = [a if type(a) is dict else {} for a in images]
+    odd |= ~np.fromiter(map(dict.__contains__, images, repeat("id")), bool, n)
+    cols = {k: list(map(dict.get, images, repeat(k))) for k in (*IMAGE_KNOWN, "coco_url")}
+    for key in ("width", "height"):
+        if not set(map(type, cols[key])) <= _SIZE_TYPES:
+            odd |= _flags(type(v) not in _SIZE_TYPES for v in cols[key])
+    ids = cols["id"]
+    try:
+        if set(map(type, ids)) == {int}:
+            native = pa.array(ids, pa.int64()).cast(pa.string())
+        else:
+            native = pa.array([str(v) for v in ids], pa.string())
+        names = cols["file_name"]
+        media = [c or f for c, f in zip(cols["coco_url"], names, strict=True)]
+        columns = {
+            "item_id": pc.binary_join_element_wise(f"{stem}/", native, ""),
+            "native_id": native,
+            "file_name": pa.array(names, pa.string()),
+            "media_uri": pa.array(media, pa.string()),
+            "width": _sizes(cols["width"], odd),
+            "height": _sizes(cols["height"], odd),
+            "metadata": pa.array(
+                [
+                    to_json(e) if e else None
+                    for e in ({k: v for k, v in a.items() if k not in IMAGE_KNOWN} for a in images)
+                ],
+                pa.string(),
+            ),
+        }
+    except _ARROW_ERRORS as exc:
+        raise Fallback from exc
+    if int(odd.sum()) > MAX_ODD_ROWS:
+        raise Fallback
+    columns["media_type"] = pa.array(["image"]).take(pa.array(np.zeros(n, dtype=np.int64)))
+    if subset is not None:
+        columns["subset"] = pa.array([subset]).take(pa.array(np.zeros(n, dtype=np.int64)))
+    start = 0
+    for k in [*np.flatnonzero(odd).tolist(), n]:
+        if k > start:
+            yield start, k, {name: col.slice(start, k - start) for name, col in columns.items()}
+        if k < n:
+            yield k, k + 1, None
+        start = k + 1
+
+
+def _sizes(values: list, odd: np.ndarray) -> pa.Array:
+    if odd.any():  # odd rows are never emitted; keep their values out of the conversion
+        values = [None if f else v for v, f in zip(values, odd.tolist(), strict=True)]
+    return pa.array(values, pa.int32())

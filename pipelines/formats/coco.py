@@ -28,7 +28,7 @@ from typing import Any
 from pipelines import jsonframe
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
-from pipelines.formats._coco_fast import ColumnMapper, Fallback
+from pipelines.formats._coco_fast import IMAGE_KNOWN, ColumnMapper, Fallback, image_segments
 from pipelines.formats._coco_write import plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
 from pipelines.masks import from_uncompressed
@@ -50,7 +50,7 @@ _KNOWN = {
     "id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation",
     "keypoints", "num_keypoints", "score", "attributes", "caption",
 }  # fmt: skip
-_IMAGE_KNOWN = {"id", "file_name", "width", "height"}
+_IMAGE_KNOWN = IMAGE_KNOWN
 _COLUMN_ATTRIBUTES = {"occluded", "rotation", "track_id", "keyframe"}
 _DETECT_KEYS = (b'"images"', b'"annotations"', b'"categories"')
 
@@ -185,29 +185,46 @@ def _read_images(task: ReadTask, f, b: BatchBuilder) -> Iterator[Batch]:
             extra = {k: v for k, v in cat.items() if k != "name"}
             b.attributes(f"label:{cat['name']}", None, extra, owner_kind="label", source="coco")
     for first, images in jsonframe.iter_chunks(f, task.uri, ctx["images"].chunks):
-        for i, img in enumerate(images, start=first):
-            where = f"$.images[{i}]"
-            if not isinstance(img, dict) or "id" not in img:
-                b.reject(where, "image without an id", record=img, record_kind="items")
-                continue
-            w, h = img.get("width"), img.get("height")
-            if not (_int_or_none(w) and _int_or_none(h)):
-                b.reject(where, "width/height must be integers", record=img, record_kind="items")
-                continue
-            extra = {k: v for k, v in img.items() if k not in _IMAGE_KNOWN}
-            b.item(
-                item_id=f"{stem}/{img['id']}",
-                native_id=str(img["id"]),
-                file_name=img.get("file_name"),
-                media_uri=img.get("coco_url") or img.get("file_name"),
-                media_type="image",
-                width=w,
-                height=h,
-                subset=task.subset,
-                metadata=to_json(extra) if extra else None,
-            )
-            if b.full():
-                yield b.flush()
+        try:
+            with jsonframe.paused_gc():
+                for start, stop, columns in image_segments(
+                    stem, task.subset, first, images, to_json
+                ):
+                    if columns is None:
+                        _add_image(task, b, first + start, images[start])
+                    else:
+                        b.item_block(columns, stop - start)
+        except Fallback:
+            for i, img in enumerate(images, start=first):
+                _add_image(task, b, i, img)
+                if b.full():
+                    yield b.flush()
+        if b.full():
+            yield b.flush()
+
+
+def _add_image(task: ReadTask, b: BatchBuilder, i: int, img: Any) -> None:
+    """One image, row by row: the reference mapping (see `image_segments`)."""
+    where = f"$.images[{i}]"
+    if not isinstance(img, dict) or "id" not in img:
+        b.reject(where, "image without an id", record=img, record_kind="items")
+        return
+    w, h = img.get("width"), img.get("height")
+    if not (_int_or_none(w) and _int_or_none(h)):
+        b.reject(where, "width/height must be integers", record=img, record_kind="items")
+        return
+    extra = {k: v for k, v in img.items() if k not in _IMAGE_KNOWN}
+    b.item(
+        item_id=f"{task.context['stem']}/{img['id']}",
+        native_id=str(img["id"]),
+        file_name=img.get("file_name"),
+        media_uri=img.get("coco_url") or img.get("file_name"),
+        media_type="image",
+        width=w,
+        height=h,
+        subset=task.subset,
+        metadata=to_json(extra) if extra else None,
+    )
 
 
 def _int_or_none(v: Any) -> bool:
