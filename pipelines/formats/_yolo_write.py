@@ -19,6 +19,7 @@ image holds no objects).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ from pipelines.builder import parse_attribute
 from pipelines.errors import LabelflowError
 from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _per_image as per_image
+from pipelines.formats import _yolo_fast
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import Staging
 from pipelines.storage import Output
@@ -200,6 +202,11 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     save_images = image_sets.flag(task.options, image_sets.SAVE_IMAGES, True)
     classes = {name: i for i, name in enumerate(ex["_names"])}
     lines = _Lines(ex["_task"], classes, ex.get("_kpt", 0))
+    if ex["_task"] == "detect":
+        dirs = functools.partial(_dirs, layout)
+        done = _yolo_fast.write_boxes(task, staging, out, dirs, classes, save_images)
+        if done is not None:
+            return done
     collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
     result = WriteResult()
