@@ -37,6 +37,7 @@ MAX_ODD_ROWS = 64
 # check (a finite sum) would reject: such rows are left to it.
 _LIMIT = 1e300
 _CANONICAL_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
 _NUMBER_TYPES = frozenset({int, float, bool})
 _F64_LIST = pa.list_(pa.float64())
@@ -78,24 +79,44 @@ class _Chunk:
     rle_rows: np.ndarray
 
 
+class ImageIds:
+    """The images' ids as the row path compares them: as text (`str(id)`).
+
+    Int ids, the usual case, are kept as one sorted int64 array (8 bytes an image,
+    not a Python string each); other ids as a set of their text.
+    """
+
+    def __init__(self, ints: list[int], texts: set[str]) -> None:
+        """`ints`: ids that are ints within int64; `texts`: `str(id)` of all the others."""
+        canonical = [int(t) for t in texts if _CANONICAL_INT.fullmatch(t)]
+        canonical = [v for v in canonical if _INT64_MIN <= v <= _INT64_MAX]
+        self.ints = np.unique(np.array(ints + canonical, dtype=np.int64))
+        self.texts = frozenset(texts)
+
+    def __contains__(self, text: object) -> bool:
+        if text in self.texts:
+            return True
+        if isinstance(text, str) and _CANONICAL_INT.fullmatch(text):
+            v = int(text)
+            if _INT64_MIN <= v <= _INT64_MAX:
+                return bool(self.has_ints(np.array([v], dtype=np.int64))[0])
+        return False
+
+    def has_ints(self, ids: np.ndarray) -> np.ndarray:
+        """For int ids: whether `str(id)` is an image id."""
+        at = np.searchsorted(self.ints, ids)
+        at[at == len(self.ints)] = 0
+        return (self.ints[at] == ids) if len(self.ints) else np.zeros(len(ids), dtype=bool)
+
+
 class ColumnMapper:
     """Maps the certified rows of a chunk to column blocks of a BatchBuilder."""
 
     def __init__(
-        self,
-        stem: str,
-        image_ids: frozenset,
-        int_ids: list | None,
-        categories: dict[Any, dict],
-        check: Callable,
+        self, stem: str, image_ids: ImageIds, categories: dict[Any, dict], check: Callable
     ) -> None:
         self.stem = stem
         self.image_ids = image_ids
-        # An int image_id matches when its text is an image id: ints, and text like "7".
-        ints = list(int_ids or ())
-        if int_ids is None or len(ints) != len(image_ids):
-            ints += [int(s) for s in image_ids if _CANONICAL_INT.fullmatch(s)]
-        self.int_image_ids = np.unique(np.array(ints, dtype=np.int64))
         self.names = {k: c.get("name") for k, c in categories.items()}
         self.check = check
         # Labels are written as strings; anything else is the row path's business.
@@ -165,7 +186,7 @@ class ColumnMapper:
         """item_id strings; rows whose image is not in the file are the row path's rejects."""
         if types == {int}:
             ids = np.array(image_ids, dtype=np.int64)
-            odd |= ~np.isin(ids, self.int_image_ids)
+            odd |= ~self.image_ids.has_ints(ids)
             text = pa.array(ids).cast(pa.string())
         else:
             strs = [str(v) for v in image_ids]

@@ -22,13 +22,18 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
-from functools import lru_cache
 from typing import Any
 
 from pipelines import jsonframe
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
-from pipelines.formats._coco_fast import IMAGE_KNOWN, ColumnMapper, Fallback, image_segments
+from pipelines.formats._coco_fast import (
+    IMAGE_KNOWN,
+    ColumnMapper,
+    Fallback,
+    ImageIds,
+    image_segments,
+)
 from pipelines.formats._coco_write import plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
 from pipelines.masks import from_uncompressed
@@ -164,7 +169,7 @@ def read(task: ReadTask) -> Iterator[Batch]:
         if ctx["role"] in ("images", "all"):
             yield from _read_images(task, f, b)
         if ctx["role"] in ("annotations", "all"):
-            reader = _AnnotationReader(task, b, *_image_index(task))
+            reader = _AnnotationReader(task, b, _image_index(task))
             for first, elements in jsonframe.iter_chunks(f, task.uri, ctx["chunks"]):
                 with jsonframe.paused_gc():
                     reader.add_chunk(first, elements)
@@ -235,37 +240,43 @@ def _int_or_none(v: Any) -> bool:
     )
 
 
-@lru_cache(maxsize=4)
-def _image_ids_cached(url: str, member: str, start: int, end: int) -> tuple[frozenset, list]:
-    """The image ids as the row path compares them (strings), and those that are ints."""
-    source = Source(url)
-    value = jsonframe.Value("images", start, end, "array")
-    with source.open(member) as f:
-        images = jsonframe.read_value(f, source.uri(member), value)
-    with jsonframe.paused_gc():
-        ids = [img.get("id") for img in images if isinstance(img, dict)]
-        del images
-        return frozenset(map(str, ids)), [v for v in ids if type(v) is int]
+_IMAGE_IDS: dict[tuple, ImageIds] = {}
 
 
-def _image_index(task: ReadTask) -> tuple[frozenset, list]:
+def _image_index(task: ReadTask) -> ImageIds:
+    """The file's image ids, parsed chunk by chunk once per process (every annotation
+    task of a file needs them to tell a dangling image_id)."""
     images = task.context["images"]
-    return _image_ids_cached(task.source.url, task.member, images.start, images.end)
+    key = (task.source.url, task.member, images.start, images.end)
+    if key not in _IMAGE_IDS:
+        ints: list[int] = []
+        texts: set[str] = set()
+        with task.source.open(task.member) as f:
+            for _, chunk in jsonframe.iter_chunks(f, task.uri, images.chunks):
+                with jsonframe.paused_gc():
+                    for img in chunk:
+                        if isinstance(img, dict):
+                            v = img.get("id")
+                            if type(v) is int and -(2**63) <= v < 2**63:
+                                ints.append(v)
+                            else:
+                                texts.add(str(v))
+        _IMAGE_IDS.clear()  # one file at a time: a worker never holds two indexes
+        _IMAGE_IDS[key] = ImageIds(ints, texts)
+    return _IMAGE_IDS[key]
 
 
 class _AnnotationReader:
     """Maps one COCO annotation dict to rows; rejects what cannot be mapped."""
 
-    def __init__(
-        self, task: ReadTask, b: BatchBuilder, image_ids: frozenset, int_ids: list | None = None
-    ) -> None:
+    def __init__(self, task: ReadTask, b: BatchBuilder, image_ids: ImageIds) -> None:
         self.b = b
         self.stem = task.context["stem"]
         self.image_ids = image_ids
         self.cats: dict[Any, dict] = {
             c.get("id"): c for c in task.context["categories"] if isinstance(c, dict)
         }
-        self.columns = ColumnMapper(self.stem, image_ids, int_ids, self.cats, _check)
+        self.columns = ColumnMapper(self.stem, image_ids, self.cats, _check)
 
     def add_chunk(self, first: int, anns: list) -> None:
         """Map a parsed chunk: certified rows by columns, the others row by row, in order."""
