@@ -29,9 +29,12 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("layout", ["yolo", "ultralytics"])
+@pytest.mark.parametrize(("layout", "batch"), [("yolo", 3), ("ultralytics", 16_384)])
 @pytest.mark.parametrize("source", SOURCES)
-def test_same_files_and_losses(source: str, layout: str, tmp_path: Path, monkeypatch) -> None:
+def test_same_files_and_losses(
+    source: str, layout: str, batch: int, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(_yolo_fast, "ITEMS_PER_BATCH", batch)
     staged = tmp_path / "staged"
     assert convert([str(PEER / source)], "parquet", str(staged), workers=1).ok
     options = WriteOptions(extra={"layout": layout, "task": "detect", "save_images": "false"})

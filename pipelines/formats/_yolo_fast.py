@@ -12,24 +12,36 @@ writer does it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipelines.formats import _per_image as per_image
 from pipelines.formats.base import WriteResult, WriteTask
 from pipelines.staging import Staging
 from pipelines.storage import Output
 
-_ITEM_SQL = (
-    "SELECT item_id, file_name, native_id, subset, media_uri, width, height FROM items "
-    "{where} ORDER BY filename, file_row_number"
+ITEMS_PER_BATCH = 16_384
+"""Items (with their annotations) formatted at a time: memory stays flat however large
+the shard."""
+
+_SELECT = (
+    "CREATE OR REPLACE TABLE _yolo_sel AS SELECT item_id, file_name, native_id, "
+    "subset, media_uri, width, height, "
+    "row_number() OVER (ORDER BY filename, file_row_number) - 1 AS _pos FROM items {where}"
 )
-_ANN_SQL = (
-    "SELECT item_id, kind, label, outside, bbox_x, bbox_y, bbox_w, bbox_h, angle_deg, "
-    "confidence FROM annotations {where} ORDER BY filename, file_row_number"
+_DERIVED = (
+    "SELECT count(*) FROM annotations a JOIN _yolo_sel s USING (item_id) "
+    "WHERE s.width <> 0 AND s.height <> 0 AND NOT coalesce(a.outside, false) "
+    "AND a.label IS NOT NULL AND a.kind IN ({kinds}) AND (a.bbox_x IS NULL "
+    "OR a.bbox_y IS NULL OR a.bbox_w IS NULL OR a.bbox_h IS NULL)"
+)
+_ITEMS = "SELECT * EXCLUDE (_pos) FROM _yolo_sel ORDER BY _pos"
+_ANNOTATIONS = (
+    "SELECT s._pos, a.kind, a.label, a.outside, a.bbox_x, a.bbox_y, a.bbox_w, a.bbox_h, "
+    "a.angle_deg, a.confidence FROM annotations a JOIN _yolo_sel s USING (item_id) "
+    "ORDER BY s._pos, a.filename, a.file_row_number"
 )
 
 
@@ -42,59 +54,74 @@ def write_boxes(
     save_images: bool,
 ) -> WriteResult | None:
     """Write the shard's label files (and images); None if some box must be derived."""
+    con = staging.con
     where = f"WHERE hash(item_id) % {int(task.shards)} = {int(task.shard)}"
-    where = where if task.shards > 1 else ""
-    items = staging.con.cursor().sql(_ITEM_SQL.format(where=where)).to_arrow_table()
-    if pc.count_distinct(items.column("item_id")).as_py() != items.num_rows:
+    con.execute(_SELECT.format(where=where if task.shards > 1 else ""))
+    twice = con.execute("SELECT count(*) - count(DISTINCT item_id) FROM _yolo_sel").fetchone()
+    if twice[0]:
         return None  # an item id twice: each copy gets the annotations, as a join does
-    anns = staging.con.cursor().sql(_ANN_SQL.format(where=where)).to_arrow_table()
-    # Each annotation's item, in item order and source order within one; annotations
-    # of no listed item are not written, as in `Staging.iter_items`.
-    index = pc.index_in(anns.column("item_id"), value_set=items.column("item_id"))
-    anns = anns.filter(index.is_valid())
-    pos = index.drop_null().to_numpy().astype(np.int64)
-    order = np.argsort(pos, kind="stable")
-    anns = anns.take(pa.array(order))
-    pos = pos[order]
-
-    width = items.column("width").fill_null(0).to_numpy()
-    height = items.column("height").fill_null(0).to_numpy()
-    sized = (width != 0) & (height != 0)
-    ann_sized = sized[pos]
-
-    kind = anns.column("kind").to_pylist()
-    label = anns.column("label").to_pylist()
-    outside = anns.column("outside").fill_null(False).to_numpy(zero_copy_only=False)
-    has = {c: anns.column(c).is_valid().to_numpy(zero_copy_only=False)
-           for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h", "confidence")}  # fmt: skip
-    boxable = np.fromiter((k in per_image.BOXABLE for k in kind), bool, len(kind))
-    labelled = anns.column("label").is_valid().to_numpy(zero_copy_only=False)
-    writable = ann_sized & ~outside & boxable & labelled
-    stated = has["bbox_x"] & has["bbox_w"]
-    if (writable & ~(stated & has["bbox_y"] & has["bbox_h"])).any():
+    kinds = ", ".join(f"'{k}'" for k in sorted(per_image.BOXABLE))
+    if con.execute(_DERIVED.format(kinds=kinds)).fetchone()[0]:
         return None
-
     result = WriteResult()
-    _count_losses(result, anns, kind, sized, ann_sized, outside, boxable, writable, has)
-
-    lines = _lines(anns, writable, pos, width, height, label, classes)
-    counts = np.bincount(pos[writable], minlength=len(items))
-    ends = np.cumsum(counts)
     collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
-    for i, item in enumerate(items.to_pylist()):
-        if not sized[i]:
-            continue
-        stem = per_image.output_stem(item, collisions, per_subset=True)
-        label_dir, image_dir = dirs(item.get("subset"))
-        text = "".join(lines[ends[i] - counts[i] : ends[i]])
-        per_image.put(out, f"{label_dir}/{stem}.txt", text, result)
-        if save_images:
-            rel = f"{image_dir}/{stem}{per_image.image_suffix(item)}"
-            copier.copy(item.get("media_uri"), out, rel, result)
-        result.items += 1
-    result.annotations += int(writable.sum())
+    for first, items, anns in _batches(con):
+        pos = anns.column("_pos").to_numpy() - first
+        width = items.column("width").fill_null(0).to_numpy()
+        height = items.column("height").fill_null(0).to_numpy()
+        sized = (width != 0) & (height != 0)
+        ann_sized = sized[pos]
+        kind = anns.column("kind").to_pylist()
+        label = anns.column("label").to_pylist()
+        outside = anns.column("outside").fill_null(False).to_numpy(zero_copy_only=False)
+        boxable = np.fromiter((k in per_image.BOXABLE for k in kind), bool, len(kind))
+        labelled = anns.column("label").is_valid().to_numpy(zero_copy_only=False)
+        writable = ann_sized & ~outside & boxable & labelled
+        confident = anns.column("confidence").is_valid().to_numpy(zero_copy_only=False)
+        _count_losses(result, anns, kind, sized, ann_sized, outside, boxable, writable, confident)
+        lines = _lines(anns, writable, pos, width, height, label, classes)
+        counts = np.bincount(pos[writable], minlength=items.num_rows)
+        ends = np.cumsum(counts)
+        for i, item in enumerate(items.to_pylist()):
+            if not sized[i]:
+                continue
+            stem = per_image.output_stem(item, collisions, per_subset=True)
+            label_dir, image_dir = dirs(item.get("subset"))
+            text = "".join(lines[ends[i] - counts[i] : ends[i]])
+            per_image.put(out, f"{label_dir}/{stem}.txt", text, result)
+            if save_images:
+                rel = f"{image_dir}/{stem}{per_image.image_suffix(item)}"
+                copier.copy(item.get("media_uri"), out, rel, result)
+            result.items += 1
+        result.annotations += int(writable.sum())
     return result
+
+
+def _batches(con) -> Iterator[tuple[int, pa.Table, pa.Table]]:
+    """(position of the first item, items, their annotations) in item order, a batch of
+    items at a time; annotations in source order within an item."""
+    items = con.cursor().sql(_ITEMS).to_arrow_reader(ITEMS_PER_BATCH)
+    anns = con.cursor().sql(_ANNOTATIONS).to_arrow_reader(ITEMS_PER_BATCH * 8)
+    pending: list[pa.RecordBatch] = []
+    exhausted = False
+    first = 0
+    for batch in items:
+        end = first + batch.num_rows
+        # Gather annotations until one belongs to a later batch of items.
+        while not exhausted and not (
+            pending and pending[-1].num_rows and pending[-1].column("_pos")[-1].as_py() >= end
+        ):
+            try:
+                pending.append(anns.read_next_batch())
+            except StopIteration:
+                exhausted = True
+        table = pa.Table.from_batches(pending, schema=anns.schema)
+        cut = int(np.searchsorted(table.column("_pos").to_numpy(), end))
+        rest = table.slice(cut)
+        pending = rest.to_batches() if rest.num_rows else []
+        yield first, pa.Table.from_batches([batch]), table.slice(0, cut)
+        first = end
 
 
 def _lines(anns, writable, pos, width, height, label, classes) -> list[str]:
@@ -117,7 +144,9 @@ def _lines(anns, writable, pos, width, height, label, classes) -> list[str]:
     ]
 
 
-def _count_losses(result, anns, kind, sized, ann_sized, outside, boxable, writable, has) -> None:
+def _count_losses(
+    result, anns, kind, sized, ann_sized, outside, boxable, writable, confident
+) -> None:
     """What `_write_shard` and `_Lines` count, under the same lines."""
     n_unsized_items = int((~sized).sum())
     if n_unsized_items:
@@ -132,7 +161,7 @@ def _count_losses(result, anns, kind, sized, ann_sized, outside, boxable, writab
         not_boxable = gate & ~boxable & np.fromiter((x == k for x in kind), bool, len(kind))
         _lose(result, f"{k} annotations not written: YOLO has no place for them", not_boxable)
     _lose(result, "unlabelled annotations skipped", gate & boxable & ~writable)
-    _lose(result, "confidences dropped", writable & has["confidence"])
+    _lose(result, "confidences dropped", writable & confident)
     angle = anns.column("angle_deg").fill_null(0).to_numpy(zero_copy_only=False)
     kinds = np.array(kind, dtype=object)
     rotated = writable & (kinds == "rotated_bbox")
