@@ -4,13 +4,16 @@
     python bench/measure.py [--interval S] [--json] -- CMD ARGS...
 
 Prints one line: wall seconds, peak RSS of the whole tree (the sum over the
-command and every process it starts, sampled every 50 ms), peak USS of the
-tree (memory unique to its processes, sampled every 250 ms: reading it costs
-about 2 ms a process), CPU seconds of the tree (user + system), and the exit
-status. `/usr/bin/time` reports only the largest single process, which hides
-the workers of a multi-process converter. Summing RSS counts pages shared
-between processes (libraries, a forkserver's imports) once per process: an
-upper bound. Summing USS counts them nowhere: a lower bound.
+command and every process it starts, sampled every 50 ms), peak PSS and USS
+of the tree (sampled every 250 ms: reading them costs about 2 ms a process),
+CPU seconds of the tree (user + system), and the exit status.
+
+`/usr/bin/time` reports only the largest single process, which hides the
+workers of a multi-process converter. Summing RSS counts a page shared between
+processes (libraries, a forkserver's imports) once per process that maps it:
+an upper bound. PSS splits a shared page between the processes mapping it, so
+the tree's PSS sum counts a page shared within the tree once. USS counts
+shared pages nowhere: a lower bound.
 
 Needs psutil (the bench runner installs it into its own virtualenv).
 """
@@ -38,7 +41,7 @@ def _tree(root: psutil.Process) -> list[psutil.Process]:
 def measure(cmd: list[str], interval: float = 0.05, uss_every: int = 5, **popen) -> dict:
     """Run `cmd`; return wall_s, peak_rss_mb and peak_uss_mb (tree), cpu_s (tree), exit."""
     cpu_seen: dict[int, float] = {}
-    peak = peak_uss = 0
+    peak = peak_uss = peak_pss = 0
     before = os.times()
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, **popen)
@@ -46,23 +49,26 @@ def measure(cmd: list[str], interval: float = 0.05, uss_every: int = 5, **popen)
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak, peak_uss
+        nonlocal peak, peak_uss, peak_pss
         tick = 0
         while not done.is_set():
-            total = uss = 0
+            total = uss = pss = 0
             with_uss = tick % uss_every == 0
             for p in _tree(root):
                 try:
                     with p.oneshot():
                         total += p.memory_info().rss
                         if with_uss:
-                            uss += p.memory_full_info().uss
+                            full = p.memory_full_info()
+                            uss += full.uss
+                            pss += full.pss
                         t = p.cpu_times()
                         cpu_seen[p.pid] = t.user + t.system
                 except psutil.Error:
                     continue
             peak = max(peak, total)
             peak_uss = max(peak_uss, uss)
+            peak_pss = max(peak_pss, pss)
             tick += 1
             done.wait(interval)
 
@@ -82,6 +88,7 @@ def measure(cmd: list[str], interval: float = 0.05, uss_every: int = 5, **popen)
     return {
         "wall_s": round(wall, 3),
         "peak_rss_mb": round(peak / 2**20, 1),
+        "peak_pss_mb": round(peak_pss / 2**20, 1),
         "peak_uss_mb": round(peak_uss / 2**20, 1),
         "cpu_s": round(max(reaped, sum(cpu_seen.values())), 2),
         "exit": code,
@@ -102,7 +109,8 @@ def main() -> None:
         print(json.dumps(res))
     else:
         print(
-            "wall_s={wall_s} peak_rss_mb={peak_rss_mb} peak_uss_mb={peak_uss_mb} "
+            "wall_s={wall_s} peak_rss_mb={peak_rss_mb} peak_pss_mb={peak_pss_mb} "
+            "peak_uss_mb={peak_uss_mb} "
             "cpu_s={cpu_s} exit={exit}".format(**res)
         )
     sys.exit(0)

@@ -52,7 +52,7 @@ def medians(rows: list[dict]) -> dict[tuple, dict]:
             "bytes": use[0]["bytes"],
             "annotations": use[0]["annotations"],
             **{k: statistics.median(r[k] for r in use)
-               for k in ("wall_s", "peak_rss_mb", "peak_uss_mb", "cpu_s", "load")},
+               for k in ("wall_s", "peak_rss_mb", "peak_pss_mb", "peak_uss_mb", "cpu_s", "load")},
         }  # fmt: skip
     return out
 
@@ -77,16 +77,16 @@ def table(rows: list[dict], med: dict) -> str:
             + (f", {m0['annotations']:,} annotations)" if m0["annotations"] else ")")
         )
         lines.append("")
-        lines.append("| tool | runs | wall s | peak tree RSS MB | tree USS MB | CPU s "
-                     "| ann/s | MB/s | load |")  # fmt: skip
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        lines.append("| tool | runs | wall s | peak tree RSS MB | tree PSS MB | tree USS MB "
+                     "| CPU s | ann/s | MB/s | load |")  # fmt: skip
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for k in sorted(keys, key=lambda k: med[k]["wall_s"]):
             m = med[k]
             aps = f"{m['annotations'] / m['wall_s'] / 1e3:,.0f}k" if m["annotations"] else ""
             failed = f" ({m['failed']} failed)" if m["failed"] else ""
             lines.append(
                 f"| {k[2]} | {m['runs']}{failed} | {m['wall_s']:.2f} | {m['peak_rss_mb']:,.0f} "
-                f"| {m['peak_uss_mb']:,.0f} | {m['cpu_s']:.1f} | {aps} "
+                f"| {m['peak_pss_mb']:,.0f} | {m['peak_uss_mb']:,.0f} | {m['cpu_s']:.1f} | {aps} "
                 f"| {m['bytes'] / 1e6 / m['wall_s']:.1f} | {m['load']:.1f} |"
             )
         ratios = []
@@ -95,9 +95,11 @@ def table(rows: list[dict], med: dict) -> str:
             if r is not None:
                 ratios.append(f"- {num} / {den}, wall: **{r:.2f}x** ({n} rounds)")
         for peer in PEERS:
-            r, n = paired_ratio(rows, suite, corpus, peer, "labelflow_parquet", "peak_rss_mb")
-            if r is not None:
-                ratios.append(f"- {peer} / labelflow_parquet, peak tree RSS: {r:.2f}x")
+            for ours in ("labelflow_parquet", "labelflow_yolo"):
+                for key, what in (("peak_rss_mb", "RSS"), ("peak_pss_mb", "PSS")):
+                    r, _ = paired_ratio(rows, suite, corpus, peer, ours, key)
+                    if r is not None:
+                        ratios.append(f"- {peer} / {ours}, peak tree {what}: {r:.2f}x")
         if ratios:
             lines.append("")
             lines.extend(ratios)

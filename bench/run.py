@@ -177,7 +177,8 @@ def _record(env: Env, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
     print(
         "{corpus:8} {tool:24} r{round} wall={wall_s:7.2f}s rss={peak_rss_mb:7.0f}MB "
-        "uss={peak_uss_mb:7.0f}MB cpu={cpu_s:7.2f}s exit={exit} load={load:.1f}".format(**row),
+        "pss={peak_pss_mb:7.0f}MB uss={peak_uss_mb:7.0f}MB cpu={cpu_s:7.2f}s exit={exit} "
+        "load={load:.1f}".format(**row),
         flush=True,
     )
 
@@ -273,7 +274,7 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=34000, help="jsonl suite: manifest lines")
     ap.add_argument("--work", default=str(ROOT / "bench-work"))
     ap.add_argument("--data", default=str(ROOT / "bench-work" / "data"))
-    ap.add_argument("--venvs", default=str(ROOT / ".bench-venvs"))
+    ap.add_argument("--venvs", default=str(ROOT / "bench-work" / "venvs"))
     ap.add_argument(
         "--out-dir",
         default="/dev/shm/labelflow-bench",
