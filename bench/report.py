@@ -28,7 +28,9 @@ RATIOS = [
     ("ijson_float", "labelflow_parquet"),
     ("ijson_float", "labelflow_parquet_1w"),
     ("itag_read_1w", "itag_read_2w"),
+    ("staged_to_yolo_1w", "staged_to_yolo_2w"),
     ("staged_to_coco_1w", "staged_to_coco_2w"),
+    ("labelflow_parquet_1w", "labelflow_parquet"),
 ]
 PEERS = ("labelformat", "datumaro_stream", "datumaro", "globox")
 

@@ -3,7 +3,8 @@
 
     python bench/run.py coco   [--corpora small,medium,large] [--runs 3] [--tools ...]
     python bench/run.py disk   [--corpus medium] [--disk-dir DIR]
-    python bench/run.py jsonl  [--lines 34000] [--runs 3]
+    python bench/run.py jsonl  [--lines 50000] [--runs 3]
+    python bench/run.py writers [--corpus medium] [--runs 3]
     python bench/run.py report              # tables + plot from what was recorded
 
 Every measured command runs in a fresh process tree under `bench/measure.py`:
@@ -183,22 +184,25 @@ def _record(env: Env, row: dict) -> None:
     )
 
 
-def _clean(path: Path) -> None:
+def _clean(path: Path, settle_s: float = 0.0) -> None:
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
     os.sync()
+    # On a disk, deleting the previous run's files keeps the device busy (discard)
+    # for a while after sync returns; the next run should not pay for it.
+    time.sleep(settle_s)
 
 
 def run_rounds(env: Env, suite: str, corpus_name: str, corpus: Path, facts: dict,
-               tools: list[str], runs: int, out: Path) -> None:  # fmt: skip
+               tools: list[str], runs: int, out: Path, settle: float = 0.0) -> None:  # fmt: skip
     once: set[str] = set()
     for r in range(runs):
         order = tools[r % len(tools) :] + tools[: r % len(tools)]
         for tool in order:
             if tool in once:
                 continue
-            _clean(out)
+            _clean(out, settle)
             cmd = TOOLS[tool](env, corpus, facts, out)
             load = _load()
             res = measure(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -238,40 +242,52 @@ def cmd_disk(env: Env, args: argparse.Namespace) -> None:
     TOOLS["fs_floor"] = floor
     tools = args.tools.split(",") if args.tools else [
         "fs_floor", "labelflow_yolo", "labelformat", "naive_yolo_nogc"]  # fmt: skip
-    run_rounds(env, "disk", args.corpus, corpus, facts, tools, args.runs, disk)
+    run_rounds(env, "disk", args.corpus, corpus, facts, tools, args.runs, disk, settle=20.0)
 
 
 def cmd_jsonl(env: Env, args: argparse.Namespace) -> None:
-    """JSON lines read as byte ranges (iTAG), and a writer from staging, 1 vs 2 workers."""
+    """JSON lines read as byte ranges (iTAG), 1 vs 2 workers."""
     path = env.data / f"itag_{args.lines}.manifest"
     if not path.exists():
         subprocess.run([sys.executable, str(HERE / "make_itag.py"), "--lines", str(args.lines),
                         "--out", str(path)], check=True)  # fmt: skip
     facts = {"bytes": path.stat().st_size, "annotations": 0}
-    staged = env.work / "itag_staged"
-    if not staged.exists():
-        subprocess.run([env.labelflow, "convert", str(path), "--to", "parquet", "--out",
-                        str(staged), "-q"], check=True)  # fmt: skip
     for w in ("1", "2"):
         TOOLS[f"itag_read_{w}w"] = lambda env, corpus, facts, out, w=w: [
             env.labelflow, "convert", str(corpus), "--from", "itag", "--to", "parquet",
             "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
+    run_rounds(env, "jsonl", path.stem, path, facts, ["itag_read_1w", "itag_read_2w"],
+               args.runs, env.out)  # fmt: skip
+
+
+def cmd_writers(env: Env, args: argparse.Namespace) -> None:
+    """Writers from staging Parquet (sharded YOLO, one-file COCO), 1 vs 2 workers."""
+    corpus = env.corpus(args.corpus)
+    facts = corpus_facts(env, corpus)
+    staged = env.work / f"staged_{args.corpus}"
+    if not staged.exists():
+        subprocess.run([env.labelflow, "convert", str(corpus), "--from", "coco", "--to",
+                        "parquet", "--out", str(staged), "-q"], check=True)  # fmt: skip
+    for w in ("1", "2"):
+        TOOLS[f"staged_to_yolo_{w}w"] = lambda env, corpus, facts, out, w=w: [
+            env.labelflow, "convert", str(staged), "--to", "yolo", "-o", "save_images=false",
+            "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
         TOOLS[f"staged_to_coco_{w}w"] = lambda env, corpus, facts, out, w=w: [
             env.labelflow, "convert", str(staged), "--to", "coco",
             "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
-    tools = ["itag_read_1w", "itag_read_2w", "staged_to_coco_1w", "staged_to_coco_2w"]
-    run_rounds(env, "jsonl", path.stem, path, facts, tools, args.runs, env.out)
+    tools = ["staged_to_yolo_1w", "staged_to_yolo_2w", "staged_to_coco_1w", "staged_to_coco_2w"]
+    run_rounds(env, "writers", args.corpus, corpus, facts, tools, args.runs, env.out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("suite", choices=["coco", "disk", "jsonl", "report"])
+    ap.add_argument("suite", choices=["coco", "disk", "jsonl", "writers", "report"])
     ap.add_argument("--corpora", default="small,medium,large")
-    ap.add_argument("--corpus", default="medium", help="disk suite: which corpus")
+    ap.add_argument("--corpus", default="medium", help="disk and writers suites: which corpus")
     ap.add_argument("--tools", default="", help="comma-separated subset of tools")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="labelflow --workers")
-    ap.add_argument("--lines", type=int, default=34000, help="jsonl suite: manifest lines")
+    ap.add_argument("--lines", type=int, default=50000, help="jsonl suite: manifest lines")
     ap.add_argument("--work", default=str(ROOT / "bench-work"))
     ap.add_argument("--data", default=str(ROOT / "bench-work" / "data"))
     ap.add_argument("--venvs", default=str(ROOT / "bench-work" / "venvs"))
@@ -288,7 +304,8 @@ def main() -> None:
 
         report.main(env.work)
         return
-    {"coco": cmd_coco, "disk": cmd_disk, "jsonl": cmd_jsonl}[args.suite](env, args)
+    suites = {"coco": cmd_coco, "disk": cmd_disk, "jsonl": cmd_jsonl, "writers": cmd_writers}
+    suites[args.suite](env, args)
 
 
 if __name__ == "__main__":
