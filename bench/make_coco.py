@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# ruff: noqa: UP031, SIM115 - kept close to the script the anchor figures were measured with
+# ruff: noqa: UP031, SIM115 - kept as the corpora were first generated: the bytes must not change
 """Deterministic synthetic COCO "instances" generator (standard library only).
 
 Writes a COCO object-detection / instance-segmentation export that looks like

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# ruff: noqa: UP031 - kept close to the script the anchor figures were measured with
+# ruff: noqa: UP031 - kept as the reference probes were first measured
 """Raw-parse and naive-baseline probes for a COCO instances file.
 
 Each mode does one job on the whole file and prints one line::
@@ -7,7 +7,7 @@ Each mode does one job on the whole file and prints one line::
     mode=<mode> annotations=<n> inner_s=<seconds inside Python>
 
 Run every mode in a fresh process under ``/usr/bin/time -v`` (see
-bench/peers.sh) so wall time and peak RSS include interpreter start-up and
+bench/run.py) so wall time and peak RSS include interpreter start-up and
 imports, as a user would see them.
 
 Modes (the library each needs is in brackets):

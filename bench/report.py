@@ -119,12 +119,16 @@ def plot(med: dict, path: Path) -> None:
         if suite == "coco" and not m["failed"]:
             series[tool].append((m["bytes"] / 1e6, m["wall_s"], m["peak_rss_mb"]))
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 5.5))
-    for tool, pts in sorted(series.items()):
+    colors = plt.get_cmap("tab20").colors
+    for n, (tool, pts) in enumerate(sorted(series.items())):
         pts.sort()
         xs = [p[0] for p in pts]
-        style = "-o" if tool.startswith("labelflow") else "--s"
-        ax_t.plot(xs, [p[1] for p in pts], style, label=tool, markersize=4)
-        ax_m.plot(xs, [p[2] for p in pts], style, label=tool, markersize=4)
+        ours = tool.startswith("labelflow")
+        style = {"linestyle": "-" if ours else "--", "marker": "o" if ours else "s",
+                 "color": colors[(2 * n) % 20 + (n // 10) % 2], "markersize": 4,
+                 "linewidth": 2 if ours else 1.2, "label": tool}  # fmt: skip
+        ax_t.plot(xs, [p[1] for p in pts], **style)
+        ax_m.plot(xs, [p[2] for p in pts], **style)
     for ax, title, unit in ((ax_t, "wall time", "seconds"), (ax_m, "peak RSS, whole tree", "MB")):
         ax.set_xscale("log")
         ax.set_yscale("log")

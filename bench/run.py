@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from measure import measure  # noqa: E402 - a sibling script, not a package
 
-# The corpora of ../shared/bench/ANCHORS.md: same generator, arguments and seeds.
+# The benchmark corpora: fixed sizes and seeds, so every run reads the same bytes.
 CORPORA = {
     "small": ["--images", "4000", "--anns-per-image", "7", "--seed", "1"],
     "medium": ["--images", "80000", "--anns-per-image", "7", "--seed", "2"],
