@@ -6,9 +6,9 @@ Each mode does one job on the whole file and prints one line::
 
     mode=<mode> annotations=<n> inner_s=<seconds inside Python>
 
-Run every mode in a fresh process under ``/usr/bin/time -v`` (see
-bench/run.py) so wall time and peak RSS include interpreter start-up and
-imports, as a user would see them.
+Run every mode in a fresh process (bench/run.py runs it under bench/measure.py)
+so wall time and peak RSS include interpreter start-up and imports, as a user
+would see them.
 
 Modes (the library each needs is in brackets):
 

@@ -3,7 +3,9 @@
 Reading frames the file once (pipelines/jsonframe.py) and parses the
 `annotations` array in chunks, one task per chunk group, so a 50 GB file is
 read in parallel and in constant memory whatever the order of its top-level
-keys. Mapping:
+keys. The usual records of a chunk are mapped a column at a time
+(_coco_fast.py); the mapping below, row by row, is the reference it must match
+and what every other record goes through. Mapping:
 
 - image → item (`item_id` = "<file stem>/<image id>"); fields without a column
   → item `metadata`.
