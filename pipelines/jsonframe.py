@@ -335,9 +335,15 @@ def read_value(f: IO[bytes], uri: str, value: Value) -> Any:
 
 
 def iter_chunks(f: IO[bytes], uri: str, chunks: list[Chunk]) -> Iterator[tuple[int, list]]:
-    """Yield (index of the first element, elements) for each chunk, in order."""
+    """Yield (index of the first element, elements) for each chunk, in order.
+
+    The cyclic collector stays paused until the consumer asks for the next chunk:
+    a consumer that drops its reference first (`del elements`) frees the chunk by
+    reference counting before the collector could walk it.
+    """
     for c in chunks:
-        yield c.first_index, parse_chunk(f, uri, c)
+        with paused_gc():
+            yield c.first_index, parse_chunk(f, uri, c)
 
 
 def parse_chunk(f: IO[bytes], uri: str, chunk: Chunk) -> list:

@@ -100,3 +100,20 @@ def test_broken_documents_name_the_byte(
         jsonframe.frame(io.BytesIO(data), "mem://bad.json")
     assert err.value.location == where
     assert why in err.value.reason
+
+
+def test_iter_chunks_pauses_the_collector_while_a_chunk_is_held() -> None:
+    import gc
+
+    doc = json.dumps({"a": [{"i": i} for i in range(50)]}).encode()
+    (value,) = jsonframe.frame(io.BytesIO(doc), "doc.json", chunk_bytes=64)
+    assert len(value.chunks) > 1
+    assert gc.isenabled()
+    seen = []
+    for first, elements in jsonframe.iter_chunks(io.BytesIO(doc), "doc.json", value.chunks):
+        assert not gc.isenabled()
+        seen.extend(e["i"] for e in elements)
+        assert first == seen.index(elements[0]["i"])
+        del elements
+    assert gc.isenabled()
+    assert seen == list(range(50))

@@ -173,8 +173,7 @@ def read(task: ReadTask) -> Iterator[Batch]:
         if ctx["role"] in ("annotations", "all"):
             reader = _AnnotationReader(task, b, _image_index(task))
             for first, elements in jsonframe.iter_chunks(f, task.uri, ctx["chunks"]):
-                with jsonframe.paused_gc():
-                    reader.add_chunk(first, elements)
+                reader.add_chunk(first, elements)
                 del elements
                 if b.full():
                     yield b.flush()
@@ -193,19 +192,17 @@ def _read_images(task: ReadTask, f, b: BatchBuilder) -> Iterator[Batch]:
             b.attributes(f"label:{cat['name']}", None, extra, owner_kind="label", source="coco")
     for first, images in jsonframe.iter_chunks(f, task.uri, ctx["images"].chunks):
         try:
-            with jsonframe.paused_gc():
-                for start, stop, columns in image_segments(
-                    stem, task.subset, first, images, to_json
-                ):
-                    if columns is None:
-                        _add_image(task, b, first + start, images[start])
-                    else:
-                        b.item_block(columns, stop - start)
+            for start, stop, columns in image_segments(stem, task.subset, first, images, to_json):
+                if columns is None:
+                    _add_image(task, b, first + start, images[start])
+                else:
+                    b.item_block(columns, stop - start)
         except Fallback:
             for i, img in enumerate(images, start=first):
                 _add_image(task, b, i, img)
                 if b.full():
                     yield b.flush()
+        del images
         if b.full():
             yield b.flush()
 
@@ -255,14 +252,14 @@ def _image_index(task: ReadTask) -> ImageIds:
         texts: set[str] = set()
         with task.source.open(task.member) as f:
             for _, chunk in jsonframe.iter_chunks(f, task.uri, images.chunks):
-                with jsonframe.paused_gc():
-                    for img in chunk:
-                        if isinstance(img, dict):
-                            v = img.get("id")
-                            if type(v) is int and -(2**63) <= v < 2**63:
-                                ints.append(v)
-                            else:
-                                texts.add(str(v))
+                for img in chunk:
+                    if isinstance(img, dict):
+                        v = img.get("id")
+                        if type(v) is int and -(2**63) <= v < 2**63:
+                            ints.append(v)
+                        else:
+                            texts.add(str(v))
+                del chunk
         _IMAGE_IDS.clear()  # one file at a time: a worker never holds two indexes
         _IMAGE_IDS[key] = ImageIds(ints, texts)
     return _IMAGE_IDS[key]
