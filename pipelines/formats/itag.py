@@ -29,14 +29,16 @@ import math
 import posixpath
 import re
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.docwrite import STAGES
+from pipelines.formats import _itag_fast
 from pipelines.formats._itag_write import LABEL_KEY, label_fields, plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
+from pipelines.jsonframe import paused_gc
 from pipelines.schema import Batch
 from pipelines.storage import Source
 
@@ -46,6 +48,15 @@ SPLIT_BYTES = 64 << 20
 RANGE_BYTES = 16 << 20
 """The smallest byte range worth a task of its own."""
 SUFFIXES = (".manifest", ".jsonl", ".json")
+READ_BYTES = 1 << 20
+BYTES_PER_ROW = 24
+"""Lines are mapped in groups of about `batch_rows × BYTES_PER_ROW` bytes: a polygon
+vertex, the bulk of a manifest, is about 20 bytes of JSON and one row."""
+MIN_GROUP_BYTES = 64 << 10
+COLUMNS = True
+"""Map certified lines a column at a time (False: every line row by row)."""
+MAX_ODD_LINES = 16
+"""Above this many uncertified lines in a group, the whole group takes the row path."""
 
 _STATUS = {"label": "labeled", "check": "checked", "verify": "verified"}
 _SURVEYS = ("survey/value", "survey/multivalue")
@@ -116,18 +127,31 @@ def lines(f: IO[bytes], start: int = 0, end: int | None = None) -> Iterator[tupl
 
     A range after the first skips the end of the line in progress at `start`
     (it belongs to the range before, which reads its last line past `end`), so
-    adjacent ranges read every line exactly once.
+    adjacent ranges read every line exactly once. The file is read in blocks:
+    a `readline` per line costs more than parsing the line.
     """
     pos = 0
     if start > 0:
         f.seek(start - 1)
         pos = start - 1 + len(f.readline())
+    rest: list[bytes] = []
     while end is None or pos < end:
-        line = f.readline()
-        if not line:
+        data = f.read(READ_BYTES)
+        if not data:
+            if rest:
+                yield pos, b"".join(rest)
             return
-        yield pos, line
-        pos += len(line)
+        if b"\n" not in data:  # a line longer than a block
+            rest.append(data)
+            continue
+        parts = b"".join([*rest, data]).split(b"\n")
+        rest = [parts.pop()]
+        for part in parts:
+            if end is not None and pos >= end:
+                return
+            line = part + b"\n"
+            yield pos, line
+            pos += len(line)
 
 
 # -- reading -----------------------------------------------------------------
@@ -141,38 +165,115 @@ def _stem(task: ReadTask) -> str:
     return name
 
 
+class _Text(NamedTuple):
+    pos: int
+    lineno: int
+    text: bytes
+
+
 def read(task: ReadTask) -> Iterator[Batch]:
-    b = task.builder()
     stem = _stem(task)
-    lineno = 0
+    done = False
     with task.source.open(task.member) as f:
-        for pos, raw in lines(f, task.start, task.end):
-            lineno += 1
-            where = f"line {lineno} (byte {pos})" if task.start == 0 else f"byte {pos}"
-            text = (raw.removeprefix(_BOM) if pos == 0 else raw).strip()
-            if not text:
-                continue
-            try:
-                obj = orjson.loads(text)
-            except orjson.JSONDecodeError as exc:
-                reason = f"invalid JSON at column {exc.colno}: {exc.msg}"
-                b.reject(where, reason, record=text.decode(errors="replace"), record_kind="items")
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("data"), dict):
-                b.reject(where, "not an object with a data object", record=obj, record_kind="items")
-                continue
-            _Line(b, f"{stem}/{pos}", where).map(obj)
-            if b.full():
-                yield b.flush()
-    yield b.flush()
+        for group in _groups(f, task):
+            yield _read_group(task, stem, group)
+            done = True
+    if not done:
+        yield task.builder().flush()
 
 
-class _Line:
-    """Maps one manifest line: an item, its shapes and answers, and its skeleton."""
+def _groups(f: IO[bytes], task: ReadTask) -> Iterator[list[_Text]]:
+    """The non-blank lines of the task's range, in groups of about a batch."""
+    budget = max(MIN_GROUP_BYTES, task.options.batch_rows * BYTES_PER_ROW)
+    group: list[_Text] = []
+    size = lineno = 0
+    for pos, raw in lines(f, task.start, task.end):
+        lineno += 1
+        text = (raw.removeprefix(_BOM) if pos == 0 else raw).strip()
+        if not text:
+            continue
+        group.append(_Text(pos, lineno, text))
+        size += len(raw)
+        if size >= budget:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
-    def __init__(self, b: BatchBuilder, item_id: str, where: str) -> None:
-        self.b, self.item_id, self.where = b, item_id, where
-        self.count = 0
+
+def _read_group(task: ReadTask, stem: str, group: list[_Text]) -> Batch:
+    # The parsed lines are many small containers that live until the group is mapped:
+    # the cyclic collector would walk them over and again (no cycles can form in them).
+    with paused_gc():
+        parsed = [_parse(t.text) for t in group]
+        batch = _map_group(task, stem, group, parsed, COLUMNS)
+        del parsed
+    return batch
+
+
+def _parse(text: bytes) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return exc
+
+
+def _is_line(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("data"), dict)
+
+
+def _map_group(
+    task: ReadTask, stem: str, group: list[_Text], parsed: list[Any], columns: bool
+) -> Batch:
+    """A group of lines as one Batch: columns for the certified lines, rows for the others."""
+    if not columns:
+        return _map_rows(task, stem, group, parsed)
+    g = _itag_fast.Group()
+    odd = []
+    for i, (t, obj) in enumerate(zip(group, parsed, strict=True)):
+        if not _is_line(obj):
+            odd.append(i)
+            continue
+        g.begin(i, f"{stem}/{t.pos}")
+        _Collect(g).map(obj)
+    odd = sorted([*odd, *g.odd_lines()])
+    if not odd:
+        return g.batch(task.builder())
+    if len(odd) > MAX_ODD_LINES:
+        return _map_rows(task, stem, group, parsed)
+    # Runs of certified lines between the odd ones, each mapped as columns again.
+    pieces = []
+    start = 0
+    for k in [*odd, len(group)]:
+        if k > start:
+            pieces.append(_map_group(task, stem, group[start:k], parsed[start:k], True))
+        if k < len(group):
+            pieces.append(_map_rows(task, stem, group[k : k + 1], parsed[k : k + 1]))
+        start = k + 1
+    return Batch.concat(pieces)
+
+
+def _map_rows(task: ReadTask, stem: str, group: list[_Text], parsed: list[Any]) -> Batch:
+    b = task.builder()
+    for t, obj in zip(group, parsed, strict=True):
+        where = f"line {t.lineno} (byte {t.pos})" if task.start == 0 else f"byte {t.pos}"
+        if isinstance(obj, orjson.JSONDecodeError):
+            reason = f"invalid JSON at column {obj.colno}: {obj.msg}"
+            b.reject(where, reason, record=t.text.decode(errors="replace"), record_kind="items")
+        elif not _is_line(obj):
+            b.reject(where, "not an object with a data object", record=obj, record_kind="items")
+        else:
+            _Line(b, f"{stem}/{t.pos}", where).map(obj)
+    return b.flush()
+
+
+class _Walk:
+    """Walks one manifest line: its item, its results' shapes and answers, its skeleton.
+
+    Subclasses say what becomes of them: rows (`_Line`) or columns (`_Collect`).
+    """
+
+    def __init__(self) -> None:
         self.size: tuple[int, int] | None = None
 
     def map(self, obj: dict) -> None:
@@ -199,8 +300,7 @@ class _Line:
         media = next((data[k] for k in ("source", "picUrl") if isinstance(data.get(k), str)), None)
         latest = max(stages, key=STAGES.index) if stages else None
         width, height = self.size or (None, None)
-        self.b.item(
-            item_id=self.item_id,
+        self._item(
             file_name=posixpath.basename(media) if media else None,
             media_uri=media,
             media_type="image" if media or self.size else None,
@@ -211,7 +311,7 @@ class _Line:
         )
 
     def _result(self, r: Any, key: str, stage: str, i: int) -> Any:
-        """Emit the annotations of one result; return what the skeleton keeps of it."""
+        """Hand over the annotations of one result; return what the skeleton keeps of it."""
         if not isinstance(r, dict):
             return r
         typ, data = r.get("type"), r.get("data")
@@ -223,8 +323,7 @@ class _Line:
             w, h = r.get("width"), r.get("height")
             if self.size is None and is_finite(w, h) and w > 0 and h > 0:
                 self.size = (int(w), int(h))
-            for j, shape in enumerate(data):
-                self._shape(shape, place, f"{self.where}: {key}.results[{i}].data[{j}]")
+            self._shapes(data, place, key, i)
             return {**r, "data": []}
         if typ in _SURVEYS:
             if isinstance(data, str):
@@ -233,12 +332,57 @@ class _Line:
                 answers, empty = data, []
             else:
                 return r
-            for answer in answers:
-                ann_id = self._next_id()
-                self.b.annotation(ann_id=ann_id, item_id=self.item_id, kind="tag", label=answer)
-                self.b.attributes(ann_id, self.item_id, place, source="itag")
+            self._tags(answers, place)
             return {**r, "data": empty}
         return r
+
+    def _item(self, **fields: Any) -> None:
+        raise NotImplementedError
+
+    def _shapes(self, data: list, place: dict, key: str, i: int) -> None:
+        raise NotImplementedError
+
+    def _tags(self, answers: list[str], place: dict) -> None:
+        raise NotImplementedError
+
+
+class _Collect(_Walk):
+    """Hands a line's item, shapes and answers to a column `Group`."""
+
+    def __init__(self, group: _itag_fast.Group) -> None:
+        super().__init__()
+        self.group = group
+
+    def _item(self, **fields: Any) -> None:
+        self.group.item(**fields)
+
+    def _shapes(self, data: list, place: dict, key: str, i: int) -> None:
+        self.group.shapes_of(data, place)
+
+    def _tags(self, answers: list[str], place: dict) -> None:
+        self.group.tags(answers, place)
+
+
+class _Line(_Walk):
+    """Maps one manifest line row by row: an item, its shapes and answers, its skeleton."""
+
+    def __init__(self, b: BatchBuilder, item_id: str, where: str) -> None:
+        super().__init__()
+        self.b, self.item_id, self.where = b, item_id, where
+        self.count = 0
+
+    def _item(self, **fields: Any) -> None:
+        self.b.item(item_id=self.item_id, **fields)
+
+    def _shapes(self, data: list, place: dict, key: str, i: int) -> None:
+        for j, shape in enumerate(data):
+            self._shape(shape, place, f"{self.where}: {key}.results[{i}].data[{j}]")
+
+    def _tags(self, answers: list[str], place: dict) -> None:
+        for answer in answers:
+            ann_id = self._next_id()
+            self.b.annotation(ann_id=ann_id, item_id=self.item_id, kind="tag", label=answer)
+            self.b.attributes(ann_id, self.item_id, place, source="itag")
 
     def _next_id(self) -> str:
         self.count += 1
