@@ -14,7 +14,7 @@ from rich.table import Table
 from pipelines import formats
 from pipelines.config import RunConfig
 from pipelines.errors import LabelflowError
-from pipelines.runner import Report
+from pipelines.runner import Report, release_freed_memory
 from pipelines.storage import Source
 
 app = typer.Typer(
@@ -137,6 +137,7 @@ def run(
 
 
 def _run(config: RunConfig, quiet: bool) -> None:
+    release_freed_memory()  # this process is ours: it may run tasks inline
     show = not quiet and sys.stderr.isatty()
     try:
         if show:

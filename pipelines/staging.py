@@ -13,13 +13,15 @@ import posixpath
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 
 from pipelines.schema import TABLES, conform
 from pipelines.storage import fs_for
+
+if TYPE_CHECKING:
+    import duckdb
 
 _FETCH_ROWS = 65_536
 
@@ -57,6 +59,8 @@ class Staging:
         return self._con
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
+        import duckdb  # on first use: reading into staging never queries it
+
         # Sorts larger than memory_limit spill to the system's temporary folder,
         # never into the working directory.
         spill = os.path.join(tempfile.gettempdir(), f"labelflow-duckdb-{os.getpid()}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -25,6 +24,8 @@ def run_sql(name: str, outputs: tuple[str, ...], **tables: pa.Table) -> dict[str
 
     Returns the views named in `outputs`, row order kept as the script leaves it.
     """
+    import duckdb  # on first use: most batches need no script (see `normalize`)
+
     con = duckdb.connect(config={"threads": 1})
     try:
         for table_name, table in tables.items():
