@@ -21,6 +21,9 @@ from pipelines.schema import TABLES, Batch, conform
 from pipelines.storage import Source, fs_for
 
 ROW_GROUP_ROWS = 128 * 1024
+ROW_GROUP_BYTES = 16 << 20
+"""A row group is written at ROW_GROUP_ROWS rows or this much Arrow data, whichever
+comes first: wide rows (items with metadata) would otherwise hold ~60 MB per table."""
 _COMPRESSION = "zstd"
 # Dictionary pages pay off for strings that repeat (every dictionary-typed column, the
 # item an annotation or vertex belongs to, keys); on coordinates and unique ids they
@@ -52,6 +55,7 @@ class PartWriter:
         self._handles: list = []
         self._pending: dict[str, list[pa.Table]] = {name: [] for name in TABLES}
         self._pending_rows: dict[str, int] = dict.fromkeys(TABLES, 0)
+        self._pending_bytes: dict[str, int] = dict.fromkeys(TABLES, 0)
         self.rows: dict[str, int] = dict.fromkeys(TABLES, 0)
         self.files: list[str] = []
 
@@ -61,15 +65,19 @@ class PartWriter:
                 continue
             self._pending[name].append(table.drop_columns(["dataset"]))
             self._pending_rows[name] += table.num_rows
+            self._pending_bytes[name] += table.nbytes
             self.rows[name] += table.num_rows
-            if self._pending_rows[name] >= ROW_GROUP_ROWS:
+            if (
+                self._pending_rows[name] >= ROW_GROUP_ROWS
+                or self._pending_bytes[name] >= ROW_GROUP_BYTES
+            ):
                 self._flush(name)
 
     def _flush(self, name: str) -> None:
         if not self._pending[name]:
             return
         table = pa.concat_tables(self._pending[name])
-        self._pending[name], self._pending_rows[name] = [], 0
+        self._pending[name], self._pending_rows[name], self._pending_bytes[name] = [], 0, 0
         writer = self._writers.get(name)
         if writer is None:
             path = posixpath.join(
