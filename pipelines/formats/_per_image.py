@@ -22,6 +22,9 @@ from dataclasses import replace
 from typing import Any
 
 import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines import masks
 from pipelines.errors import ParseError
@@ -107,24 +110,34 @@ def find_size(
 # -- writing ------------------------------------------------------------------
 
 
-def shard_count(staging: Staging, options: WriteOptions) -> int:
+SHARDS_PER_WORKER = 4
+"""Shards a writer is split into per worker: a worker that finishes early takes another."""
+
+
+def shard_count(
+    staging: Staging, options: WriteOptions, per_worker: int = SHARDS_PER_WORKER
+) -> int:
     workers = max(1, options.workers)
     if workers == 1:
         return 1
     items = int(staging.scalar("SELECT count(*) FROM items") or 0)
-    return max(1, min(workers * 4, items))
+    return max(1, min(workers * per_worker, items))
 
 
 def plan_sharded(
-    fmt: str, staging: Staging, options: WriteOptions, **extra: Any
+    fmt: str,
+    staging: Staging,
+    options: WriteOptions,
+    per_worker: int = SHARDS_PER_WORKER,
+    **extra: Any,
 ) -> list[WriteTask]:
-    """One task for the shared files, then one per shard of items.
+    """One task for the shared files, then `per_worker` per worker, each a shard of items.
 
     `extra` (computed once here, e.g. the class list) reaches every task, so
     all partitions agree on it.
     """
     opts = replace(options, extra={**options.extra, **extra})
-    n = shard_count(staging, options)
+    n = shard_count(staging, options, per_worker)
     return [WriteTask(fmt, shard=SHARED, shards=n, options=opts)] + [
         WriteTask(fmt, shard=k, shards=n, options=opts) for k in range(n)
     ]
@@ -147,10 +160,23 @@ def rows(staging: Staging, sql: str, batch: int = 10_000) -> Iterator[dict[str, 
             yield dict(zip(names, row, strict=True))
 
 
+def batches(staging: Staging, sql: str, batch: int = 16_384) -> Iterator[pa.Table]:
+    """A query's rows as Arrow tables of `batch` rows, for writers that work a column at
+    a time."""
+    for chunk in staging.con.cursor().sql(sql).to_arrow_reader(batch):
+        yield pa.Table.from_batches([chunk])
+
+
+def sized(items: pa.Table) -> np.ndarray:
+    """Which rows of `items` have a width and a height (neither null nor zero)."""
+    width = items.column("width").fill_null(0).to_numpy()
+    height = items.column("height").fill_null(0).to_numpy()
+    return (width != 0) & (height != 0)
+
+
 def put(out: Output, rel: str, data: bytes | str, result: WriteResult) -> None:
     """Write one whole file (text as UTF-8) and list it among the files written."""
-    with out.open(rel) as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+    out.write(rel, data.encode() if isinstance(data, str) else data)
     result.files.append(rel)
 
 
@@ -220,9 +246,47 @@ def output_stem(
     return stem
 
 
+def output_stems(
+    items: pa.Table, collisions: set[tuple[str | None, str]], per_subset: bool
+) -> list[str]:
+    """`output_stem` of every row of `items` (a batch with file_name, native_id, item_id
+    and subset), a column at a time."""
+    names = _item_names(items)
+    stems = pc.replace_substring_regex(names, _EXT.pattern, "").to_pylist()
+    if collisions:
+        subsets = items.column("subset").to_pylist() if per_subset else [None] * len(stems)
+        ids = items.column("item_id").to_pylist()
+        for i, (subset, stem) in enumerate(zip(subsets, stems, strict=True)):
+            if (subset, stem.lower()) in collisions:
+                stems[i] = f"{stem}_{hashlib.sha1(ids[i].encode()).hexdigest()[:8]}"
+    return stems
+
+
+def _item_names(items: pa.Table) -> pa.ChunkedArray:
+    """`item_name` a column at a time: the first non-empty name, `\\` as `/`."""
+
+    def given(column: str) -> pa.ChunkedArray:
+        values = items.column(column)
+        return pc.if_else(pc.equal(values, ""), pa.scalar(None, values.type), values)
+
+    names = pc.coalesce(given("file_name"), given("native_id"), items.column("item_id"))
+    return pc.replace_substring(names, "\\", "/")
+
+
 def image_suffix(item: dict[str, Any]) -> str:
-    for name in (item_name(item), item.get("media_uri") or ""):
-        ext = posixpath.splitext(str(name))[1]
+    return _image_suffix(item_name(item), item.get("media_uri"))
+
+
+def image_suffixes(items: pa.Table) -> list[str]:
+    """`image_suffix` of every row of `items` (a batch that also has media_uri)."""
+    names = _item_names(items).to_pylist()
+    media = items.column("media_uri").to_pylist()
+    return [_image_suffix(n, m) for n, m in zip(names, media, strict=True)]
+
+
+def _image_suffix(name: str, media_uri: str | None) -> str:
+    for candidate in (name, media_uri or ""):
+        ext = posixpath.splitext(candidate)[1]
         if ext and is_image(ext):
             return ext
     return ".jpg"

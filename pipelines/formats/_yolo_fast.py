@@ -3,11 +3,12 @@
 The per-item writer (`_yolo_write._write_shard`) fetches every annotation as a
 Python dict and formats it through `_Lines`; for a detect dataset whose boxes
 are all stated (the usual case once the reader's transforms have filled boxes
-from vertices) the same files come from two Arrow queries, numpy for the
-centres and one f-string per line. Lossiness is counted under the same lines
-as `_Lines` counts it. A shard with a writable annotation that has no stated
-box (its box would come from vertices or a mask) returns None: the per-item
-writer does it.
+from vertices) the same files come from two Arrow queries: numpy computes the
+centres, Arrow kernels format every line of a batch into one buffer, and each
+label file is a slice of it written with one system call. Lossiness is counted
+under the same lines as `_Lines` counts it. A shard with a writable annotation
+that has no stated box (its box would come from vertices or a mask) returns
+None: the per-item writer does it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.formats import _per_image as per_image
 from pipelines.formats.base import WriteResult, WriteTask
@@ -26,10 +28,10 @@ ITEMS_PER_BATCH = 16_384
 """Items (with their annotations) formatted at a time: memory stays flat however large
 the shard."""
 
+# Items in any order (each writes its own file); `_pos` only ties annotations to them.
 _SELECT = (
     "CREATE OR REPLACE TABLE _yolo_sel AS SELECT item_id, file_name, native_id, "
-    "subset, media_uri, width, height, "
-    "row_number() OVER (ORDER BY filename, file_row_number) - 1 AS _pos FROM items {where}"
+    "subset, media_uri, width, height, row_number() OVER () - 1 AS _pos FROM items {where}"
 )
 _DERIVED = (
     "SELECT count(*) FROM annotations a JOIN _yolo_sel s USING (item_id) "
@@ -38,11 +40,31 @@ _DERIVED = (
     "OR a.bbox_y IS NULL OR a.bbox_w IS NULL OR a.bbox_h IS NULL)"
 )
 _ITEMS = "SELECT * EXCLUDE (_pos) FROM _yolo_sel ORDER BY _pos"
+# Source order is (file, row); files go by rank: sorting on their long paths, alike but
+# for the last characters, was a third of the query.
 _ANNOTATIONS = (
+    "WITH f AS (SELECT filename, row_number() OVER (ORDER BY filename) AS _file "
+    "FROM (SELECT DISTINCT filename FROM annotations)) "
     "SELECT s._pos, a.kind, a.label, a.outside, a.bbox_x, a.bbox_y, a.bbox_w, a.bbox_h, "
     "a.angle_deg, a.confidence FROM annotations a JOIN _yolo_sel s USING (item_id) "
-    "ORDER BY s._pos, a.filename, a.file_row_number"
+    "JOIN f USING (filename) ORDER BY s._pos, f._file, a.file_row_number"
 )
+
+
+def takes_all(staging: Staging) -> bool:
+    """Whether the column path writes every shard of the dataset (planning decides on
+    it how many shards to make)."""
+    staging.con.execute(_SELECT.format(where=""))
+    return _eligible(staging.con)
+
+
+def _eligible(con) -> bool:
+    """Whether the column path can write the items in `_yolo_sel`."""
+    twice = con.execute("SELECT count(*) - count(DISTINCT item_id) FROM _yolo_sel").fetchone()
+    if twice[0]:
+        return False  # an item id twice: each copy gets the annotations, as a join does
+    kinds = ", ".join(f"'{k}'" for k in sorted(per_image.BOXABLE))
+    return not con.execute(_DERIVED.format(kinds=kinds)).fetchone()[0]
 
 
 def write_boxes(
@@ -51,49 +73,44 @@ def write_boxes(
     out: Output,
     dirs: Callable[[str | None], tuple[str, str]],
     classes: dict[str, int],
+    collisions: set[tuple[str | None, str]],
     save_images: bool,
 ) -> WriteResult | None:
     """Write the shard's label files (and images); None if some box must be derived."""
     con = staging.con
     where = f"WHERE hash(item_id) % {int(task.shards)} = {int(task.shard)}"
     con.execute(_SELECT.format(where=where if task.shards > 1 else ""))
-    twice = con.execute("SELECT count(*) - count(DISTINCT item_id) FROM _yolo_sel").fetchone()
-    if twice[0]:
-        return None  # an item id twice: each copy gets the annotations, as a join does
-    kinds = ", ".join(f"'{k}'" for k in sorted(per_image.BOXABLE))
-    if con.execute(_DERIVED.format(kinds=kinds)).fetchone()[0]:
+    if not _eligible(con):
         return None
     result = WriteResult()
-    collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
+    folders: dict[str | None, tuple[str, str]] = {}
     for first, items, anns in _batches(con):
         pos = anns.column("_pos").to_numpy() - first
         width = items.column("width").fill_null(0).to_numpy()
         height = items.column("height").fill_null(0).to_numpy()
-        sized = (width != 0) & (height != 0)
+        sized = per_image.sized(items)
         ann_sized = sized[pos]
-        kind = anns.column("kind").to_pylist()
-        label = anns.column("label").to_pylist()
+        kind = anns.column("kind").combine_chunks()
         outside = anns.column("outside").fill_null(False).to_numpy(zero_copy_only=False)
-        boxable = np.fromiter((k in per_image.BOXABLE for k in kind), bool, len(kind))
-        labelled = anns.column("label").is_valid().to_numpy(zero_copy_only=False)
+        boxable = _mask(pc.is_in(kind, value_set=pa.array(sorted(per_image.BOXABLE))))
+        labelled = _mask(anns.column("label").is_valid())
         writable = ann_sized & ~outside & boxable & labelled
-        confident = anns.column("confidence").is_valid().to_numpy(zero_copy_only=False)
-        _count_losses(result, anns, kind, sized, ann_sized, outside, boxable, writable, confident)
-        lines = _lines(anns, writable, pos, width, height, label, classes)
-        counts = np.bincount(pos[writable], minlength=items.num_rows)
-        ends = np.cumsum(counts)
-        for i, item in enumerate(items.to_pylist()):
-            if not sized[i]:
-                continue
-            stem = per_image.output_stem(item, collisions, per_subset=True)
-            label_dir, image_dir = dirs(item.get("subset"))
-            text = "".join(lines[ends[i] - counts[i] : ends[i]])
-            per_image.put(out, f"{label_dir}/{stem}.txt", text, result)
-            if save_images:
-                rel = f"{image_dir}/{stem}{per_image.image_suffix(item)}"
-                copier.copy(item.get("media_uri"), out, rel, result)
-            result.items += 1
+        _count_losses(result, anns, sized, ann_sized, outside, boxable, writable)
+        text, bounds = _label_text(anns, writable, pos, width, height, classes)
+        stems = per_image.output_stems(items, collisions, per_subset=True)
+        subsets = items.column("subset").to_pylist()
+        suffixes = per_image.image_suffixes(items) if save_images else None
+        media = items.column("media_uri").to_pylist() if save_images else None
+        for i in np.flatnonzero(sized).tolist():
+            subset = subsets[i]
+            label_dir, image_dir = folders.get(subset) or folders.setdefault(subset, dirs(subset))
+            rel = f"{label_dir}/{stems[i]}.txt"
+            out.write(rel, text[bounds[i] : bounds[i + 1]])
+            result.files.append(rel)
+            if suffixes is not None and media is not None:
+                copier.copy(media[i], out, f"{image_dir}/{stems[i]}{suffixes[i]}", result)
+        result.items += int(sized.sum())
         result.annotations += int(writable.sum())
     return result
 
@@ -120,12 +137,25 @@ def _batches(con) -> Iterator[tuple[int, pa.Table, pa.Table]]:
         cut = int(np.searchsorted(table.column("_pos").to_numpy(), end))
         rest = table.slice(cut)
         pending = rest.to_batches() if rest.num_rows else []
-        yield first, pa.Table.from_batches([batch]), table.slice(0, cut)
+        yield first, pa.Table.from_batches([batch]), table.slice(0, cut).combine_chunks()
         first = end
 
 
-def _lines(anns, writable, pos, width, height, label, classes) -> list[str]:
-    """`cls cx cy w h` per writable annotation, as `_Lines` formats it (6 decimals)."""
+def _mask(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return values.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+def _label_text(
+    anns: pa.Table,
+    writable: np.ndarray,
+    pos: np.ndarray,
+    width: np.ndarray,
+    height: np.ndarray,
+    classes: dict[str, int],
+) -> tuple[memoryview, list[int]]:
+    """Every item's label file as one buffer and where each item's part starts (item i
+    is `text[bounds[i]:bounds[i + 1]]`): `cls cx cy w h` per writable annotation, as
+    `_Lines` formats it."""
     sel = np.flatnonzero(writable)
     x, y, bw, bh = (
         anns.column(c).to_numpy(zero_copy_only=False)[sel]
@@ -133,20 +163,66 @@ def _lines(anns, writable, pos, width, height, label, classes) -> list[str]:
     )
     w = width[pos[sel]].astype(np.float64)
     h = height[pos[sel]].astype(np.float64)
+    labels = anns.column("label").combine_chunks().take(pa.array(sel))
+    names = pa.array(list(classes), labels.type)
+    ids = pa.array([str(i) for i in classes.values()], pa.string())
+    cls = pc.take(ids, pc.index_in(labels, value_set=names))
     # The same operations in the same order as `_centre`: the same doubles.
-    cx, cy = (x + bw / 2) / w, (y + bh / 2) / h
-    cls = [classes[label[i]] for i in sel.tolist()]
-    return [
-        f"{c} {a:.6f} {b:.6f} {d:.6f} {e:.6f}\n"
-        for c, a, b, d, e in zip(
-            cls, cx.tolist(), cy.tolist(), (bw / w).tolist(), (bh / h).tolist(), strict=True
-        )
-    ]
+    fields = [cls] + [fixed6(v) for v in ((x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h)]
+    lines = pc.binary_join_element_wise(*fields, " ")
+    lines = pc.binary_join_element_wise(lines, "\n", "")
+    counts = np.bincount(pos[sel], minlength=len(width))
+    line_ends = np.concatenate([[0], np.cumsum(counts)])
+    if not len(lines):
+        return memoryview(b""), [0] * len(line_ends)
+    offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset :]
+    return memoryview(lines.buffers()[2]), offsets[line_ends].tolist()
 
 
-def _count_losses(
-    result, anns, kind, sized, ann_sized, outside, boxable, writable, confident
-) -> None:
+def fixed6(values: np.ndarray) -> pa.Array:
+    """`f"{v:.6f}"` of every value, formatted by Arrow kernels.
+
+    Python prints the exact binary value rounded to 6 decimals, half to even.
+    Scaled by 10⁶ in two exact halves, the product's rounding error is known,
+    so a product that was rounded onto a half (x / 640 is often exactly one)
+    still rounds the way the exact value does. Values of 10³ and more, and
+    those that are not finite, are formatted by Python.
+    """
+    magnitude = np.abs(values)
+    odd = ~(magnitude < 1e3)
+    scaled, error = _times_million(np.where(odd, 0.0, magnitude))
+    below = np.floor(scaled)
+    on_half = scaled - below == 0.5
+    units = np.rint(scaled)  # exactly on a half: to even, as Python does
+    units = np.where(on_half & (error > 0), below + 1, units)
+    units = np.where(on_half & (error < 0), below, units).astype(np.int64)
+    whole = pc.cast(pa.array(units // 1_000_000), pa.string())
+    part = pc.utf8_lpad(pc.cast(pa.array(units % 1_000_000), pa.string()), 6, "0")
+    text = pc.binary_join_element_wise(whole, part, ".")
+    negative = np.signbit(values)  # -0.0 and -1e-9 are "-0.000000" too
+    if negative.any():
+        text = pc.if_else(pa.array(negative), pc.binary_join_element_wise("-", text, ""), text)
+    if odd.any():
+        exact = pa.array([f"{v:.6f}" for v in values[odd].tolist()], pa.string())
+        text = pc.replace_with_mask(text, pa.array(odd), exact)
+    return text
+
+
+def _times_million(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(v · 10⁶ rounded, its rounding error), so that their sum is the exact product.
+
+    Veltkamp's split gives halves of at most 26 significant bits; 10⁶ has 14
+    (15625 · 2⁶), so each half times 10⁶ is exact, and Fast2Sum of the two is
+    the rounded product and what rounding took off.
+    """
+    t = v * 134_217_729.0  # 2²⁷ + 1
+    hi = t - (t - v)
+    a, b = hi * 1e6, (v - hi) * 1e6
+    s = a + b
+    return s, (a - s) + b
+
+
+def _count_losses(result, anns, sized, ann_sized, outside, boxable, writable) -> None:
     """What `_write_shard` and `_Lines` count, under the same lines."""
     n_unsized_items = int((~sized).sum())
     if n_unsized_items:
@@ -154,23 +230,28 @@ def _count_losses(
         n = int((~ann_sized).sum())
         if n:
             result.lose("annotations of items without a size", n)
+    kind = anns.column("kind").combine_chunks()
     gate = ann_sized
     _lose(result, "outside shapes skipped", gate & outside)
     gate = gate & ~outside
-    for k in sorted({kind[i] for i in np.flatnonzero(gate & ~boxable).tolist()}):
-        not_boxable = gate & ~boxable & np.fromiter((x == k for x in kind), bool, len(kind))
+    for k in _kinds(kind, gate & ~boxable):
+        not_boxable = gate & ~boxable & _mask(pc.equal(kind, k))
         _lose(result, f"{k} annotations not written: YOLO has no place for them", not_boxable)
     _lose(result, "unlabelled annotations skipped", gate & boxable & ~writable)
-    _lose(result, "confidences dropped", writable & confident)
+    _lose(result, "confidences dropped", writable & _mask(anns.column("confidence").is_valid()))
     angle = anns.column("angle_deg").fill_null(0).to_numpy(zero_copy_only=False)
-    kinds = np.array(kind, dtype=object)
-    rotated = writable & (kinds == "rotated_bbox")
+    rotated = writable & _mask(pc.equal(kind, "rotated_bbox"))
     _lose(result, "rotated boxes lost their angle", rotated & (angle != 0))
-    for k in sorted(
-        {kind[i] for i in np.flatnonzero(writable).tolist()} - {"bbox", "rotated_bbox"}
-    ):
+    for k in sorted(set(_kinds(kind, writable)) - {"bbox", "rotated_bbox"}):
         plural = per_image.PLURAL.get(k, k)
-        _lose(result, f"{plural} written as boxes", writable & (kinds == k))
+        _lose(result, f"{plural} written as boxes", writable & _mask(pc.equal(kind, k)))
+
+
+def _kinds(kind: pa.Array, mask: np.ndarray) -> list[str]:
+    """The distinct kinds of the rows in `mask`, sorted."""
+    if not mask.any():
+        return []
+    return sorted(pc.unique(kind.filter(pa.array(mask))).to_pylist())
 
 
 def _lose(result: WriteResult, what: str, mask: np.ndarray) -> None:

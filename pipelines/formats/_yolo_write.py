@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import yaml
 
 from pipelines.builder import parse_attribute
@@ -57,10 +58,16 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
             "_layout": layout,
             "_task": task,
             "_names": per_image.class_names(staging, FAMILY, "class_id"),
+            # Once here rather than in every task: a scan of all items each time.
+            "_collisions": sorted(per_image.colliding_stems(staging, per_subset=True)),
         }
         if task == "pose":
             settings["_kpt"] = _kpt_count(staging)
-        return per_image.plan_sharded(fmt, staging, options, **settings)
+        # A shard costs the column path a scan of every annotation: one per worker is
+        # enough when it takes every shard (it balances: hash shards are alike in size).
+        columns = task == "detect" and _yolo_fast.takes_all(staging)
+        per_worker = 1 if columns else per_image.SHARDS_PER_WORKER
+        return per_image.plan_sharded(fmt, staging, options, per_worker=per_worker, **settings)
 
     return plan_write
 
@@ -100,6 +107,15 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     return _write_shard(task, staging, out)
 
 
+def _collisions(task: WriteTask, staging: Staging) -> set[tuple[str | None, str]]:
+    """Colliding (subset, stem) keys (see `per_image.colliding_stems`), found once when
+    the run was planned."""
+    given = task.options.extra.get("_collisions")
+    if given is None:
+        return per_image.colliding_stems(staging, per_subset=True)
+    return {(subset, stem) for subset, stem in given}
+
+
 def _dirs(layout: str, subset: str | None) -> tuple[str, str]:
     """(label folder, image folder) of a subset."""
     s = subset or DEFAULT_SUBSET
@@ -119,24 +135,27 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
     ex = task.options.extra
     layout, names = ex["_layout"], ex["_names"]
     result = WriteResult()
-    collisions = per_image.colliding_stems(staging, per_subset=True)
+    collisions = _collisions(task, staging)
     subsets: list[str] = []
     lists = per_image.LineFiles(out, result)
     try:
-        for item in per_image.rows(
+        for items in per_image.batches(
             staging,
             "SELECT item_id, file_name, native_id, subset, media_uri, width, height "
             "FROM items ORDER BY filename, file_row_number",
         ):
-            if not _has_size(item):
-                continue
-            s = item["subset"] or DEFAULT_SUBSET
-            if s not in subsets:
-                subsets.append(s)
+            keep = np.flatnonzero(per_image.sized(items)).tolist()
+            given = items.column("subset").to_pylist()
+            for s in dict.fromkeys(given[i] or DEFAULT_SUBSET for i in keep):
+                if s not in subsets:
+                    subsets.append(s)
             if layout == "yolo":
-                stem = per_image.output_stem(item, collisions, per_subset=True)
-                _, image_dir = _dirs(layout, item["subset"])
-                lists.add(f"{s}.txt", f"data/{image_dir}/{stem}{per_image.image_suffix(item)}")
+                stems = per_image.output_stems(items, collisions, per_subset=True)
+                suffixes = per_image.image_suffixes(items)
+                for i in keep:
+                    s = given[i] or DEFAULT_SUBSET
+                    _, image_dir = _dirs(layout, given[i])
+                    lists.add(f"{s}.txt", f"data/{image_dir}/{stems[i]}{suffixes[i]}")
         subsets = subsets or [DEFAULT_SUBSET]
         if layout == "yolo":
             for s in subsets:
@@ -202,12 +221,12 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     save_images = image_sets.flag(task.options, image_sets.SAVE_IMAGES, True)
     classes = {name: i for i, name in enumerate(ex["_names"])}
     lines = _Lines(ex["_task"], classes, ex.get("_kpt", 0))
+    collisions = _collisions(task, staging)
     if ex["_task"] == "detect":
         dirs = functools.partial(_dirs, layout)
-        done = _yolo_fast.write_boxes(task, staging, out, dirs, classes, save_images)
+        done = _yolo_fast.write_boxes(task, staging, out, dirs, classes, collisions, save_images)
         if done is not None:
             return done
-    collisions = per_image.colliding_stems(staging, per_subset=True)
     copier = per_image.MediaCopier()
     result = WriteResult()
     for group in _item_groups(staging, task):
