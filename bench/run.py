@@ -63,6 +63,12 @@ class Env:
         self.workers = str(args.workers)
         self.work.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
+        # Peers come from wheels, compiled at install; the project is installed
+        # editable, and with PYTHONDONTWRITEBYTECODE set it would compile its
+        # modules on every run. Compile them once, as an install would.
+        packages = [str(ROOT / "pipelines"), str(ROOT / "transforms")]
+        compile_all = [self.lf_py, "-m", "compileall", "-q", *packages]
+        subprocess.run(compile_all, check=True, stdout=subprocess.DEVNULL)
 
     def venv(self, name: str, exe: str = "python") -> str:
         return str(self.venvs / name / "bin" / exe)
