@@ -1,55 +1,124 @@
-"""COCO writer: one JSON file per subset, streamed from the staging tables.
+"""COCO writer: one JSON file per subset, written from the staging tables in parallel parts.
 
-Images are written as they come; annotations are spooled to a temporary file
-(memory-bounded) and appended after them, then the categories. Ids are stable:
-an export's own integer ids are kept when they are unique, otherwise numbered
-1..N in source order. Category ids follow the labels' integer `label_id`s when
-they are consistent, otherwise 1..N in order of first appearance.
+Planning splits each subset's items, in source order, into one part per worker
+(weighted by annotation rows). Each part's task streams its items, annotations,
+vertices and attributes from DuckDB as Arrow batches, a block of items at a
+time, and writes its slices of the `images` and `annotations` arrays as
+fragments; the last task to finish joins them into the file
+(`pipelines/formats/_fragments.py`). Memory is one block per task.
+
+Ids are stable and global: an export's own integer ids are kept when they are
+unique, otherwise images are numbered by their position in the subset and
+annotations 1..N in output order, each part starting after the annotations the
+plan counted for the parts before it. Category ids follow the labels' integer
+`label_id`s when they are consistent, otherwise 1..N in order of first
+appearance.
 """
 
 from __future__ import annotations
 
-import tempfile
+import dataclasses
+import itertools
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
 
 from pipelines.builder import parse_attribute
+from pipelines.formats._fragments import Fragments, Piece
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
+from pipelines.jsonframe import paused_gc
 from pipelines.masks import area as rle_area
 from pipelines.masks import bbox as rle_bbox
 from pipelines.masks import to_uncompressed
-from pipelines.staging import ItemGroup, Staging
+from pipelines.staging import Staging
 from pipelines.storage import Output
 
 _DIRECT = ("bbox", "polygon", "mask", "keypoints", "caption")
 _AS_BOX = ("rotated_bbox", "polyline", "point", "points", "ellipse", "cuboid_2d")
 _COLUMN_ATTRS = (("occluded", "occluded"), ("angle_deg", "rotation"), ("track_id", "track_id"),
                  ("keyframe", "keyframe"))  # fmt: skip
+_ANN_COLUMNS = ("ann_id", "native_id", "kind", "label", "bbox_x", "bbox_y", "bbox_w", "bbox_h",
+                "area", "iscrowd", "confidence", "mask", "mask_h", "mask_w", "text", "group_id",
+                "outside", "occluded", "angle_deg", "track_id", "keyframe")  # fmt: skip
+_PLAN = "_coco_plan"
+BLOCK_ITEMS = 4096
+"""Items per block: a block's rows are the most a task holds at once."""
+MIN_PART_ITEMS = 2048
+"""Smaller subsets are one part: splitting them costs more than it saves."""
+
+
+@dataclass(frozen=True)
+class SubsetPlan:
+    """What every part of one subset's file needs to know, computed once when planning."""
+
+    subset: str | None
+    name: str
+    bounds: tuple[int, ...]
+    """Item positions (1-based, source order) part k writes: bounds[k] < pos <= bounds[k + 1]."""
+    ann_offsets: tuple[int, ...]
+    """Annotations the parts before part k write: where its numbering starts."""
+    image_ids: bool
+    ann_ids: bool
+    cat_ids: dict[str, int]
+    head: bytes
+    categories: bytes
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    return [WriteTask("coco", subset=s, options=options) for s in staging.subsets()]
-
-
-def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
-    result = WriteResult()
-    subset = task.subset
-    where, params = ("i.subset IS NULL", []) if subset is None else ("i.subset = ?", [subset])
-    image_ids = _keep_native(staging, f"SELECT native_id AS n FROM items i WHERE {where}", params)
-    ann_ids = _keep_native(
-        staging,
-        "SELECT a.native_id AS n FROM annotations a JOIN items i USING (item_id) "
-        f"WHERE {where} GROUP BY a.native_id, coalesce(a.group_id, a.ann_id)",
-        params,
+    head = b"".join(
+        orjson.dumps(k) + b":" + orjson.dumps(v) + b"," for k, v in _head(staging).items()
     )
     categories = _categories(staging)
     cat_ids = {c["name"]: c["id"] for c in categories}
+    tasks = []
+    for subset in staging.subsets():
+        plan = _plan_subset(staging, subset, options.workers, head, categories, cat_ids)
+        opts = dataclasses.replace(options, extra={**options.extra, _PLAN: plan})
+        parts = len(plan.bounds) - 1
+        tasks += [WriteTask("coco", subset, k, parts, opts) for k in range(parts)]
+    return tasks
+
+
+def _where(subset: str | None) -> tuple[str, list]:
+    return ("subset IS NULL", []) if subset is None else ("subset = ?", [subset])
+
+
+def _positions(where: str) -> str:
+    """The subset's items with their 1-based position in source order."""
+    return (
+        "SELECT item_id, row_number() OVER (ORDER BY filename, file_row_number) AS pos "
+        f"FROM items WHERE {where}"
+    )
+
+
+def _plan_subset(
+    staging: Staging,
+    subset: str | None,
+    workers: int,
+    head: bytes,
+    categories: list[dict[str, Any]],
+    cat_ids: dict[str, int],
+) -> SubsetPlan:
+    where, params = _where(subset)
+    i_where = where.replace("subset", "i.subset")
+    image_ids = _keep_native(staging, f"SELECT native_id AS n FROM items i WHERE {i_where}", params)
+    ann_ids = _keep_native(
+        staging,
+        "SELECT a.native_id AS n FROM annotations a JOIN items i USING (item_id) "
+        f"WHERE {i_where} GROUP BY a.native_id, coalesce(a.group_id, a.ann_id)",
+        params,
+    )
     kinds = {
         r[0]
         for r in staging.con.execute(
-            f"SELECT DISTINCT a.kind FROM annotations a JOIN items i USING (item_id) WHERE {where}",
+            "SELECT DISTINCT a.kind FROM annotations a JOIN items i USING (item_id) "
+            f"WHERE {i_where}",
             params,
         ).fetchall()
     }
@@ -58,40 +127,277 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         if "keypoints" in kinds
         else ("captions" if kinds == {"caption"} else "instances")
     )
-    name = f"annotations/{prefix}_{subset or 'default'}.json"
-    next_ann = 0
-    with out.open(name) as f, tempfile.TemporaryFile() as spool:
-        f.write(b"{")
-        for key, value in _head(staging).items():
-            f.write(orjson.dumps(key) + b":" + orjson.dumps(value) + b",")
-        f.write(b'"images":[')
-        containers = _containers(staging)
-        for n, group in enumerate(staging.iter_items(all_subsets=False, subset=subset)):
-            if group.item["item_id"] in containers and not group.annotations:
-                result.lose("video/series items written only as their frames")
+    # Per item: its annotation rows (the work) and the annotations it writes (the
+    # numbering), which `_annotations` counts the same way: kept rows, merged by key.
+    kept = "NOT coalesce(a.outside, false) AND a.kind IN ({})".format(
+        ", ".join(f"'{k}'" for k in _DIRECT + _AS_BOX)
+    )
+    key = (
+        "CASE WHEN coalesce(a.group_id, '') <> '' THEN {'g': a.group_id, 'n': a.native_id} "
+        "ELSE {'g': NULL, 'n': a.ann_id} END"
+    )
+    counts = staging.con.execute(
+        f"WITH s AS ({_positions(where)}) SELECT s.pos, count(a.ann_id) AS rows, "
+        f"count(DISTINCT CASE WHEN {kept} THEN {key} END) AS written "
+        "FROM s LEFT JOIN annotations a USING (item_id) GROUP BY s.pos ORDER BY s.pos",
+        params,
+    ).fetchnumpy()
+    n = len(counts["pos"])
+    parts = max(1, min(_workers(workers), n // MIN_PART_ITEMS))
+    work = np.cumsum(counts["rows"].astype(np.int64) + 1)
+    cuts = np.searchsorted(work, work[-1] * np.arange(1, parts) / parts, side="left") + 1
+    bounds = (0, *sorted({int(c) for c in cuts if 0 < c < n}), n)
+    written = np.concatenate(([0], np.cumsum(counts["written"].astype(np.int64))))
+    return SubsetPlan(
+        subset=subset,
+        name=f"annotations/{prefix}_{subset or 'default'}.json",
+        bounds=bounds,
+        ann_offsets=tuple(int(written[b]) for b in bounds[:-1]),
+        image_ids=image_ids,
+        ann_ids=ann_ids,
+        cat_ids=cat_ids,
+        head=head,
+        categories=orjson.dumps(categories),
+    )
+
+
+def _workers(asked: int) -> int:
+    """Parts to split a subset into. The runner passes `WriteOptions()` (one worker)
+    when the run has no writer options, whatever --workers says; the machine's cores
+    stand in then (on one worker, parts run one after another at little extra cost)."""
+    return asked if asked > 1 else os.cpu_count() or 1
+
+
+def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
+    plan: SubsetPlan = task.options.extra[_PLAN]
+    part = task.shard
+    fragments = Fragments(out, plan.name, len(plan.bounds) - 1)
+    writer = _PartWriter(plan, part)
+    with fragments.open("images", part) as images, fragments.open("annotations", part) as anns:
+        for block in _blocks(staging, plan, part):
+            with paused_gc():  # a block's lists and dicts hold no cycles
+                writer.block(block, images, anns)
+    infos = fragments.finish(part, orjson.dumps([plan.ann_offsets[part], writer.written]))
+    if infos is not None:
+        _check_numbering(plan, [orjson.loads(i) for i in infos])
+        fragments.join(
+            [
+                b"{" + plan.head + b'"images":[',
+                Piece("images", b","),
+                b'],"annotations":[',
+                Piece("annotations", b","),
+                b'],"categories":' + plan.categories + b"}",
+            ]
+        )
+        writer.result.files.append(plan.name)
+    return writer.result
+
+
+def _check_numbering(plan: SubsetPlan, parts: list[list[int]]) -> None:
+    """Each part numbered its annotations from where the plan said the previous part ended."""
+    for (start, count), (following, _) in itertools.pairwise(parts):
+        if start + count != following:
+            msg = f"{plan.name}: annotation numbering of the parts disagrees with the plan"
+            raise RuntimeError(msg)
+
+
+@dataclass
+class _Block:
+    """A block of items with their annotation rows, vertices and attributes."""
+
+    items: list[dict[str, Any]]
+    anns: SimpleNamespace
+    """The annotation rows as one list per column (`anns.kind[row]`): no dict per row."""
+    first: list[int]
+    """Per item, the index of its first annotation row (and one past the last at the end)."""
+    geometry: _Geometry
+    attributes: dict[int, list[tuple]]
+    """Annotation row index in the block → its attribute rows (key, value, type, source)."""
+
+
+def _blocks(staging: Staging, plan: SubsetPlan, part: int) -> Iterator[_Block]:
+    where, params = _where(plan.subset)
+    lo, hi = plan.bounds[part], plan.bounds[part + 1]
+    con = staging.con
+    sel, ranked = f"_coco_items_{part}", f"_coco_anns_{part}"
+    con.execute(
+        f"CREATE OR REPLACE TABLE {sel} AS SELECT * FROM ({_positions(where)}) "
+        f"WHERE pos > {int(lo)} AND pos <= {int(hi)}",
+        params,
+    )
+    # Annotation rows in output order (item position, then source order): `rank` ties
+    # vertices and attributes to their row without carrying the row's strings along.
+    con.execute(
+        f"CREATE OR REPLACE TABLE {ranked} AS SELECT a.ann_id, a.item_id, a.kind, "
+        "row_number() OVER (ORDER BY s.pos, a.filename, a.file_row_number) AS rank "
+        f"FROM annotations a JOIN {sel} s USING (item_id)"
+    )
+    try:
+        items = _Stream(
+            staging,
+            "SELECT s.pos, i.native_id, i.file_name, i.width, i.height, i.metadata, "
+            "i.item_id IN (SELECT parent_id FROM items WHERE parent_id IS NOT NULL) AS container "
+            f"FROM items i JOIN {sel} s USING (item_id) ORDER BY s.pos",
+        )
+        anns = _Stream(
+            staging,
+            f"SELECT s.pos, {', '.join(f'a.{c}' for c in _ANN_COLUMNS)} FROM annotations a "
+            f"JOIN {sel} s USING (item_id) ORDER BY s.pos, a.filename, a.file_row_number",
+        )
+        points = _Stream(
+            staging,
+            "SELECT r.rank, coalesce(p.part, -1) AS part, p.idx, p.x, p.y, p.visibility "
+            f"FROM points p JOIN {ranked} r ON p.ann_id = r.ann_id AND p.item_id = r.item_id "
+            "WHERE r.kind IN ('polygon', 'keypoints') ORDER BY r.rank, p.part, p.idx",
+        )
+        attrs = _Stream(
+            staging,
+            "SELECT r.rank, t.key, t.value, t.value_type, t.source FROM attributes t "
+            f"JOIN {ranked} r ON t.owner_id = r.ann_id AND t.item_id = r.item_id "
+            "ORDER BY r.rank, t.filename, t.file_row_number",
+        )
+        done = 0  # annotation rows of earlier blocks: ranks are 1-based over the part
+        while (item_table := items.take(BLOCK_ITEMS)) is not None:
+            last_pos = item_table.column("pos")[-1].as_py()
+            ann_table = anns.take_until("pos", last_pos)
+            item_rows = item_table.to_pylist()
+            ann_pos = ann_table.column("pos").to_numpy()
+            first = np.searchsorted(ann_pos, [r["pos"] for r in item_rows], side="left")
+            last_rank = done + ann_table.num_rows
+            attributes: dict[int, list[tuple]] = {}
+            attr_table = attrs.take_until("rank", last_rank)
+            for rank, *row in zip(*(c.to_pylist() for c in attr_table.columns), strict=True):
+                attributes.setdefault(rank - done - 1, []).append(tuple(row))
+            yield _Block(
+                items=item_rows,
+                anns=SimpleNamespace(**{c: ann_table.column(c).to_pylist() for c in _ANN_COLUMNS}),
+                first=[*first.tolist(), ann_table.num_rows],
+                geometry=_Geometry(points.take_until("rank", last_rank), done),
+                attributes=attributes,
+            )
+            done = last_rank
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {sel}; DROP TABLE IF EXISTS {ranked}")
+
+
+class _Stream:
+    """A query's rows as Arrow, taken in order up to a bound of a sorted column."""
+
+    def __init__(self, staging: Staging, sql: str) -> None:
+        # Each stream gets its own cursor: a new query on a connection ends the previous one.
+        self._reader = staging.con.cursor().sql(sql).to_arrow_reader(BLOCK_ITEMS * 16)
+        self._pending: list[pa.RecordBatch] = []
+        self._schema = self._reader.schema
+
+    def _next(self) -> pa.RecordBatch | None:
+        if self._pending:
+            return self._pending.pop()
+        return next(self._reader, None)
+
+    def take(self, n: int) -> pa.Table | None:
+        """The next n rows (fewer at the end), or None when there are none left."""
+        taken: list[pa.RecordBatch] = []
+        rows = 0
+        while rows < n and (batch := self._next()) is not None:
+            if rows + batch.num_rows > n:
+                batch, rest = batch.slice(0, n - rows), batch.slice(n - rows)
+                self._pending.append(rest)
+            taken.append(batch)
+            rows += batch.num_rows
+        return pa.Table.from_batches(taken, self._schema) if taken else None
+
+    def take_until(self, column: str, bound: int) -> pa.Table:
+        """Every next row whose `column` is at most `bound`."""
+        taken: list[pa.RecordBatch] = []
+        while (batch := self._next()) is not None:
+            values = batch.column(column).to_numpy()
+            cut = int(np.searchsorted(values, bound, side="right"))
+            if cut < batch.num_rows:
+                self._pending.append(batch.slice(cut))
+                taken.append(batch.slice(0, cut))
+                break
+            taken.append(batch)
+        return pa.Table.from_batches(taken, self._schema)
+
+
+class _Geometry:
+    """A block's vertices as flat lists, looked up by annotation row."""
+
+    def __init__(self, points: pa.Table, done: int) -> None:
+        rows = points.column("rank").to_numpy() - done - 1
+        n = int(rows[-1]) + 1 if len(rows) else 0
+        self._start = np.searchsorted(rows, np.arange(n + 1), side="left").tolist()
+        # Nulls come out of numpy as NaN, which orjson writes as null, as it writes None.
+        self.x = points.column("x").to_numpy(zero_copy_only=False)
+        self.y = points.column("y").to_numpy(zero_copy_only=False)
+        xy = np.empty(2 * len(self.x))
+        xy[0::2], xy[1::2] = self.x, self.y
+        self.xy = xy.tolist()
+        # A polygon's parts: runs of one (row, part).
+        part = points.column("part").to_numpy()
+        change = np.flatnonzero((np.diff(rows) != 0) | (np.diff(part) != 0)) + 1
+        starts = np.concatenate(([0], change)) if len(rows) else np.array([], np.int64)
+        self._runs = [*starts.tolist(), len(rows)]
+        self._run_of = np.searchsorted(starts, self._start).tolist()
+        self.idx = points.column("idx").to_pylist()
+        self.visibility = points.column("visibility").to_pylist()
+
+    def _range(self, row: int) -> tuple[int, int]:
+        if row + 1 >= len(self._start):
+            return 0, 0
+        return self._start[row], self._start[row + 1]
+
+    def polygon(self, row: int) -> list[list[float]]:
+        if row + 1 >= len(self._start):
+            return []
+        runs, r0, r1 = self._runs, self._run_of[row], self._run_of[row + 1]
+        return [self.xy[2 * runs[r] : 2 * runs[r + 1]] for r in range(r0, r1)]
+
+    def keypoints(self, row: int) -> list[float]:
+        start, end = self._range(row)
+        x, y = self.x[start:end].tolist(), self.y[start:end].tolist()
+        flat: list[float] = []
+        for p in sorted(range(end - start), key=self.idx[start:end].__getitem__):
+            v = self.visibility[start + p]
+            flat.extend((x[p], y[p], v if v is not None else 2))
+        return flat
+
+
+class _PartWriter:
+    """Turns blocks into JSON for the images and annotations fragments of one part."""
+
+    def __init__(self, plan: SubsetPlan, part: int) -> None:
+        self.plan = plan
+        self.next_ann = plan.ann_offsets[part]
+        self.written = 0
+        self.result = WriteResult()
+        self._started = {"images": False, "annotations": False}
+
+    def block(self, block: _Block, images_out, anns_out) -> None:
+        images: list[dict[str, Any]] = []
+        anns: list[dict[str, Any]] = []
+        for n, item in enumerate(block.items):
+            a0, a1 = block.first[n], block.first[n + 1]
+            if item["container"] and a0 == a1:
+                self.result.lose("video/series items written only as their frames")
                 continue
-            image_id = int(group.item["native_id"]) if image_ids else n + 1
-            f.write((b"," if result.items else b"") + orjson.dumps(_image(group.item, image_id)))
-            result.items += 1
-            for ann in _annotations(group, image_id, cat_ids, result):
-                next_ann += 1
-                ann["id"] = int(ann["id"]) if ann_ids else next_ann
-                spool.write((b"," if next_ann > 1 else b"") + orjson.dumps(ann))
-        f.write(b'],"annotations":[')
-        spool.seek(0)
-        while block := spool.read(1 << 20):
-            f.write(block)
-        f.write(b'],"categories":' + orjson.dumps(categories) + b"}")
-    result.files.append(name)
-    return result
+            image_id = int(item["native_id"]) if self.plan.image_ids else item["pos"]
+            images.append(_image(item, image_id))
+            for ann in _annotations(block, a0, a1, image_id, self.plan.cat_ids, self.result):
+                self.next_ann += 1
+                self.written += 1
+                ann["id"] = int(ann["id"]) if self.plan.ann_ids else self.next_ann
+                anns.append(ann)
+        self.result.items += len(images)
+        self._write("images", images, images_out)
+        self._write("annotations", anns, anns_out)
 
-
-def _containers(staging: Staging) -> set[str]:
-    """Items that other items name as their parent: a video, an image group, a series."""
-    rows = staging.con.execute(
-        "SELECT DISTINCT parent_id FROM items WHERE parent_id IS NOT NULL"
-    ).fetchall()
-    return {r[0] for r in rows}
+    def _write(self, piece: str, values: list[dict[str, Any]], f) -> None:
+        if not values:
+            return
+        # One dumps per block; its brackets dropped, blocks are joined with commas.
+        f.write((b"," if self._started[piece] else b"") + orjson.dumps(values)[1:-1])
+        self._started[piece] = True
 
 
 def _keep_native(staging: Staging, sql: str, params: list) -> bool:
@@ -169,12 +475,14 @@ def _image(item: dict[str, Any], image_id: int) -> dict[str, Any]:
 
 
 def _annotations(
-    group: ItemGroup, image_id: int, cat_ids: dict[str, int], result: WriteResult
+    block: _Block, a0: int, a1: int, image_id: int, cat_ids: dict[str, int], result: WriteResult
 ) -> Iterator[dict[str, Any]]:
+    """One item's annotation rows [a0, a1) of the block as COCO annotations, merged by key."""
+    a = block.anns
     merged: dict[Any, dict[str, Any]] = {}
-    for a in group.annotations:
-        kind = a["kind"]
-        if a.get("outside"):
+    for row in range(a0, a1):
+        kind = a.kind[row]
+        if a.outside[row]:
             result.lose("outside track shapes skipped")
             continue
         if kind not in _DIRECT and kind not in _AS_BOX:
@@ -183,42 +491,43 @@ def _annotations(
         if kind in _AS_BOX:
             result.lose(f"{kind} written as boxes")
         result.annotations += 1
-        key = (a["group_id"], a["native_id"]) if a["group_id"] else a["ann_id"]
+        group = a.group_id[row]
+        key = (group, a.native_id[row]) if group else a.ann_id[row]
         ann = merged.get(key)
         if ann is None:
-            ann = merged[key] = _base(a, image_id, cat_ids, group.attributes.get(a["ann_id"], []))
-        _geometry(ann, a, group.points.get(a["ann_id"], []))
+            ann = merged[key] = _base(a, row, image_id, cat_ids, block.attributes.get(row, ()))
+        _geometry(ann, a, row, block.geometry)
     for ann in merged.values():
         if "segmentation" not in ann and "caption" not in ann:
             ann["segmentation"] = []
         yield ann
 
 
-def _base(a: dict[str, Any], image_id: int, cat_ids: dict[str, int], attrs: list) -> dict:
-    ann: dict[str, Any] = {"id": a["native_id"] or 0, "image_id": image_id,
-                           "category_id": cat_ids.get(a["label"], 0)}  # fmt: skip
-    if a["bbox_x"] is not None:
-        ann["bbox"] = [a["bbox_x"], a["bbox_y"], a["bbox_w"], a["bbox_h"]]
-    if a["area"] is not None:
-        ann["area"] = a["area"]
-    elif a["bbox_w"] is not None and a["kind"] in ("bbox", "rotated_bbox", "ellipse"):
-        ann["area"] = a["bbox_w"] * a["bbox_h"]
-    ann["iscrowd"] = int(bool(a["iscrowd"]))
-    if a["confidence"] is not None:
-        ann["score"] = a["confidence"]
+def _base(a: SimpleNamespace, row: int, image_id: int, cat_ids: dict[str, int], attrs) -> dict:
+    ann: dict[str, Any] = {"id": a.native_id[row] or 0, "image_id": image_id,
+                           "category_id": cat_ids.get(a.label[row], 0)}  # fmt: skip
+    if a.bbox_x[row] is not None:
+        ann["bbox"] = [a.bbox_x[row], a.bbox_y[row], a.bbox_w[row], a.bbox_h[row]]
+    if a.area[row] is not None:
+        ann["area"] = a.area[row]
+    elif a.bbox_w[row] is not None and a.kind[row] in ("bbox", "rotated_bbox", "ellipse"):
+        ann["area"] = a.bbox_w[row] * a.bbox_h[row]
+    ann["iscrowd"] = int(bool(a.iscrowd[row]))
+    if a.confidence[row] is not None:
+        ann["score"] = a.confidence[row]
     named: dict[str, Any] = {}
     top: dict[str, Any] = {}
     layout: dict[str, Any] = {}
-    for r in attrs:
-        value = parse_attribute(r["value"], r["value_type"])
-        source = r["source"] or ""
+    for key, value, value_type, source in attrs:
+        source = source or ""
         if source.endswith("_layout") and source != "coco_layout":
             continue  # another format's spelling detail
         target = {"coco": top, "coco_layout": layout}.get(source, named)
-        target[r["key"]] = value
+        target[key] = parse_attribute(value, value_type)
     for column, key in _COLUMN_ATTRS:
-        if a.get(column) is not None and key not in named:
-            named[key] = a[column]
+        value = getattr(a, column)[row]
+        if value is not None and key not in named:
+            named[key] = value
     if named:
         ann["attributes"] = named
     ann.update(top)
@@ -227,25 +536,52 @@ def _base(a: dict[str, Any], image_id: int, cat_ids: dict[str, int], attrs: list
     return ann
 
 
-def _geometry(ann: dict[str, Any], a: dict[str, Any], pts: list[dict[str, Any]]) -> None:
-    kind = a["kind"]
+def _geometry(ann: dict[str, Any], a: SimpleNamespace, row: int, geometry: _Geometry) -> None:
+    kind = a.kind[row]
     if kind == "polygon":
-        parts: dict[int, list[float]] = {}
-        for p in pts:
-            parts.setdefault(p["part"], []).extend((p["x"], p["y"]))
-        ann["segmentation"] = [parts[k] for k in sorted(parts)]
+        ann["segmentation"] = geometry.polygon(row)
     elif kind == "mask":
-        h, w = a["mask_h"], a["mask_w"]
+        h, w, mask = a.mask_h[row], a.mask_w[row], a.mask[row]
         plain = ann.pop("_uncompressed", False)
-        counts: Any = to_uncompressed(a["mask"], h, w) if plain else a["mask"]
+        counts: Any = _uncompressed(mask, h, w) if plain else mask
         ann["segmentation"] = {"size": [h, w], "counts": counts}
-        ann.setdefault("bbox", rle_bbox(a["mask"], h, w))
-        ann.setdefault("area", rle_area(a["mask"], h, w))
+        # Decoding a mask is costly: only when the export stated no box or area.
+        if "bbox" not in ann:
+            ann["bbox"] = rle_bbox(mask, h, w)
+        if "area" not in ann:
+            ann["area"] = rle_area(mask, h, w)
     elif kind == "keypoints":
-        flat: list[float] = []
-        for p in sorted(pts, key=lambda p: p["idx"]):
-            flat.extend((p["x"], p["y"], p["visibility"] if p["visibility"] is not None else 2))
+        flat = geometry.keypoints(row)
         ann["keypoints"] = flat
         ann.setdefault("num_keypoints", sum(1 for v in flat[2::3] if v > 0))
     elif kind == "caption":
-        ann["caption"] = a["text"]
+        ann["caption"] = a.text[row]
+
+
+def _uncompressed(counts: str, height: int, width: int) -> list[int]:
+    """`masks.to_uncompressed` without painting the mask: the run lengths the string
+    encodes, when they are already the runs the painted mask would give (they cover
+    it exactly and none after the first is empty); otherwise the painted way."""
+    lengths = _rle_lengths(counts)
+    if sum(lengths) == height * width > 0 and all(lengths[1:]):
+        return lengths
+    return to_uncompressed(counts, height, width)
+
+
+def _rle_lengths(counts: str) -> list[int]:
+    """COCO's compressed RLE string → its run lengths (pycocotools' rleFrString)."""
+    lengths: list[int] = []
+    value = shift = 0
+    for char in counts.encode("ascii"):
+        c = char - 48
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value -= 1 << shift  # the sign bit of the last 5-bit group
+        if len(lengths) > 2:
+            value += lengths[-2]
+        lengths.append(value)
+        value = shift = 0
+    return lengths
