@@ -219,7 +219,9 @@ class Executor:
         """`preload`: modules a local pool's workers import before their first task,
         beside the engine (e.g. duckdb when the run writes from staging)."""
         self.kind = kind
-        self.preload = ["pipelines.runner", *preload]
+        # "__main__" first: every worker would otherwise import the caller's main
+        # module (the CLI: typer, rich) again for itself after the fork.
+        self.preload = ["__main__", "pipelines.runner", *preload]
         self.workers = max(1, workers or os.cpu_count() or 1)
         self.scheduler = scheduler
         self._pool: Any = None
