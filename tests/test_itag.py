@@ -10,6 +10,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -224,7 +225,11 @@ def test_broken_line_is_rejected_and_the_rest_converts(tmp_path: Path) -> None:
 # -- byte ranges -------------------------------------------------------------
 
 
-def test_byte_ranges_read_every_line_exactly_once() -> None:
+@pytest.mark.parametrize("block", [3, 1 << 20])  # lines longer than a block, and not
+def test_byte_ranges_read_every_line_exactly_once(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    monkeypatch.setattr(itag, "READ_BYTES", block)
     data = b'{"a":1}\n\n{"b":22}\r\n{"c":333}\n{"d":4444}'  # a blank line, CRLF, no final newline
     expected = [(0, b'{"a":1}\n'), (8, b"\n"), (9, b'{"b":22}\r\n'), (19, b'{"c":333}\n'),
                 (29, b'{"d":4444}')]  # fmt: skip
@@ -251,14 +256,28 @@ def test_plan_splits_a_large_manifest_into_adjacent_ranges(
     path.write_text("".join(f'{{"data":{{"source":"oss://b/{i}.jpg"}}}}\n' for i in range(100)))
     size = path.stat().st_size
     monkeypatch.setattr(itag, "SPLIT_BYTES", 1000)
-    monkeypatch.setattr(itag, "RANGE_BYTES", 500)
+    monkeypatch.setattr(itag, "RANGE_BYTES", 300)
     source = Source(str(path))
     tasks = itag.plan_read(source, ReadOptions(workers=2))
-    assert len(tasks) == size // 500 < 8  # fewer than workers × 4: no range under RANGE_BYTES
-    assert min(t.end - t.start for t in tasks) >= 500
-    assert tasks[0].start == 0 and tasks[-1].end == size
-    assert all(a.end == b.start for a, b in itertools.pairwise(tasks))
+    spans = [(t.start, t.end) for t in tasks]
+    assert spans == itag.ranges(size, 2)
+    assert spans[0] == (0, -(-size // 4))  # a quarter of the file: half a worker's share
     assert len(itag.plan_read(source, ReadOptions(workers=1))) == 1
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_ranges_cover_the_file_largest_first(monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    monkeypatch.setattr(itag, "RANGE_BYTES", 100)
+    for size in [100, 101, 250, 999, 1000, 12_345, 1_000_003]:
+        spans = itag.ranges(size, workers)
+        assert spans[0][0] == 0 and spans[-1][1] == size
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+        lengths = [e - s for s, e in spans]
+        assert min(lengths) >= 100
+        assert lengths[:-1] == sorted(lengths[:-1], reverse=True)
+        assert lengths[-1] < 200 or len(spans) == 1  # the last one takes what is left
+    # Far fewer tasks than fixed-size ranges of the smallest size would make.
+    assert len(itag.ranges(1_000_003, 2)) < 40
 
 
 def test_parallel_byte_ranges_convert_every_line_once(
@@ -355,3 +374,142 @@ def test_edited_label_and_text_replace_the_answers_they_came_from() -> None:
     (shape,) = line["label-1"]["results"][0]["data"]
     assert shape["labels"] == {"OCR result": "Financial advisor", "Single-choice": "Label 2"}
     assert shape["value"] == [[0, 0], [1, 0], [2, 0]]
+
+
+# -- the column path ---------------------------------------------------------
+
+
+def _shape(value: object, labels: object = None, **other: object) -> dict:
+    shape = {"id": "s", "type": "image/polygon", "value": value}
+    shape["labels"] = {"Single-choice": "car"} if labels is None else labels
+    return {**shape, **other}
+
+
+def _manifest_line(i: int, shapes: list | None = None, results: list | None = None) -> str:
+    if shapes is None:
+        shapes = [
+            _shape([[i + k, 2.5], [3, 4.25 * k], [k, 0]], {"Single-choice": "car", "OCR": "x"}
+                   if k % 3 == 0 else None, id=f"{i}-{k}")
+            for k in range(1 + i % 4)
+        ]  # fmt: skip
+    image = {"questionId": "1", "data": shapes, "markTitle": "T", "width": 640,
+             "type": "image", "height": 480}  # fmt: skip
+    line: dict = {
+        "data": {"source": f"oss://b/{i}.jpg"},
+        "label-9": {"results": results or [image]},
+    }
+    if i % 2:
+        survey = {"questionId": "2", "data": "car", "type": "survey/value", "markTitle": "S"}
+        line["label-9-check"] = {"results": [image, survey]}
+    return json.dumps(line, ensure_ascii=False)
+
+
+P = [[1.5, 2], [3, 4]]
+ODD_LINES = [
+    '{"data": {"source": "oss://b/broken.jpg"}, "label-9": {"results": [',
+    "[1, 2]",
+    '{"data": 1}',
+    _manifest_line(1, [_shape([[True, 1], [2, 3]])]),
+    _manifest_line(1, [_shape([[2**60, 1], [2, 3]])]),
+    _manifest_line(1, [_shape(P, rotation=0)]),
+    _manifest_line(1, [_shape(P, {"multi": ["a", "b"], "n": 3})]),
+    _manifest_line(1, [_shape(P, "not answers")]),
+    _manifest_line(1, [{"type": "image/polygon", "value": P, "labels": {"a": "b"}}]),
+    _manifest_line(1, [_shape(P, id=7)]),
+    _manifest_line(1, ["not a shape", _shape(P)]),
+    _manifest_line(1, [_shape(P, type="image/rect")]),
+    _manifest_line(1, [_shape([])]),
+    _manifest_line(1, [_shape([[1, 2, 3]])]),
+    _manifest_line(1, [_shape([[1e308, 1e308]])]),
+    _manifest_line(1, [_shape([None, [1, 2]])]),
+    _manifest_line(1, [_shape([[None, 1]])]),
+    _manifest_line(
+        1,
+        results=[
+            {"questionId": 2, "data": ["a", "b"], "type": "survey/multivalue"},
+            {"questionId": 1.0, "data": "c", "type": "survey/value", "markTitle": "S"},
+            {"questionId": True, "data": [1], "type": "survey/multivalue"},
+            {"questionId": [1], "data": [_shape(P)], "type": "image", "width": 6.5, "height": "x"},
+            {"questionId": -0.0, "data": [_shape(P, id=None)], "type": "image"},
+            {"questionId": 0.0, "data": "d", "type": "survey/value"},
+            5,
+            {"type": "image", "data": "not shapes"},
+        ],
+    ),
+    json.dumps({"data": {"picUrl": "oss://b/v1.jpg"}, "label-9": {"results": 3}, "label-8": 4}),
+    json.dumps({"data": {"source": 5}, "label-9": {"results": [], "x": 1}}),
+]
+"""Lines the columns do not certify (and a few odd ones they do): every one the row
+path maps, rejects or keeps in the skeleton in its own way."""
+
+
+@pytest.fixture(scope="module")
+def mixed_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lines = ["\ufeff" + _manifest_line(0)]
+    for i in range(1, 400):
+        lines.append(_manifest_line(i, [_shape(P, {"OCR result": "x"})] if i % 13 == 0 else None))
+        if i % 11 == 0:
+            lines.append(ODD_LINES[(i // 11) % len(ODD_LINES)])
+        if i % 50 == 0:
+            lines.append("  ")
+    path = tmp_path_factory.mktemp("mixed") / "mixed.manifest"
+    path.write_bytes(("\n".join(lines) + "\r\n" + _manifest_line(400)).encode())
+    return path
+
+
+def _direct(path: Path, **options: object) -> dict[str, pa.Table]:
+    fmt = formats.get("itag")
+    batches = [
+        transforms.standard(b)
+        for task in fmt.plan_read(Source(str(path)), ReadOptions(dataset="t", **options))
+        for b in fmt.read(task)
+    ]
+    return {name: _plain(t) for name, t in Batch.concat(batches).tables().items()}
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Dictionary columns decoded: two paths may build different dictionaries."""
+    cols = [c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in table.columns]
+    return pa.Table.from_arrays(cols, names=table.column_names)
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"batch_rows": 500}, {"batch_rows": 3000, "workers": 2}], ids=str
+)
+def test_columns_and_rows_give_the_same_tables(
+    mixed_manifest: Path, monkeypatch: pytest.MonkeyPatch, options: dict
+) -> None:
+    monkeypatch.setattr(itag, "SPLIT_BYTES", 10_000)
+    monkeypatch.setattr(itag, "RANGE_BYTES", 5_000)
+    monkeypatch.setattr(itag, "MAX_ODD_LINES", 10_000)
+    by_rows = itag._map_rows
+    row_lines = []
+
+    def counted(task, stem, group, parsed):
+        row_lines.extend(t.pos for t in group)
+        return by_rows(task, stem, group, parsed)
+
+    monkeypatch.setattr(itag, "_map_rows", counted)
+    columns = _direct(mixed_manifest, **options)
+    # Only the odd lines took the row path (and a certified one never did).
+    n_odd = sum(1 for i in range(1, 400) if i % 11 == 0)
+    assert 0 < len(row_lines) <= n_odd
+    assert len(set(row_lines)) == len(row_lines)
+    monkeypatch.setattr(itag, "COLUMNS", False)
+    rows = _direct(mixed_manifest, **options)
+    for name, table in rows.items():
+        assert columns[name].equals(table), name
+    assert rows["rejects"].num_rows >= 15 and rows["items"].num_rows > 400
+    kinds = set(rows["annotations"].column("kind").to_pylist())
+    assert kinds == {"polygon", "tag"}
+
+
+def test_a_group_with_many_odd_lines_is_mapped_row_by_row(
+    mixed_manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(itag, "MAX_ODD_LINES", 0)
+    columns = _direct(mixed_manifest)
+    monkeypatch.setattr(itag, "COLUMNS", False)
+    rows = _direct(mixed_manifest)
+    for name, table in rows.items():
+        assert columns[name].equals(table), name

@@ -37,6 +37,7 @@ SHAPE_KEYS = frozenset({"id", "type", "value", "labels"})
 _LIMIT = 1e300
 _EXACT_INT = 2**53
 _GET = itemgetter("id", "type", "value", "labels")
+_GETS = tuple(map(itemgetter, ("id", "type", "value", "labels")))
 _POLYGON_VALUE = pa.list_(pa.list_(pa.float64()))
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
 _NONE = type(None)
@@ -230,21 +231,23 @@ class _Uncertified(Exception):
 def _shape_columns(shapes: list) -> dict[str, Any]:
     """The shapes' columns, or `_Uncertified` with the shapes that are not certified."""
     if not shapes:
-        return _columns([], [], None)
+        return _columns([], [], [], None)
     if (
         set(map(type, shapes)) != {dict}
         or set(map(len, shapes)) != {4}
         or not set().union(*shapes) <= SHAPE_KEYS
     ):
         raise _Uncertified(_flags(not _certifiable(s) for s in shapes))
-    ids, types, values, labels = zip(*map(_GET, shapes), strict=True)
+    ids, types, values, labels = (list(map(get, shapes)) for get in _GETS)
     if (
         set(map(type, types)) != {str}
         or set(types) != {"image/polygon"}
         or not set(map(type, ids)) <= {str, _NONE}
         or set(map(type, labels)) != {dict}
-        or set(map(type, chain.from_iterable(map(dict.values, labels)))) - {str}
     ):
+        raise _Uncertified(_flags(not _certifiable(s) for s in shapes))
+    answers = list(chain.from_iterable(map(dict.values, labels)))
+    if set(map(type, answers)) - {str}:
         raise _Uncertified(_flags(not _certifiable(s) for s in shapes))
     try:
         polygons = pa.array(values, _POLYGON_VALUE)
@@ -261,43 +264,65 @@ def _shape_columns(shapes: list) -> dict[str, Any]:
     bad |= _any_per_list(bad_vertex, polygons.offsets.to_numpy())
     if bad.any():
         raise _Uncertified(bad)
-    return _columns(ids, labels, polygons)
+    return _columns(ids, labels, answers, polygons)
 
 
-def _columns(ids: Any, labels: Any, polygons: pa.ListArray | None) -> dict[str, Any]:
-    """Certified shapes' columns: native id, label, text, answers, vertices."""
+def _columns(
+    ids: list, labels: list[dict], answer_list: list[str], polygons: pa.ListArray | None
+) -> dict[str, Any]:
+    """Certified shapes' columns: native id, label, text, answers (`answer_list`: the
+    values of every `labels` dict, in order), vertices."""
     n = len(ids)
-    counts = np.fromiter(map(len, labels), np.int64, n)
-    first = np.cumsum(counts) - counts
-    keys = pa.array(list(chain.from_iterable(labels)), pa.string())
-    answers = pa.array(list(chain.from_iterable(map(dict.values, labels))), pa.string())
-    fields = _FieldPositions()
-    at = np.array(list(map(fields.__getitem__, map(tuple, labels))), np.int64).reshape(n, 2)
+    # Few distinct answer-key sequences ("Single-choice", then maybe "OCR result"):
+    # keys and the label and text positions are looked up per sequence.
+    sets = _KeySets()
+    which = np.fromiter(map(sets.__getitem__, map(tuple, labels)), np.int64, n)
+    key_count, key_start, text_at, label_at = (np.asarray(c, np.int64)[which] for c in sets.columns)
+    owner, j = _spread(key_count)
+    keys = pa.array(sets.keys, pa.string()).take(pa.array(key_start[owner] + j))
+    answers = pa.array(answer_list, pa.string())
+    # Positions -1 (no such answer) point past the answers, at a null: a take without
+    # null indices is much faster than one with them.
+    first = np.cumsum(key_count) - key_count
+    none = len(answers)
+    padded = pa.concat_arrays([answers, pa.nulls(1, pa.string())])
     return {
         "native_id": pa.array(ids, pa.string()),
-        "text": answers.take(pa.array(first + at[:, 0], mask=at[:, 0] < 0)),
-        "label": answers.take(pa.array(first + at[:, 1], mask=at[:, 1] < 0)),
-        "label_counts": counts,
+        "text": padded.take(pa.array(np.where(text_at < 0, none, first + text_at))),
+        "label": padded.take(pa.array(np.where(label_at < 0, none, first + label_at))),
+        "label_counts": key_count,
         "keys": keys,
         "values": answers,
         "value": polygons if polygons is not None else pa.array([], _POLYGON_VALUE),
     }
 
 
-class _FieldPositions(dict):
-    """Answer keys (in order) → positions of the OCR text and of the label, -1 if none.
+class _KeySets(dict):
+    """Distinct answer-key sequences → their number; `columns` describes each one:
+    its length, its first key in `keys`, and the positions of the OCR text and of the
+    label (-1 if none).
 
     Certified answers are all strings, so `label_fields` depends on the keys alone.
     """
 
-    def __missing__(self, keys: tuple[str, ...]) -> tuple[int, int]:
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[str] = []
+        self.columns: tuple[list[int], ...] = ([], [], [], [])
+
+    def __missing__(self, keys: tuple[str, ...]) -> int:
         text_key, label_key = label_fields(dict.fromkeys(keys, ""))
         found = (
+            len(keys),
+            len(self.keys),
             keys.index(text_key) if text_key is not None else -1,
             keys.index(label_key) if label_key is not None else -1,
         )
-        self[keys] = found
-        return found
+        for column, value in zip(self.columns, found, strict=True):
+            column.append(value)
+        self.keys.extend(keys)
+        self[keys] = len(self)
+        return self[keys]
 
 
 def _certifiable(shape: Any) -> bool:

@@ -43,9 +43,10 @@ from pipelines.schema import Batch
 from pipelines.storage import Source
 
 NAME = "itag"
-SPLIT_BYTES = 64 << 20
-"""A manifest larger than this is read as byte ranges when more than one worker runs."""
-RANGE_BYTES = 16 << 20
+SPLIT_BYTES = 32 << 20
+"""A manifest larger than this is read as byte ranges when more than one worker runs
+(below, a pool's start-up costs about what splitting gains)."""
+RANGE_BYTES = 4 << 20
 """The smallest byte range worth a task of its own."""
 SUFFIXES = (".manifest", ".jsonl", ".json")
 READ_BYTES = 1 << 20
@@ -113,13 +114,31 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         if size <= SPLIT_BYTES:
             tasks.append(ReadTask(NAME, source, member=member, options=options))
             continue
-        count = max(2, min(options.workers * 4, size // RANGE_BYTES))
-        step = math.ceil(size / count)
         tasks.extend(
-            ReadTask(NAME, source, member=member, start=s, end=min(s + step, size), options=options)
-            for s in range(0, size, step)
+            ReadTask(NAME, source, member=member, start=s, end=e, options=options)
+            for s, e in ranges(size, options.workers)
         )
     return tasks
+
+
+def ranges(size: int, workers: int) -> list[tuple[int, int]]:
+    """Adjacent byte ranges covering [0, size), largest first.
+
+    Each range is 1 / (2 × workers) of what is left, and none is under
+    RANGE_BYTES (guided self-scheduling): the first ranges are long, so there
+    are few tasks, and the last ones short, so workers taking the next range as
+    they get free finish close together even when one of them ran slower.
+    """
+    out = []
+    start = 0
+    while start < size:
+        left = size - start
+        step = max(RANGE_BYTES, math.ceil(left / (2 * workers)))
+        if left - step < RANGE_BYTES:  # no sliver of a task at the end
+            step = left
+        out.append((start, start + step))
+        start += step
+    return out
 
 
 def lines(f: IO[bytes], start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes]]:
@@ -267,6 +286,20 @@ def _map_rows(task: ReadTask, stem: str, group: list[_Text], parsed: list[Any]) 
     return b.flush()
 
 
+class _StageOf(dict):
+    """Line key → its review stage, None if it is no result key (keys repeat line after line)."""
+
+    def __missing__(self, key: str) -> str | None:
+        m = LABEL_KEY.fullmatch(key)
+        stage = (m.group(2) or "label") if m else None
+        if len(self) < 10_000:  # job ids are few; a manifest with many is not worth the memory
+            self[key] = stage
+        return stage
+
+
+_STAGE_OF = _StageOf()
+
+
 class _Walk:
     """Walks one manifest line: its item, its results' shapes and answers, its skeleton.
 
@@ -280,15 +313,14 @@ class _Walk:
         skeleton: dict[str, Any] = {}
         stages = []
         for key, value in obj.items():
-            m = LABEL_KEY.fullmatch(key)
+            stage = _STAGE_OF[key]
             if (
-                m is None
+                stage is None
                 or not isinstance(value, dict)
                 or not isinstance(value.get("results"), list)
             ):
                 skeleton[key] = value
                 continue
-            stage = m.group(2) or "label"
             stages.append(stage)
             skeleton[key] = {
                 k: [self._result(r, key, stage, i) for i, r in enumerate(v)]
