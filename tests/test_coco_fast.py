@@ -253,7 +253,7 @@ def test_image_ids_compare_as_text() -> None:
     raw = [7, 12, -3, "5", "007", "abc", "1.0", None, 2**70]
     ints = [v for v in raw if type(v) is int and abs(v) < 2**63]
     texts = {str(v) for v in raw if not (type(v) is int and abs(v) < 2**63)}
-    ids = _coco_fast.ImageIds(ints, texts)
+    ids = _coco_fast.ImageIds([np.array(ints, dtype=np.int64)], texts)
     reference = {str(v) for v in raw}
     for text in ["7", "12", "-3", "5", "007", "7.0", "abc", "1.0", "None", "8", "-0", "0", ""]:
         assert (text in ids) == (text in reference), text

@@ -86,11 +86,13 @@ class ImageIds:
     not a Python string each); other ids as a set of their text.
     """
 
-    def __init__(self, ints: list[int], texts: set[str]) -> None:
-        """`ints`: ids that are ints within int64; `texts`: `str(id)` of all the others."""
+    def __init__(self, ints: Sequence[np.ndarray], texts: set[str]) -> None:
+        """`ints`: arrays of the ids that are ints within int64; `texts`: `str(id)` of
+        all the others."""
         canonical = [int(t) for t in texts if _CANONICAL_INT.fullmatch(t)]
         canonical = [v for v in canonical if _INT64_MIN <= v <= _INT64_MAX]
-        self.ints = np.unique(np.array(ints + canonical, dtype=np.int64))
+        arrays = [*ints, np.array(canonical, dtype=np.int64)]
+        self.ints = np.unique(np.concatenate(arrays))
         self.texts = frozenset(texts)
 
     def __contains__(self, text: object) -> bool:

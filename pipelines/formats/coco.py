@@ -26,6 +26,8 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 from pipelines import jsonframe
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
@@ -248,18 +250,22 @@ def _image_index(task: ReadTask) -> ImageIds:
     images = task.context["images"]
     key = (task.source.url, task.member, images.start, images.end)
     if key not in _IMAGE_IDS:
-        ints: list[int] = []
+        # Each chunk's int ids go to an array at once: a list of the parsed ints would
+        # pin them, scattered among the freed dicts, and keep that memory from the system.
+        ints: list[np.ndarray] = []
         texts: set[str] = set()
         with task.source.open(task.member) as f:
             for _, chunk in jsonframe.iter_chunks(f, task.uri, images.chunks):
+                found: list[int] = []
                 for img in chunk:
                     if isinstance(img, dict):
                         v = img.get("id")
                         if type(v) is int and -(2**63) <= v < 2**63:
-                            ints.append(v)
+                            found.append(v)
                         else:
                             texts.add(str(v))
-                del chunk
+                ints.append(np.array(found, dtype=np.int64))
+                del chunk, found
         _IMAGE_IDS.clear()  # one file at a time: a worker never holds two indexes
         _IMAGE_IDS[key] = ImageIds(ints, texts)
     return _IMAGE_IDS[key]
