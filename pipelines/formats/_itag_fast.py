@@ -260,8 +260,10 @@ def _shape_columns(shapes: list) -> dict[str, Any]:
     bad_coord = ~(np.abs(coords.to_numpy(zero_copy_only=False)) < _LIMIT)  # NaN: bad too
     if coords.null_count:
         bad_coord |= np.asarray(coords.is_null())
-    bad_vertex |= _any_per_list(bad_coord, vertices.offsets.to_numpy())
-    bad |= _any_per_list(bad_vertex, polygons.offsets.to_numpy())
+    if bad_coord.any():
+        bad_vertex |= _any_per_list(bad_coord, vertices.offsets.to_numpy())
+    if bad_vertex.any():
+        bad |= _any_per_list(bad_vertex, polygons.offsets.to_numpy())
     if bad.any():
         raise _Uncertified(bad)
     return _columns(ids, labels, answers, polygons)
