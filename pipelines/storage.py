@@ -180,8 +180,9 @@ class Output:
         fd = _local_retry(path, lambda: os.open(path, _WRITE_FLAGS, 0o666))
         try:
             view = memoryview(data)
-            while view:  # a write may be short (signals, odd file systems)
-                view = view[os.write(fd, view) :]
+            done = os.write(fd, view)
+            while done < len(view):  # a write may be short (signals, odd file systems)
+                done += os.write(fd, view[done:])
         finally:
             os.close(fd)
 

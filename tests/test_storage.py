@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.errors import UnsafePathError
+from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
-from pipelines.storage import Output, Source, safe_member
+from pipelines.storage import Output, Source, safe_join, safe_member
 from tests.conftest import PEER
 
 COCO_VAL = PEER / "coco_instances/coco_instances/annotations/instances_val.json"
@@ -119,3 +120,50 @@ def test_dask_executor_on_local_cluster(tmp_path: Path) -> None:
     assert report.ok, report.failures
     assert report.counts["annotations"]["written"] == 3
     assert pq.read_table(tmp_path / "out" / "annotations").num_rows == 3
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["a", "a/b.txt", "a/..b/c", "..a", ".hidden/.x", "é/ü.txt", "a\n/b", "./a", "a/./b",
+     "a//b", "a/", "a/.", "a\\b"],
+)  # fmt: skip
+def test_output_paths_are_what_safe_join_gives(tmp_path: Path, rel: str) -> None:
+    out = Output(str(tmp_path / "out"))
+    assert out.path(rel) == safe_join(out.tmp, rel)
+
+
+@pytest.mark.parametrize(
+    "rel", ["../x", "a/../../x", "/etc/x", "C:x", "\n:x", "a\\..\\..\\x", ".."]
+)
+def test_output_write_refuses_escapes(tmp_path: Path, rel: str) -> None:
+    out = Output(str(tmp_path / "out"))
+    with pytest.raises(UnsafePathError):
+        out.write(rel, b"x")
+    assert not list(tmp_path.rglob("x"))
+
+
+def test_local_write_makes_folders_replaces_files_and_commits(tmp_path: Path) -> None:
+    out = Output(str(tmp_path / "out"))
+    out.write("a/b/c.txt", b"first, longer")
+    out.write("a/b/c.txt", memoryview(b"xsecondx")[1:-1])
+    out.write("a/d.txt", b"")
+    with out.open("a/b/e.bin") as f:
+        f.write(b"opened")
+    out.commit()
+    root = tmp_path / "out"
+    assert (root / "a/b/c.txt").read_bytes() == b"second"
+    assert (root / "a/d.txt").read_bytes() == b""
+    assert (root / "a/b/e.bin").read_bytes() == b"opened"
+
+
+def test_yolo_to_s3_goes_through_fsspec(s3: fsspec.AbstractFileSystem, tmp_path: Path) -> None:
+    local = tmp_path / "yolo"
+    opts = WriteOptions(extra={"save_images": "false"})
+    assert convert([str(COCO_VAL)], "yolo", str(local), write_options=opts).ok
+    report = convert([str(COCO_VAL)], "yolo", "s3://labels/yolo", workers=2, write_options=opts)
+    assert report.ok, report.failures
+    s3.invalidate_cache()
+    expected = {str(p.relative_to(local)): p.read_bytes() for p in local.rglob("*") if p.is_file()}
+    assert any(name.endswith(".txt") and data for name, data in expected.items())
+    written = {p[len("labels/yolo/") :]: s3.cat(p) for p in s3.find("labels/yolo")}
+    assert written == expected

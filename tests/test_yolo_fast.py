@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
+from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
 from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
@@ -58,3 +61,90 @@ def test_same_files_and_losses(
     written = _files(tmp_path / "fast")
     assert any(name.endswith(".txt") and data for name, data in written.items())
     assert written == _files(tmp_path / "slow")
+
+
+def test_fixed6_is_pythons_formatting() -> None:
+    rng = np.random.default_rng(7)
+    widths = rng.choice([640.0, 480.0, 427.0, 333.0, 1024.0, 375.0], 20_000)
+    values = np.concatenate(
+        [
+            rng.random(20_000),
+            rng.integers(0, 4_000, 20_000) / widths,  # pixels over a size: many exact halves
+            np.arange(-4_000, 4_000) / 2e6,  # every half at the sixth decimal, both signs
+            np.arange(0, 4_000) / 128.0,
+            rng.normal(0, 300, 5_000),
+            [0.0, -0.0, -1e-9, 5e-7, 1.5e-6, 2.5e-6, 999.9999995, 1e3, 1e300, 5e-324],
+            [np.nan, np.inf, -np.inf],
+        ]
+    )
+    values = np.concatenate([values, np.nextafter(values, np.inf), np.nextafter(values, -np.inf)])
+    assert _yolo_fast.fixed6(values).to_pylist() == [f"{v:.6f}" for v in values.tolist()]
+
+
+NAMES = [
+    ("a/b.jpg", None, None),
+    ("a\\b.PNG", "x", "s3://bucket/x.png"),
+    ("", "native.TIFF", None),
+    (None, "", None),
+    (".jpg", None, "http://host/real.webp"),
+    ("dir/..jpg", None, None),
+    ("dir/.hidden.jpeg", None, None),
+    ("no_ext", None, "img.bmp"),
+    ("a.b.c.Gif", None, None),
+    ("a.txt", None, "b.txt"),
+    ("trailing/", None, "weird."),
+    ("multi\nline.jpg\n", None, None),
+    ("ü/ß.jpg", None, None),
+    ("tricky.jp\u0130g", None, "x.j\u212apg"),
+    ("dup.jpg", None, None),
+    ("dup.png", None, None),
+    ("DUP.gif", None, None),
+]
+
+
+@pytest.mark.parametrize("per_subset", [True, False])
+def test_stems_and_suffixes_a_column_at_a_time_match_the_item_rules(per_subset: bool) -> None:
+    rows = [
+        {
+            "item_id": f"id{i}",
+            "file_name": f,
+            "native_id": n,
+            "media_uri": m,
+            "subset": "val" if i % 2 else None,
+        }
+        for i, (f, n, m) in enumerate(NAMES)
+    ]
+    items = pa.Table.from_pylist(rows)
+    plain = per_image.output_stems(items, set(), per_subset=per_subset)
+    assert plain == [per_image.output_stem(r, set(), per_subset) for r in rows]
+    collisions = {("val" if per_subset else None, "dup"), (None, "dup")}
+    stems = per_image.output_stems(items, collisions, per_subset=per_subset)
+    assert stems == [per_image.output_stem(r, collisions, per_subset) for r in rows]
+    assert stems != plain  # some names did collide
+    suffixes = per_image.image_suffixes(items).to_pylist()
+    assert suffixes == [per_image.image_suffix(r) for r in rows]
+
+
+def test_shards_bounded_by_annotations_write_the_same_files(tmp_path: Path, monkeypatch) -> None:
+    staged = tmp_path / "staged"
+    assert convert([str(PEER / SOURCES[0])], "parquet", str(staged), workers=1).ok
+    options = WriteOptions(extra={"save_images": "false"})
+    whole = convert(
+        [str(staged)], "yolo", str(tmp_path / "whole"), workers=1, write_options=options
+    )
+    planned: list[int] = []
+    real = _yolo_fast.shard_count
+
+    def counted(*args):
+        planned.append(real(*args))
+        return planned[-1]
+
+    monkeypatch.setattr(_yolo_fast, "ANNOTATIONS_PER_SHARD", 1)
+    monkeypatch.setattr(_yolo_fast, "shard_count", counted)
+    split = convert(
+        [str(staged)], "yolo", str(tmp_path / "split"), workers=1, write_options=options
+    )
+    assert whole.ok and split.ok
+    assert planned and planned[0] > 1
+    assert (split.lossy, split.counts, split.files) == (whole.lossy, whole.counts, whole.files)
+    assert _files(tmp_path / "split") == _files(tmp_path / "whole")

@@ -110,34 +110,25 @@ def find_size(
 # -- writing ------------------------------------------------------------------
 
 
-SHARDS_PER_WORKER = 4
-"""Shards a writer is split into per worker: a worker that finishes early takes another."""
-
-
-def shard_count(
-    staging: Staging, options: WriteOptions, per_worker: int = SHARDS_PER_WORKER
-) -> int:
+def shard_count(staging: Staging, options: WriteOptions) -> int:
     workers = max(1, options.workers)
     if workers == 1:
         return 1
     items = int(staging.scalar("SELECT count(*) FROM items") or 0)
-    return max(1, min(workers * per_worker, items))
+    return max(1, min(workers * 4, items))
 
 
 def plan_sharded(
-    fmt: str,
-    staging: Staging,
-    options: WriteOptions,
-    per_worker: int = SHARDS_PER_WORKER,
-    **extra: Any,
+    fmt: str, staging: Staging, options: WriteOptions, shards: int | None = None, **extra: Any
 ) -> list[WriteTask]:
-    """One task for the shared files, then `per_worker` per worker, each a shard of items.
+    """One task for the shared files, then one per shard of items: `shards` of them, or
+    about four per worker.
 
     `extra` (computed once here, e.g. the class list) reaches every task, so
     all partitions agree on it.
     """
     opts = replace(options, extra={**options.extra, **extra})
-    n = shard_count(staging, options, per_worker)
+    n = shards or shard_count(staging, options)
     return [WriteTask(fmt, shard=SHARED, shards=n, options=opts)] + [
         WriteTask(fmt, shard=k, shards=n, options=opts) for k in range(n)
     ]
@@ -193,16 +184,23 @@ class LineFiles:
         self._open: dict[str, Any] = {}
 
     def add(self, rel: str, line: str) -> None:
+        self._file(rel).write(f"{line}\n".encode())
+
+    def extend(self, rel: str, lines: Iterable[str]) -> None:
+        """Add several lines with one write."""
+        text = "".join(f"{line}\n" for line in lines)
+        if text:
+            self._file(rel).write(text.encode())
+
+    def touch(self, rel: str) -> None:
+        self._file(rel)
+
+    def _file(self, rel: str) -> Any:
         f = self._open.get(rel)
         if f is None:
             f = self._open[rel] = self.out.open(rel)
             self.result.files.append(rel)
-        f.write(f"{line}\n".encode())
-
-    def touch(self, rel: str) -> None:
-        if rel not in self._open:
-            self._open[rel] = self.out.open(rel)
-            self.result.files.append(rel)
+        return f
 
     def close(self) -> None:
         for f in self._open.values():
@@ -277,11 +275,30 @@ def image_suffix(item: dict[str, Any]) -> str:
     return _image_suffix(item_name(item), item.get("media_uri"))
 
 
-def image_suffixes(items: pa.Table) -> list[str]:
+def image_suffixes(items: pa.Table) -> pa.ChunkedArray:
     """`image_suffix` of every row of `items` (a batch that also has media_uri)."""
-    names = _item_names(items).to_pylist()
-    media = items.column("media_uri").to_pylist()
-    return [_image_suffix(n, m) for n, m in zip(names, media, strict=True)]
+    names = _item_names(items)
+    image = pc.fill_null(pc.match_substring_regex(names, _IMAGE_NAME), False)
+    if pc.all(image).as_py():  # the usual case: media_uri is not needed
+        return _last_suffix(names)
+    media = items.column("media_uri")
+    media_image = pc.fill_null(pc.match_substring_regex(media, _IMAGE_NAME), False)
+    fallback = pc.if_else(media_image, _last_suffix(media), pa.scalar(".jpg"))
+    return pc.if_else(image, _last_suffix(names), fallback)
+
+
+def _last_suffix(names: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.struct_field(pc.extract_regex(names, r"(?P<ext>\.[^./]*)$"), [0])
+
+
+def _any_case(suffix: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in suffix)
+
+
+_IMAGE_NAME = r"(?s)(?:^|/)\.*[^./][^/]*(?:" + "|".join(_any_case(s) for s in IMAGE_SUFFIXES) + ")$"
+"""A path whose `posixpath.splitext` extension `is_image`: the last name has a character
+other than a dot before its last dot. The suffixes are ASCII: only ASCII letters
+lower-case to their letters."""
 
 
 def _image_suffix(name: str, media_uri: str | None) -> str:

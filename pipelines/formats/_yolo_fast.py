@@ -13,6 +13,7 @@ None: the per-item writer does it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.formats import _per_image as per_image
-from pipelines.formats.base import WriteResult, WriteTask
+from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import Staging
 from pipelines.storage import Output
 
@@ -34,7 +35,7 @@ _SELECT = (
     "subset, media_uri, width, height, row_number() OVER () - 1 AS _pos FROM items {where}"
 )
 _DERIVED = (
-    "SELECT count(*) FROM annotations a JOIN _yolo_sel s USING (item_id) "
+    "SELECT count(*) FROM annotations a JOIN {items} s USING (item_id) "
     "WHERE s.width <> 0 AND s.height <> 0 AND NOT coalesce(a.outside, false) "
     "AND a.label IS NOT NULL AND a.kind IN ({kinds}) AND (a.bbox_x IS NULL "
     "OR a.bbox_y IS NULL OR a.bbox_w IS NULL OR a.bbox_h IS NULL)"
@@ -51,20 +52,33 @@ _ANNOTATIONS = (
 )
 
 
-def takes_all(staging: Staging) -> bool:
-    """Whether the column path writes every shard of the dataset (planning decides on
-    it how many shards to make)."""
-    staging.con.execute(_SELECT.format(where=""))
-    return _eligible(staging.con)
+ANNOTATIONS_PER_SHARD = 300_000
+"""A shard's annotations are sorted by item in one query: this bounds a worker's memory
+however large the dataset."""
 
 
-def _eligible(con) -> bool:
-    """Whether the column path can write the items in `_yolo_sel`."""
-    twice = con.execute("SELECT count(*) - count(DISTINCT item_id) FROM _yolo_sel").fetchone()
+def shard_count(staging: Staging, options: WriteOptions) -> int | None:
+    """How many shards the column path splits the dataset into, or None when it cannot
+    write them all (the per-item writer's sharding applies then).
+
+    Each shard scans every annotation for its own, so fewer shards cost less: one
+    per worker (hash shards are alike in size), more only to bound memory.
+    """
+    if not _eligible(staging.con, "items"):
+        return None
+    annotations = int(staging.scalar("SELECT count(*) FROM annotations") or 0)
+    items = int(staging.scalar("SELECT count(*) FROM items") or 0)
+    wanted = max(options.workers, math.ceil(annotations / ANNOTATIONS_PER_SHARD))
+    return max(1, min(wanted, items))
+
+
+def _eligible(con, items: str) -> bool:
+    """Whether the column path can write the items of the table or view `items`."""
+    twice = con.execute(f"SELECT count(*) - count(DISTINCT item_id) FROM {items}").fetchone()
     if twice[0]:
         return False  # an item id twice: each copy gets the annotations, as a join does
     kinds = ", ".join(f"'{k}'" for k in sorted(per_image.BOXABLE))
-    return not con.execute(_DERIVED.format(kinds=kinds)).fetchone()[0]
+    return not con.execute(_DERIVED.format(items=items, kinds=kinds)).fetchone()[0]
 
 
 def write_boxes(
@@ -80,7 +94,7 @@ def write_boxes(
     con = staging.con
     where = f"WHERE hash(item_id) % {int(task.shards)} = {int(task.shard)}"
     con.execute(_SELECT.format(where=where if task.shards > 1 else ""))
-    if not _eligible(con):
+    if not _eligible(con, "_yolo_sel"):
         return None
     result = WriteResult()
     copier = per_image.MediaCopier()
@@ -100,7 +114,7 @@ def write_boxes(
         text, bounds = _label_text(anns, writable, pos, width, height, classes)
         stems = per_image.output_stems(items, collisions, per_subset=True)
         subsets = items.column("subset").to_pylist()
-        suffixes = per_image.image_suffixes(items) if save_images else None
+        suffixes = per_image.image_suffixes(items).to_pylist() if save_images else None
         media = items.column("media_uri").to_pylist() if save_images else None
         for i in np.flatnonzero(sized).tolist():
             subset = subsets[i]

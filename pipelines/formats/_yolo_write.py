@@ -63,11 +63,8 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
         }
         if task == "pose":
             settings["_kpt"] = _kpt_count(staging)
-        # A shard costs the column path a scan of every annotation: one per worker is
-        # enough when it takes every shard (it balances: hash shards are alike in size).
-        columns = task == "detect" and _yolo_fast.takes_all(staging)
-        per_worker = 1 if columns else per_image.SHARDS_PER_WORKER
-        return per_image.plan_sharded(fmt, staging, options, per_worker=per_worker, **settings)
+        shards = _yolo_fast.shard_count(staging, options) if task == "detect" else None
+        return per_image.plan_sharded(fmt, staging, options, shards=shards, **settings)
 
     return plan_write
 
@@ -145,17 +142,19 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
             "FROM items ORDER BY filename, file_row_number",
         ):
             keep = np.flatnonzero(per_image.sized(items)).tolist()
-            given = items.column("subset").to_pylist()
-            for s in dict.fromkeys(given[i] or DEFAULT_SUBSET for i in keep):
-                if s not in subsets:
-                    subsets.append(s)
-            if layout == "yolo":
-                stems = per_image.output_stems(items, collisions, per_subset=True)
-                suffixes = per_image.image_suffixes(items)
-                for i in keep:
-                    s = given[i] or DEFAULT_SUBSET
-                    _, image_dir = _dirs(layout, given[i])
-                    lists.add(f"{s}.txt", f"data/{image_dir}/{stems[i]}{suffixes[i]}")
+            subset_of = [s or DEFAULT_SUBSET for s in items.column("subset").to_pylist()]
+            present = list(dict.fromkeys(subset_of[i] for i in keep))
+            subsets += [s for s in present if s not in subsets]
+            if layout != "yolo":
+                continue
+            stems = per_image.output_stems(items, collisions, per_subset=True)
+            suffixes = per_image.image_suffixes(items).to_pylist()
+            for s in present:
+                image_dir = _dirs(layout, s)[1]
+                lines = (
+                    f"data/{image_dir}/{stems[i]}{suffixes[i]}" for i in keep if subset_of[i] == s
+                )
+                lists.extend(f"{s}.txt", lines)
         subsets = subsets or [DEFAULT_SUBSET]
         if layout == "yolo":
             for s in subsets:
