@@ -15,12 +15,14 @@ becomes attribute rows of source "labels", its OCR answer the `text` and its
 first choice the `label`. The line without its shapes and answers is kept as
 the item's `metadata` JSON, so the writer puts everything back where it was.
 
-A manifest is streamed line by line (orjson per line). When several workers
-run, a large manifest is split into byte ranges read in parallel: a range
-[start, end) reads exactly the lines that begin inside it. Line numbers are
-only known in the range that starts the file; elsewhere a rejected line is
-located by its byte offset (counting newlines before each range would mean
-reading the file twice).
+A manifest is streamed in groups of lines of about a batch (orjson per line).
+The lines of a group whose shapes are all the usual ones are mapped a column
+at a time (`_itag_fast`); any other line takes the row path below, in place.
+When several workers run, a large manifest is split into byte ranges read in
+parallel, largest first: a range [start, end) reads exactly the lines that
+begin inside it. Line numbers are only known in the range that starts the
+file; elsewhere a rejected line is located by its byte offset (counting
+newlines before each range would mean reading the file twice).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ NAME = "itag"
 SPLIT_BYTES = 32 << 20
 """A manifest larger than this is read as byte ranges when more than one worker runs
 (below, a pool's start-up costs about what splitting gains)."""
-RANGE_BYTES = 4 << 20
+RANGE_BYTES = 2 << 20
 """The smallest byte range worth a task of its own."""
 SUFFIXES = (".manifest", ".jsonl", ".json")
 READ_BYTES = 1 << 20
