@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines import formats
+from pipelines import formats, memory
 from pipelines.config import RunConfig
 from pipelines.errors import LabelflowError
-from pipelines.runner import Report, release_freed_memory
+from pipelines.runner import Report
 from pipelines.storage import Source
 
 app = typer.Typer(
@@ -137,7 +137,7 @@ def run(
 
 
 def _run(config: RunConfig, quiet: bool) -> None:
-    release_freed_memory()  # this process is ours: it may run tasks inline
+    memory.use_system_allocator()  # this process is ours: it may run tasks inline
     show = not quiet and sys.stderr.isatty()
     try:
         if show:

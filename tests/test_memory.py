@@ -1,0 +1,43 @@
+"""The allocator choices labelflow makes in its own processes."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from pipelines import memory
+
+
+@pytest.fixture
+def restore_pool():
+    before = pa.default_memory_pool()
+    yield
+    pa.set_memory_pool(before)
+
+
+def test_system_allocator_unless_the_user_chose_one(restore_pool, monkeypatch) -> None:
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "mimalloc")
+    pa.set_memory_pool(pa.mimalloc_memory_pool())
+    memory.use_system_allocator()
+    assert pa.default_memory_pool().backend_name == "mimalloc"
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
+    memory.use_system_allocator()
+    assert pa.default_memory_pool().backend_name == "system"
+
+
+def test_trim_returns_freed_heap_pages() -> None:
+    if memory._TRIM is None:
+        pytest.skip("not glibc: trim is a no-op by design")
+
+    def resident_kb() -> int:
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("VmRSS:")).split()[1])
+
+    # Many small blocks freed while a few survive between them: glibc keeps the pages.
+    blocks = [bytearray(4000) for _ in range(20_000)]
+    survivors = blocks[::100]
+    del blocks
+    before = resident_kb()
+    memory.trim()
+    assert resident_kb() < before - 20_000
+    assert len(survivors) == 200
