@@ -4,6 +4,7 @@
     python bench/run.py coco   [--corpora small,medium,large] [--runs 3] [--tools ...]
     python bench/run.py disk   [--corpus medium] [--disk-dir DIR]
     python bench/run.py jsonl  [--lines 50000] [--runs 3]
+    python bench/run.py encord [--rows 10000] [--runs 3]
     python bench/run.py writers [--corpus medium] [--runs 3]
     python bench/run.py report              # tables + plot from what was recorded
 
@@ -17,7 +18,7 @@ tools are the medians of their ratios within each round.
 Peers run from their own virtualenvs (`bench/setup_venvs.sh`, run for you on
 first use), never from the project's; labelflow runs from the project's
 `.venv`. Corpora are generated on first use (`bench/make_coco.py`,
-`bench/make_itag.py`) into `--data`. Results are appended to
+`bench/make_itag.py`, `bench/make_encord.py`) into `--data`. Results are appended to
 `--work`/results.jsonl; `report` turns them into `--work`/summary.md and
 `--work`/scaling.png.
 """
@@ -266,6 +267,25 @@ def cmd_jsonl(env: Env, args: argparse.Namespace) -> None:
                args.runs, env.out)  # fmt: skip
 
 
+def cmd_encord(env: Env, args: argparse.Namespace) -> None:
+    """An Encord label export read into the tables, 1 vs 2 workers, against bare ijson
+    iteration and a whole-file orjson load of the same rows."""
+    env.ensure_venvs()
+    path = env.data / f"encord_{args.rows}.json"
+    if not path.exists():
+        subprocess.run([sys.executable, str(HERE / "make_encord.py"), "--rows", str(args.rows),
+                        "--out", str(path)], check=True)  # fmt: skip
+    facts = {"bytes": path.stat().st_size, "annotations": 0}
+    for w in ("1", "2"):
+        TOOLS[f"encord_read_{w}w"] = lambda env, corpus, facts, out, w=w: [
+            env.labelflow, "convert", str(corpus), "--from", "encord", "--to", "parquet",
+            "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
+    TOOLS["encord_ijson"] = _probe("encord_ijson")
+    TOOLS["encord_orjson"] = _probe("encord_orjson")
+    tools = ["encord_read_1w", "encord_read_2w", "encord_ijson", "encord_orjson"]
+    run_rounds(env, "encord", path.stem, path, facts, tools, args.runs, env.out)
+
+
 def cmd_writers(env: Env, args: argparse.Namespace) -> None:
     """Writers from staging Parquet (sharded YOLO, one-file COCO), 1 vs 2 workers."""
     corpus = env.corpus(args.corpus)
@@ -287,13 +307,14 @@ def cmd_writers(env: Env, args: argparse.Namespace) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("suite", choices=["coco", "disk", "jsonl", "writers", "report"])
+    ap.add_argument("suite", choices=["coco", "disk", "jsonl", "encord", "writers", "report"])
     ap.add_argument("--corpora", default="small,medium,large")
     ap.add_argument("--corpus", default="medium", help="disk and writers suites: which corpus")
     ap.add_argument("--tools", default="", help="comma-separated subset of tools")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="labelflow --workers")
     ap.add_argument("--lines", type=int, default=50000, help="jsonl suite: manifest lines")
+    ap.add_argument("--rows", type=int, default=10000, help="encord suite: label rows")
     ap.add_argument("--work", default=str(ROOT / "bench-work"))
     ap.add_argument("--data", default=str(ROOT / "bench-work" / "data"))
     ap.add_argument("--venvs", default=str(ROOT / "bench-work" / "venvs"))
@@ -310,7 +331,8 @@ def main() -> None:
 
         report.main(env.work)
         return
-    suites = {"coco": cmd_coco, "disk": cmd_disk, "jsonl": cmd_jsonl, "writers": cmd_writers}
+    suites = {"coco": cmd_coco, "disk": cmd_disk, "jsonl": cmd_jsonl, "encord": cmd_encord,
+              "writers": cmd_writers}  # fmt: skip
     suites[args.suite](env, args)
 
 
