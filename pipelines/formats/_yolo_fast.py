@@ -114,16 +114,19 @@ def write_boxes(
         text, bounds = _label_text(anns, writable, pos, width, height, classes)
         stems = per_image.output_stems(items, collisions, per_subset=True)
         subsets = items.column("subset").to_pylist()
-        suffixes = per_image.image_suffixes(items).to_pylist() if save_images else None
-        media = items.column("media_uri").to_pylist() if save_images else None
+        images: list[tuple[str | None, str]] = []
+        if save_images:
+            media = items.column("media_uri").to_pylist()
+            images = list(zip(media, per_image.image_suffixes(items).to_pylist(), strict=True))
         for i in np.flatnonzero(sized).tolist():
             subset = subsets[i]
             label_dir, image_dir = folders.get(subset) or folders.setdefault(subset, dirs(subset))
             rel = f"{label_dir}/{stems[i]}.txt"
             out.write(rel, text[bounds[i] : bounds[i + 1]])
             result.files.append(rel)
-            if suffixes is not None and media is not None:
-                copier.copy(media[i], out, f"{image_dir}/{stems[i]}{suffixes[i]}", result)
+            if images:
+                media_uri, suffix = images[i]
+                copier.copy(media_uri, out, f"{image_dir}/{stems[i]}{suffix}", result)
         result.items += int(sized.sum())
         result.annotations += int(writable.sum())
     return result
