@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -47,9 +48,12 @@ _ANN_COLUMNS = ("ann_id", "native_id", "kind", "label", "bbox_x", "bbox_y", "bbo
                 "area", "iscrowd", "confidence", "mask", "mask_h", "mask_w", "text", "group_id",
                 "outside", "occluded", "angle_deg", "track_id", "keyframe")  # fmt: skip
 _PLAN = "_coco_plan"
-BLOCK_ITEMS = 4096
+BLOCK_ITEMS = 2048
 """Items per block: a block's rows are the most a task holds at once."""
+_SPILL_ROWS = 65_536
 MIN_PART_ITEMS = 2048
+PLAN_MEMORY = "256MB"
+"""DuckDB's limit while planning: its counts over whole tables spill beyond it."""
 """Smaller subsets are one part: splitting them costs more than it saves."""
 
 
@@ -61,8 +65,9 @@ class SubsetPlan:
     name: str
     bounds: tuple[int, ...]
     """Item positions (1-based, source order) part k writes: bounds[k] < pos <= bounds[k + 1]."""
-    ann_offsets: tuple[int, ...]
-    """Annotations the parts before part k write: where its numbering starts."""
+    ann_offsets: tuple[int, ...] | None
+    """Annotations the parts before part k write: where its numbering starts (None
+    when the export's own ids are kept)."""
     image_ids: bool
     ann_ids: bool
     cat_ids: dict[str, int]
@@ -71,17 +76,23 @@ class SubsetPlan:
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    head = b"".join(
-        orjson.dumps(k) + b":" + orjson.dumps(v) + b"," for k, v in _head(staging).items()
-    )
-    categories = _categories(staging)
-    cat_ids = {c["name"]: c["id"] for c in categories}
-    tasks = []
-    for subset in staging.subsets():
-        plan = _plan_subset(staging, subset, options.workers, head, categories, cat_ids)
-        opts = dataclasses.replace(options, extra={**options.extra, _PLAN: plan})
-        parts = len(plan.bounds) - 1
-        tasks += [WriteTask("coco", subset, k, parts, opts) for k in range(parts)]
+    # Planning counts over whole tables; a connection of its own, closed at the end,
+    # hands that memory back before the tasks run (DuckDB keeps it while open).
+    planner = Staging(staging.url, PLAN_MEMORY, staging.threads)
+    try:
+        head = b"".join(
+            orjson.dumps(k) + b":" + orjson.dumps(v) + b"," for k, v in _head(planner).items()
+        )
+        categories = _categories(planner)
+        cat_ids = {c["name"]: c["id"] for c in categories}
+        tasks = []
+        for subset in planner.subsets():
+            plan = _plan_subset(planner, subset, options.workers, head, categories, cat_ids)
+            opts = dataclasses.replace(options, extra={**options.extra, _PLAN: plan})
+            parts = len(plan.bounds) - 1
+            tasks += [WriteTask("coco", subset, k, parts, opts) for k in range(parts)]
+    finally:
+        planner.con.close()
     return tasks
 
 
@@ -127,8 +138,8 @@ def _plan_subset(
         if "keypoints" in kinds
         else ("captions" if kinds == {"caption"} else "instances")
     )
-    # Per item: its annotation rows (the work) and the annotations it writes (the
-    # numbering), which `_annotations` counts the same way: kept rows, merged by key.
+    # Per item: its annotation rows (the work) and, for numbering, the annotations it
+    # writes, counted as `_annotations` does: kept rows, merged by key.
     kept = "NOT coalesce(a.outside, false) AND a.kind IN ({})".format(
         ", ".join(f"'{k}'" for k in _DIRECT + _AS_BOX)
     )
@@ -136,10 +147,12 @@ def _plan_subset(
         "CASE WHEN coalesce(a.group_id, '') <> '' THEN {'g': a.group_id, 'n': a.native_id} "
         "ELSE {'g': NULL, 'n': a.ann_id} END"
     )
+    # Kept ids need no numbering: then the costly distinct count is skipped.
+    written = "0" if ann_ids else f"count(DISTINCT CASE WHEN {kept} THEN {key} END)"
     counts = staging.con.execute(
         f"WITH s AS ({_positions(where)}) SELECT s.pos, count(a.ann_id) AS rows, "
-        f"count(DISTINCT CASE WHEN {kept} THEN {key} END) AS written "
-        "FROM s LEFT JOIN annotations a USING (item_id) GROUP BY s.pos ORDER BY s.pos",
+        f"{written} AS written FROM s LEFT JOIN annotations a USING (item_id) "
+        "GROUP BY s.pos ORDER BY s.pos",
         params,
     ).fetchnumpy()
     n = len(counts["pos"])
@@ -152,7 +165,7 @@ def _plan_subset(
         subset=subset,
         name=f"annotations/{prefix}_{subset or 'default'}.json",
         bounds=bounds,
-        ann_offsets=tuple(int(written[b]) for b in bounds[:-1]),
+        ann_offsets=None if ann_ids else tuple(int(written[b]) for b in bounds[:-1]),
         image_ids=image_ids,
         ann_ids=ann_ids,
         cat_ids=cat_ids,
@@ -172,14 +185,16 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     plan: SubsetPlan = task.options.extra[_PLAN]
     part = task.shard
     fragments = Fragments(out, plan.name, len(plan.bounds) - 1)
-    writer = _PartWriter(plan, part)
+    start = plan.ann_offsets[part] if plan.ann_offsets else 0
+    writer = _PartWriter(plan, start)
     with fragments.open("images", part) as images, fragments.open("annotations", part) as anns:
         for block in _blocks(staging, plan, part):
             with paused_gc():  # a block's lists and dicts hold no cycles
                 writer.block(block, images, anns)
-    infos = fragments.finish(part, orjson.dumps([plan.ann_offsets[part], writer.written]))
+    infos = fragments.finish(part, orjson.dumps([start, writer.written]))
     if infos is not None:
-        _check_numbering(plan, [orjson.loads(i) for i in infos])
+        if plan.ann_offsets is not None:
+            _check_numbering(plan, [orjson.loads(i) for i in infos])
         fragments.join(
             [
                 b"{" + plan.head + b'"images":[',
@@ -219,112 +234,126 @@ def _blocks(staging: Staging, plan: SubsetPlan, part: int) -> Iterator[_Block]:
     where, params = _where(plan.subset)
     lo, hi = plan.bounds[part], plan.bounds[part + 1]
     con = staging.con
-    sel, ranked = f"_coco_items_{part}", f"_coco_anns_{part}"
+    sel, files = f"_coco_items_{part}", f"_coco_files_{part}"
     con.execute(
-        f"CREATE OR REPLACE TABLE {sel} AS SELECT * FROM ({_positions(where)}) "
+        f"CREATE OR REPLACE TABLE {sel} AS SELECT item_id, (pos - {int(lo)} - 1) // "
+        f"{BLOCK_ITEMS} AS block, pos FROM ({_positions(where)}) "
         f"WHERE pos > {int(lo)} AND pos <= {int(hi)}",
         params,
     )
-    # Annotation rows in output order (item position, then source order): `rank` ties
-    # vertices and attributes to their row without carrying the row's strings along.
+    # An annotation row's place in the source as one integer (file, then row): rows
+    # of a block are put in output order by it, and vertices and attributes find
+    # their row by it, without a sort of the whole part.
     con.execute(
-        f"CREATE OR REPLACE TABLE {ranked} AS SELECT a.ann_id, a.item_id, a.kind, "
-        "row_number() OVER (ORDER BY s.pos, a.filename, a.file_row_number) AS rank "
-        f"FROM annotations a JOIN {sel} s USING (item_id)"
+        f"CREATE OR REPLACE TABLE {files} AS SELECT filename, row_number() OVER "
+        "(ORDER BY filename) AS fid FROM (SELECT DISTINCT filename FROM annotations)"
     )
+    key = f"f.fid * {1 << 40} + a.file_row_number AS akey"
+    owners = (
+        f"annotations a JOIN {sel} s ON a.item_id = s.item_id "
+        f"JOIN {files} f ON a.filename = f.filename"
+    )
+    blocks = -(-(hi - lo) // BLOCK_ITEMS)
+    ann_cols = ", ".join(f"a.{c}" for c in _ANN_COLUMNS)
     try:
-        items = _Stream(
-            staging,
-            "SELECT s.pos, i.native_id, i.file_name, i.width, i.height, i.metadata, "
-            "i.item_id IN (SELECT parent_id FROM items WHERE parent_id IS NOT NULL) AS container "
-            f"FROM items i JOIN {sel} s USING (item_id) ORDER BY s.pos",
-        )
-        anns = _Stream(
-            staging,
-            f"SELECT s.pos, {', '.join(f'a.{c}' for c in _ANN_COLUMNS)} FROM annotations a "
-            f"JOIN {sel} s USING (item_id) ORDER BY s.pos, a.filename, a.file_row_number",
-        )
-        points = _Stream(
-            staging,
-            "SELECT r.rank, coalesce(p.part, -1) AS part, p.idx, p.x, p.y, p.visibility "
-            f"FROM points p JOIN {ranked} r ON p.ann_id = r.ann_id AND p.item_id = r.item_id "
-            "WHERE r.kind IN ('polygon', 'keypoints') ORDER BY r.rank, p.part, p.idx",
-        )
-        attrs = _Stream(
-            staging,
-            "SELECT r.rank, t.key, t.value, t.value_type, t.source FROM attributes t "
-            f"JOIN {ranked} r ON t.owner_id = r.ann_id AND t.item_id = r.item_id "
-            "ORDER BY r.rank, t.filename, t.file_row_number",
-        )
-        done = 0  # annotation rows of earlier blocks: ranks are 1-based over the part
-        while (item_table := items.take(BLOCK_ITEMS)) is not None:
-            last_pos = item_table.column("pos")[-1].as_py()
-            ann_table = anns.take_until("pos", last_pos)
-            item_rows = item_table.to_pylist()
-            ann_pos = ann_table.column("pos").to_numpy()
-            first = np.searchsorted(ann_pos, [r["pos"] for r in item_rows], side="left")
-            last_rank = done + ann_table.num_rows
-            attributes: dict[int, list[tuple]] = {}
-            attr_table = attrs.take_until("rank", last_rank)
-            for rank, *row in zip(*(c.to_pylist() for c in attr_table.columns), strict=True):
-                attributes.setdefault(rank - done - 1, []).append(tuple(row))
-            yield _Block(
-                items=item_rows,
-                anns=SimpleNamespace(**{c: ann_table.column(c).to_pylist() for c in _ANN_COLUMNS}),
-                first=[*first.tolist(), ann_table.num_rows],
-                geometry=_Geometry(points.take_until("rank", last_rank), done),
-                attributes=attributes,
-            )
-            done = last_rank
+        with tempfile.TemporaryDirectory(prefix="labelflow-coco-") as folder:
+            streams = [
+                _Buckets(staging, sql, blocks, folder)
+                for sql in (
+                    "SELECT s.block, s.pos, i.native_id, i.file_name, i.width, i.height, "
+                    "i.metadata, i.item_id IN (SELECT parent_id FROM items "
+                    f"WHERE parent_id IS NOT NULL) AS container FROM items i JOIN {sel} s "
+                    "ON i.item_id = s.item_id",
+                    f"SELECT s.block, s.pos, {key}, {ann_cols} FROM {owners}",
+                    f"SELECT s.block, {key}, coalesce(p.part, -1) AS part, p.idx, p.x, p.y, "
+                    f"p.visibility FROM {owners} JOIN points p "
+                    "ON p.ann_id = a.ann_id AND p.item_id = a.item_id "
+                    "WHERE a.kind IN ('polygon', 'keypoints')",
+                    f"SELECT s.block, {key}, t.filename, t.file_row_number, t.key, t.value, "
+                    f"t.value_type, t.source FROM {owners} JOIN attributes t "
+                    "ON t.owner_id = a.ann_id AND t.item_id = a.item_id",
+                )
+            ]
+            for k in range(blocks):
+                yield _block(*(stream.take(k) for stream in streams))
     finally:
-        con.execute(f"DROP TABLE IF EXISTS {sel}; DROP TABLE IF EXISTS {ranked}")
+        con.execute(f"DROP TABLE IF EXISTS {sel}; DROP TABLE IF EXISTS {files}")
 
 
-class _Stream:
-    """A query's rows as Arrow, taken in order up to a bound of a sorted column."""
+def _block(items: pa.Table, anns: pa.Table, points: pa.Table, attrs: pa.Table) -> _Block:
+    """One block from its rows as they came: put in output order here."""
+    items = items.sort_by("pos")
+    anns = anns.sort_by([("pos", "ascending"), ("akey", "ascending")])
+    akeys = anns.column("akey").to_numpy()
+    by_key = np.argsort(akeys)
 
-    def __init__(self, staging: Staging, sql: str) -> None:
-        # Each stream gets its own cursor: a new query on a connection ends the previous one.
-        self._reader = staging.con.cursor().sql(sql).to_arrow_reader(BLOCK_ITEMS * 16)
-        self._pending: list[pa.RecordBatch] = []
-        self._schema = self._reader.schema
+    def rows(table: pa.Table) -> np.ndarray:
+        """The annotation row each vertex or attribute belongs to."""
+        return by_key[np.searchsorted(akeys[by_key], table.column("akey").to_numpy())]
 
-    def _next(self) -> pa.RecordBatch | None:
-        if self._pending:
-            return self._pending.pop()
-        return next(self._reader, None)
+    point_rows = rows(points)
+    # Vertices by row, then part, then index (NaN for a null index sorts last, as NULLS LAST).
+    order = np.lexsort(
+        (points.column("idx").to_numpy(zero_copy_only=False),
+         points.column("part").to_numpy(), point_rows)
+    )  # fmt: skip
+    attrs = attrs.append_column("row", pa.array(rows(attrs))).sort_by(
+        [("row", "ascending"), ("filename", "ascending"), ("file_row_number", "ascending")]
+    )
+    attributes: dict[int, list[tuple]] = {}
+    names = ("row", "key", "value", "value_type", "source")
+    for row, *values in zip(*(attrs.column(c).to_pylist() for c in names), strict=True):
+        attributes.setdefault(row, []).append(tuple(values))
+    first = np.searchsorted(anns.column("pos").to_numpy(), items.column("pos").to_numpy())
+    return _Block(
+        items=items.to_pylist(),
+        anns=SimpleNamespace(**{c: anns.column(c).to_pylist() for c in _ANN_COLUMNS}),
+        first=[*first.tolist(), anns.num_rows],
+        geometry=_Geometry(points.take(order), point_rows[order]),
+        attributes=attributes,
+    )
 
-    def take(self, n: int) -> pa.Table | None:
-        """The next n rows (fewer at the end), or None when there are none left."""
-        taken: list[pa.RecordBatch] = []
-        rows = 0
-        while rows < n and (batch := self._next()) is not None:
-            if rows + batch.num_rows > n:
-                batch, rest = batch.slice(0, n - rows), batch.slice(n - rows)
-                self._pending.append(rest)
-            taken.append(batch)
-            rows += batch.num_rows
-        return pa.Table.from_batches(taken, self._schema) if taken else None
 
-    def take_until(self, column: str, bound: int) -> pa.Table:
-        """Every next row whose `column` is at most `bound`."""
-        taken: list[pa.RecordBatch] = []
-        while (batch := self._next()) is not None:
-            values = batch.column(column).to_numpy()
-            cut = int(np.searchsorted(values, bound, side="right"))
-            if cut < batch.num_rows:
-                self._pending.append(batch.slice(cut))
-                taken.append(batch.slice(0, cut))
-                break
-            taken.append(batch)
-        return pa.Table.from_batches(taken, self._schema)
+class _Buckets:
+    """A query's rows regrouped by block through files on local disk: memory is one
+    batch and one block, where an ORDER BY would sort the whole part at once."""
+
+    def __init__(self, staging: Staging, sql: str, blocks: int, folder: str) -> None:
+        self._paths = [os.path.join(folder, f"{id(self)}-{k}.arrow") for k in range(blocks)]
+        # Each query gets its own cursor: a new query on a connection ends the previous one.
+        reader = staging.con.cursor().sql(sql).to_arrow_reader(_SPILL_ROWS)
+        self._schema = reader.schema
+        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        try:
+            for batch in reader:
+                block = batch.column("block").to_numpy()
+                by_block = np.argsort(block, kind="stable")
+                block = block[by_block]
+                batch = batch.take(by_block)
+                cuts = [0, *(np.flatnonzero(np.diff(block)) + 1).tolist(), len(block)]
+                for start, end in itertools.pairwise(cuts):
+                    k = int(block[start])
+                    if k not in writers:
+                        writers[k] = pa.ipc.new_file(self._paths[k], self._schema)
+                    writers[k].write_batch(batch.slice(start, end - start))
+        finally:
+            for w in writers.values():
+                w.close()
+
+    def take(self, k: int) -> pa.Table:
+        path = self._paths[k]
+        if not os.path.exists(path):
+            return self._schema.empty_table()
+        with pa.OSFile(path) as f:
+            table = pa.ipc.open_file(f).read_all()
+        os.remove(path)
+        return table
 
 
 class _Geometry:
     """A block's vertices as flat lists, looked up by annotation row."""
 
-    def __init__(self, points: pa.Table, done: int) -> None:
-        rows = points.column("rank").to_numpy() - done - 1
+    def __init__(self, points: pa.Table, rows: np.ndarray) -> None:
         n = int(rows[-1]) + 1 if len(rows) else 0
         self._start = np.searchsorted(rows, np.arange(n + 1), side="left").tolist()
         # Nulls come out of numpy as NaN, which orjson writes as null, as it writes None.
@@ -366,9 +395,9 @@ class _Geometry:
 class _PartWriter:
     """Turns blocks into JSON for the images and annotations fragments of one part."""
 
-    def __init__(self, plan: SubsetPlan, part: int) -> None:
+    def __init__(self, plan: SubsetPlan, start: int) -> None:
         self.plan = plan
-        self.next_ann = plan.ann_offsets[part]
+        self.next_ann = start
         self.written = 0
         self.result = WriteResult()
         self._started = {"images": False, "annotations": False}

@@ -1,0 +1,134 @@
+"""COCO writer from staging: parts and blocks change nothing in the file; fragments join once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.formats import _coco_write
+from pipelines.formats._fragments import Fragments, Piece
+from pipelines.formats.base import WriteOptions
+from pipelines.masks import encode, from_uncompressed, to_uncompressed
+from pipelines.runner import convert
+from pipelines.storage import Output
+from tests.conftest import PEER
+
+# Between them: merged groups, masks with both RLE spellings, keypoints, captions,
+# video and DICOM containers, outside track shapes, kinds written as boxes or skipped,
+# attributes of every source, several subsets, native ids kept and renumbered.
+SAMPLES = [
+    "encord_coco/coco_exporter_project",
+    "encord_json/coco_exporter_project",
+    "encord_json/video_data_1",
+    "cvat_video/for_video",
+    "datumaro/diverse",
+    "labelme/labelme_dataset",
+    "coco_keypoints/coco_person_keypoints",
+]
+
+
+def _staged(sample: str, tmp_path: Path) -> Path:
+    staged = tmp_path / "staged"
+    assert convert([str(PEER / sample)], "parquet", str(staged), workers=1).ok
+    return staged
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_parts_and_blocks_write_the_same_bytes(
+    sample: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staged = _staged(sample, tmp_path)
+    whole = convert([str(staged)], "coco", str(tmp_path / "whole"), workers=1)
+    assert whole.ok
+    # Every item its own block, up to three parts a subset, run one after another.
+    monkeypatch.setattr(_coco_write, "MIN_PART_ITEMS", 1)
+    monkeypatch.setattr(_coco_write, "BLOCK_ITEMS", 1)
+    split = convert([str(staged)], "coco", str(tmp_path / "split"), workers=1,
+                    write_options=WriteOptions(workers=3))  # fmt: skip
+    assert split.ok
+    assert _files(tmp_path / "split") == _files(tmp_path / "whole")
+    assert (split.counts, split.lossy, split.files) == (whole.counts, whole.lossy, whole.files)
+
+
+def test_parts_on_a_process_pool_join_into_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staged = _staged("encord_coco/coco_exporter_project", tmp_path)
+    assert convert([str(staged)], "coco", str(tmp_path / "one"), workers=1).ok
+    monkeypatch.setattr(_coco_write, "MIN_PART_ITEMS", 1)  # planning runs here, not in the pool
+    report = convert([str(staged)], "coco", str(tmp_path / "two"), workers=2,
+                     write_options=WriteOptions(workers=2))  # fmt: skip
+    assert report.ok and report.files == 1
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+    assert not [p for p in (tmp_path / "two").rglob(".*")]
+
+
+def test_renumbered_ids_run_on_across_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    doc = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 8, "height": 8} for i in (5, 3, 9)],
+        "annotations": [
+            {"id": 1, "image_id": img, "category_id": 1, "bbox": [n, 0, 1, 1], "area": 1}
+            for n, img in enumerate((9, 5, 5, 3, 9))  # ids repeat: numbered anew
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    src = tmp_path / "instances_x.json"
+    src.write_text(json.dumps(doc))
+    monkeypatch.setattr(_coco_write, "MIN_PART_ITEMS", 1)
+    out = tmp_path / "out"
+    assert convert(
+        [str(src)], "coco", str(out), workers=1, write_options=WriteOptions(workers=3)
+    ).ok
+    written = json.loads((out / "annotations/instances_x.json").read_text())
+    assert [i["id"] for i in written["images"]] == [5, 3, 9]
+    anns = written["annotations"]
+    assert [(a["id"], a["image_id"], a["bbox"][0]) for a in anns] == [
+        (1, 5, 1), (2, 5, 2), (3, 3, 3), (4, 9, 0), (5, 9, 4)
+    ]  # fmt: skip
+
+
+def test_numbering_that_disagrees_with_the_plan_fails() -> None:
+    plan = _coco_write.SubsetPlan(None, "a.json", (0, 2, 4), (0, 3), True, False, {}, b"", b"[]")
+    _coco_write._check_numbering(plan, [[0, 3], [3, 1]])
+    with pytest.raises(RuntimeError, match="numbering"):
+        _coco_write._check_numbering(plan, [[0, 2], [3, 1]])
+
+
+def test_fragments_join_once_in_part_order_whatever_order_parts_finish() -> None:
+    out = Output("memory://lf-fragments/out")
+    frags = Fragments(out, "annotations/x.json", 3)
+    for part, text in ((2, b"c"), (0, b"a"), (1, b"")):
+        with frags.open("rows", part) as f:
+            f.write(text)
+    assert frags.finish(2, b"2") is None
+    assert frags.finish(0, b"0") is None
+    assert frags.finish(1, b"1") == [b"0", b"1", b"2"]
+    assert frags.finish(1, b"1") is None  # the join is claimed once
+    frags.join([b"[", Piece("rows", b","), b"]"])
+    fs = out.fs
+    assert fs.cat_file(out.path("annotations/x.json")) == b"[a,c]"  # empty fragments skipped
+    assert fs.ls(out.path("annotations"), detail=False) == [out.path("annotations/x.json")]
+    out.abort()
+
+
+def test_uncompressed_runs_read_from_the_string_match_painting_the_mask() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        h, w = rng.integers(1, 40, size=2)
+        mask = rng.random((h, w)) < rng.random()
+        counts = encode(mask)
+        assert _coco_write._uncompressed(counts, h, w) == to_uncompressed(counts, h, w)
+    # Runs that are not what painting gives (an empty run inside, a short total)
+    # take the painted way.
+    for runs, h, w in (([2, 0, 3, 1], 2, 3), ([1, 2], 2, 3)):
+        counts = from_uncompressed(runs, h, w)
+        assert _coco_write._uncompressed(counts, h, w) == to_uncompressed(counts, h, w)
