@@ -28,7 +28,6 @@ newlines before each range would mean reading the file twice).
 from __future__ import annotations
 
 import math
-import posixpath
 import re
 from collections.abc import Iterator
 from typing import IO, Any, NamedTuple
@@ -62,6 +61,7 @@ MAX_ODD_LINES = 16
 """Above this many uncertified lines in a group, the whole group takes the row path."""
 
 _STATUS = {"label": "labeled", "check": "checked", "verify": "verified"}
+_RANK = {stage: i for i, stage in enumerate(STAGES)}
 _SURVEYS = ("survey/value", "survey/multivalue")
 _BOM = b"\xef\xbb\xbf"
 
@@ -331,11 +331,14 @@ class _Walk:
                 for k, v in value.items()
             }
         data = obj["data"]
-        media = next((data[k] for k in ("source", "picUrl") if isinstance(data.get(k), str)), None)
-        latest = max(stages, key=STAGES.index) if stages else None
+        media = data.get("source")
+        if not isinstance(media, str):
+            media = data.get("picUrl")
+            media = media if isinstance(media, str) else None
+        latest = max(stages, key=_RANK.__getitem__) if stages else None
         width, height = self.size or (None, None)
         self._item(
-            file_name=posixpath.basename(media) if media else None,
+            file_name=media.rpartition("/")[2] if media else None,
             media_uri=media,
             media_type="image" if media or self.size else None,
             width=width,
