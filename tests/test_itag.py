@@ -1,7 +1,8 @@
 """iTAG manifests: the three image templates of the format document (OCR, object
 detection, classification) with exact values, review stages, a broken line,
-byte-range splitting of a large manifest, and the round trip
-iTAG → Parquet → iTAG compared line by line."""
+byte-range splitting of a large manifest, the round trip iTAG → Parquet → iTAG
+compared line by line, and the column path against the row path, table by table,
+on a manifest full of odd lines."""
 
 from __future__ import annotations
 
