@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pipelines import jsonframe
+from pipelines import jsonframe, memory
 from pipelines.errors import ParseError
 from pipelines.formats._encord_read import RowReader
 from pipelines.formats._encord_stream import Events, Window, drive_row, stream
@@ -130,9 +130,13 @@ def read(task: ReadTask) -> Iterator[Batch]:
                 yield from drive_row(reader, 0, "$", row)
                 continue
             chunk = jsonframe.Chunk(start, end, first)
-            rows = _parsed(jsonframe.parse_chunk, f, uri, chunk, where=f"$[{first}]")
-            for i, row in enumerate(rows, start=first):
-                yield from drive_row(reader, i, f"$[{i}]", row)
+            # The collector stays off while the parsed rows live (see jsonframe.iter_chunks).
+            with jsonframe.paused_gc():
+                rows = _parsed(jsonframe.parse_chunk, f, uri, chunk, where=f"$[{first}]")
+                for i, row in enumerate(rows, start=first):
+                    yield from drive_row(reader, i, f"$[{i}]", row)
+                del rows
+            memory.trim()
     yield b.flush()
 
 
