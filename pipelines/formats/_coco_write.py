@@ -48,9 +48,9 @@ _ANN_COLUMNS = ("ann_id", "native_id", "kind", "label", "bbox_x", "bbox_y", "bbo
                 "area", "iscrowd", "confidence", "mask", "mask_h", "mask_w", "text", "group_id",
                 "outside", "occluded", "angle_deg", "track_id", "keyframe")  # fmt: skip
 _PLAN = "_coco_plan"
-BLOCK_ITEMS = 2048
+BLOCK_ITEMS = 1024
 """Items per block: a block's rows are the most a task holds at once."""
-_SPILL_ROWS = 65_536
+_SPILL_ROWS = 16_384
 MIN_PART_ITEMS = 2048
 PLAN_MEMORY = "256MB"
 """DuckDB's limit while planning: its counts over whole tables spill beyond it."""
