@@ -252,37 +252,40 @@ def cmd_disk(env: Env, args: argparse.Namespace) -> None:
     run_rounds(env, "disk", args.corpus, corpus, facts, tools, args.runs, disk, settle=20.0)
 
 
+def _generated(env: Env, script: str, flag: str, count: int, name: str) -> Path:
+    """A corpus made by one of the bench's generators, on first use."""
+    path = env.data / name
+    if not path.exists():
+        subprocess.run([sys.executable, str(HERE / script), flag, str(count), "--out", str(path)],
+                       check=True)  # fmt: skip
+    return path
+
+
+def _read_1w_2w(fmt: str) -> list[str]:
+    """Tools reading `fmt` into the tables with 1 and with 2 workers."""
+    for w in ("1", "2"):
+        TOOLS[f"{fmt}_read_{w}w"] = lambda env, corpus, facts, out, w=w: [
+            env.labelflow, "convert", str(corpus), "--from", fmt, "--to", "parquet",
+            "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
+    return [f"{fmt}_read_1w", f"{fmt}_read_2w"]
+
+
 def cmd_jsonl(env: Env, args: argparse.Namespace) -> None:
     """JSON lines read as byte ranges (iTAG), 1 vs 2 workers."""
-    path = env.data / f"itag_{args.lines}.manifest"
-    if not path.exists():
-        subprocess.run([sys.executable, str(HERE / "make_itag.py"), "--lines", str(args.lines),
-                        "--out", str(path)], check=True)  # fmt: skip
+    path = _generated(env, "make_itag.py", "--lines", args.lines, f"itag_{args.lines}.manifest")
     facts = {"bytes": path.stat().st_size, "annotations": 0}
-    for w in ("1", "2"):
-        TOOLS[f"itag_read_{w}w"] = lambda env, corpus, facts, out, w=w: [
-            env.labelflow, "convert", str(corpus), "--from", "itag", "--to", "parquet",
-            "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
-    run_rounds(env, "jsonl", path.stem, path, facts, ["itag_read_1w", "itag_read_2w"],
-               args.runs, env.out)  # fmt: skip
+    run_rounds(env, "jsonl", path.stem, path, facts, _read_1w_2w("itag"), args.runs, env.out)
 
 
 def cmd_encord(env: Env, args: argparse.Namespace) -> None:
     """An Encord label export read into the tables, 1 vs 2 workers, against bare ijson
     iteration and a whole-file orjson load of the same rows."""
     env.ensure_venvs()
-    path = env.data / f"encord_{args.rows}.json"
-    if not path.exists():
-        subprocess.run([sys.executable, str(HERE / "make_encord.py"), "--rows", str(args.rows),
-                        "--out", str(path)], check=True)  # fmt: skip
+    path = _generated(env, "make_encord.py", "--rows", args.rows, f"encord_{args.rows}.json")
     facts = {"bytes": path.stat().st_size, "annotations": 0}
-    for w in ("1", "2"):
-        TOOLS[f"encord_read_{w}w"] = lambda env, corpus, facts, out, w=w: [
-            env.labelflow, "convert", str(corpus), "--from", "encord", "--to", "parquet",
-            "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
     TOOLS["encord_ijson"] = _probe("encord_ijson")
     TOOLS["encord_orjson"] = _probe("encord_orjson")
-    tools = ["encord_read_1w", "encord_read_2w", "encord_ijson", "encord_orjson"]
+    tools = [*_read_1w_2w("encord"), "encord_ijson", "encord_orjson"]
     run_rounds(env, "encord", path.stem, path, facts, tools, args.runs, env.out)
 
 
