@@ -25,7 +25,7 @@ from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import Staging
 from pipelines.storage import Output
 
-ITEMS_PER_BATCH = 16_384
+ITEMS_PER_BATCH = 8_192
 """Items (with their annotations) formatted at a time: memory stays flat however large
 the shard."""
 
