@@ -2,10 +2,12 @@
 
 Planning splits each subset's items, in source order, into one part per worker
 (weighted by annotation rows). Each part's task streams its items, annotations,
-vertices and attributes from DuckDB as Arrow batches, a block of items at a
-time, and writes its slices of the `images` and `annotations` arrays as
-fragments; the last task to finish joins them into the file
-(`pipelines/formats/_fragments.py`). Memory is one block per task.
+vertices and attributes from DuckDB as Arrow batches, regroups them by block of
+items through files on local disk (no sort of a whole part), and writes its
+slices of the `images` and `annotations` arrays as fragments, a block at a
+time; the last task to finish joins them into the file
+(`pipelines/formats/_fragments.py`). Memory is one block per task, whatever
+the input size.
 
 Ids are stable and global: an export's own integer ids are kept when they are
 unique, otherwise images are numbered by their position in the subset and
@@ -53,9 +55,9 @@ BLOCK_ITEMS = 1024
 """Items per block: a block's rows are the most a task holds at once."""
 _SPILL_ROWS = 16_384
 MIN_PART_ITEMS = 2048
+"""Smaller subsets are one part: splitting them costs more than it saves."""
 PLAN_MEMORY = "256MB"
 """DuckDB's limit while planning: its counts over whole tables spill beyond it."""
-"""Smaller subsets are one part: splitting them costs more than it saves."""
 
 
 @dataclass(frozen=True)
