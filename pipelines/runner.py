@@ -409,7 +409,7 @@ def _read_all(tasks, staging_url, ex: Executor, report: Report, strict: bool, pr
 def _write_all(
     target, staging: Staging, output: Output, ex, report, write_options, progress
 ) -> None:
-    opts = write_options or WriteOptions()
+    opts = write_options or WriteOptions(workers=0)  # 0: as many as the executor has
     if opts.workers < 1:
         opts = dataclasses.replace(opts, workers=ex.workers)
     wtasks = target.plan_write(staging, opts)

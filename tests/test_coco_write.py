@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -132,3 +133,29 @@ def test_uncompressed_runs_read_from_the_string_match_painting_the_mask() -> Non
     for runs, h, w in (([2, 0, 3, 1], 2, 3), ([1, 2], 2, 3)):
         counts = from_uncompressed(runs, h, w)
         assert _coco_write._uncompressed(counts, h, w) == to_uncompressed(counts, h, w)
+
+
+def test_writers_are_planned_for_the_run_s_workers(tmp_path: Path) -> None:
+    """Without writer options the run's --workers reaches plan_write (it once got 1)."""
+    from pipelines import runner
+
+    staged = _staged("coco_instances/coco_instances", tmp_path)
+    asked: list[int] = []
+
+    class Inline:
+        workers = 3
+
+        def map(self, fn, calls, progress, what):
+            return (fn(*args) for args in calls)
+
+    real = _coco_write.plan_write
+
+    def spy(staging, options):
+        asked.append(options.workers)
+        return real(staging, options)
+
+    target = dataclasses.replace(runner.formats.get("coco"), plan_write=spy)
+    report = runner.Report()
+    out = Output(str(tmp_path / "out"))
+    runner._write_all(target, runner.Staging(str(staged)), out, Inline(), report, None, None)
+    assert asked == [3]

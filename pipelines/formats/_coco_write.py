@@ -159,7 +159,7 @@ def _plan_subset(
         params,
     ).fetchnumpy()
     n = len(counts["pos"])
-    parts = max(1, min(_workers(workers), n // MIN_PART_ITEMS))
+    parts = max(1, min(workers, n // MIN_PART_ITEMS))
     work = np.cumsum(counts["rows"].astype(np.int64) + 1)
     cuts = np.searchsorted(work, work[-1] * np.arange(1, parts) / parts, side="left") + 1
     bounds = (0, *sorted({int(c) for c in cuts if 0 < c < n}), n)
@@ -175,13 +175,6 @@ def _plan_subset(
         head=head,
         categories=orjson.dumps(categories),
     )
-
-
-def _workers(asked: int) -> int:
-    """Parts to split a subset into. The runner passes `WriteOptions()` (one worker)
-    when the run has no writer options, whatever --workers says; the machine's cores
-    stand in then (on one worker, parts run one after another at little extra cost)."""
-    return asked if asked > 1 else os.cpu_count() or 1
 
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
