@@ -24,7 +24,6 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from pipelines import memory
 from pipelines.errors import ParseError
 
 BLOCK_BYTES = 2 << 20
@@ -348,7 +347,6 @@ def iter_chunks(f: IO[bytes], uri: str, chunks: list[Chunk]) -> Iterator[tuple[i
     for c in chunks:
         with paused_gc():
             yield c.first_index, parse_chunk(f, uri, c)
-        memory.trim()
 
 
 def parse_chunk(f: IO[bytes], uri: str, chunk: Chunk) -> list:

@@ -125,8 +125,6 @@ def run_read_task(task: ReadTask, staging_url: str, part: str) -> TaskResult:
                 units = batch.annotations.column("units").cast("string")
                 result.still_normalized += pc.sum(pc.equal(units, "norm")).as_py() or 0
             writer.add(batch)
-            del batch
-            memory.trim()
         writer.close()
         result.rows = {k: v for k, v in writer.rows.items() if k in DATA_TABLES}
         result.rows["rejects"] = writer.rows["rejects"]
@@ -138,6 +136,7 @@ def run_read_task(task: ReadTask, staging_url: str, part: str) -> TaskResult:
         result.error = f"{task.uri}: {type(exc).__name__}: {exc}"
     if result.error:
         _discard(writer)
+    memory.trim()  # between tasks, where nothing is re-allocated right after
     return result
 
 

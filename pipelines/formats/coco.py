@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import jsonframe
+from pipelines import jsonframe, memory
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
 from pipelines.formats._coco_fast import (
@@ -268,6 +268,8 @@ def _image_index(task: ReadTask) -> ImageIds:
                 del chunk, found
         _IMAGE_IDS.clear()  # one file at a time: a worker never holds two indexes
         _IMAGE_IDS[key] = ImageIds(ints, texts)
+        del ints, texts
+        memory.trim()  # the parsed images were freed among live objects
     return _IMAGE_IDS[key]
 
 

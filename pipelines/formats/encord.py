@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pipelines import jsonframe, memory
+from pipelines import jsonframe
 from pipelines.errors import ParseError
 from pipelines.formats._encord_read import RowReader
 from pipelines.formats._encord_stream import Events, Window, drive_row, stream
@@ -136,7 +136,6 @@ def read(task: ReadTask) -> Iterator[Batch]:
                 for i, row in enumerate(rows, start=first):
                     yield from drive_row(reader, i, f"$[{i}]", row)
                 del rows
-            memory.trim()
     yield b.flush()
 
 
