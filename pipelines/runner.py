@@ -216,6 +216,7 @@ class Executor:
         self._pool: Any = None
         self._warming: threading.Thread | None = None
         self._settled = threading.Event()
+        self._hurry = threading.Event()
         self._lock = threading.Lock()
         if kind == "local" and self.workers > 1:
             self._warming = threading.Thread(target=self._warm, daemon=True)
@@ -240,8 +241,13 @@ class Executor:
             )
         return self._pool
 
+    def warm_now(self) -> None:
+        """Start the local pool now: the caller knows the run will use it."""
+        self._hurry.set()
+
     def _warm(self) -> None:
-        if self._settled.wait(WARM_AFTER_S):
+        self._hurry.wait(WARM_AFTER_S)
+        if self._settled.is_set():
             return
         with contextlib.suppress(Exception):  # a pool closed meanwhile: nothing to warm
             pool = self._local_pool()
@@ -254,6 +260,7 @@ class Executor:
         total = len(calls)
         if self._pool is None:
             self._settled.set()  # inline, or a pool made now: no warming needed any more
+            self._hurry.set()
         if self.kind == "dask":
             yield from self._dask(fn, calls, progress, what)
             return
@@ -290,6 +297,7 @@ class Executor:
 
     def close(self) -> None:
         self._settled.set()
+        self._hurry.set()
         if self._warming is not None:
             self._warming.join()
             self._warming = None
@@ -328,7 +336,8 @@ def convert(
         msg = f"format {to!r} cannot be written"
         raise LabelflowError(msg)
     # Writers query staging through DuckDB; a run to Parquet never imports it.
-    ex = Executor(executor, workers, scheduler, () if target.staging_layout else ("duckdb",))
+    writer = () if target.staging_layout else ("duckdb", formats.module(to))
+    ex = Executor(executor, workers, scheduler, writer)
     output = Output(out)
     options = ReadOptions(
         dataset=dataset or _dataset_name(sources),
@@ -342,6 +351,8 @@ def convert(
         if strict and report.failures:
             raise LabelflowError(report.failures[0])
         staged = _reuse_staging(tasks, target, dataset)
+        if staged:
+            ex.warm_now()  # planning the write is short: the pool would start after it
         if staged:
             staging_url = staged
         elif target.staging_layout:

@@ -48,6 +48,11 @@ def names() -> list[str]:
     return list(_MODULES)
 
 
+def module(name: str) -> str:
+    """The module that defines format `name` (e.g. for a process pool to preload)."""
+    return _MODULES[name]
+
+
 def get(name: str) -> Format:
     if name in _loaded:
         return _loaded[name]

@@ -40,7 +40,6 @@ from collections.abc import Iterator
 from fnmatch import fnmatch
 from typing import Any
 
-import duckdb
 import orjson
 import pyarrow as pa
 
@@ -244,6 +243,8 @@ def _sorted_rows(task: ReadTask, headers: dict[int, list[str]]) -> Iterator[list
     Rows are (rank, file index, line, fields); `headers` is filled with each file's header.
     """
     ctx, src = task.context, task.source
+    import duckdb  # here: detecting formats imports this module, and needs no DuckDB
+
     spill = tempfile.mkdtemp(prefix="labelflow-oid-")
     con = duckdb.connect(config={"memory_limit": "512MB", "threads": 1, "temp_directory": spill})
     try:
