@@ -20,7 +20,8 @@ def use_system_allocator() -> None:
     """Arrow on the system allocator, unless the user chose a pool
     (ARROW_DEFAULT_MEMORY_POOL). Measured: the same CPU time per task, ~50 MB less
     resident per worker. Called in the processes labelflow owns (CLI, pool workers),
-    never on import: a library caller keeps its own choice."""
+    never on import: a library caller keeps its own choice. This sets the pool of
+    Python-level calls only; `pipelines.entry` sets the C++ side's."""
     if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
         pa.set_memory_pool(pa.system_memory_pool())
 

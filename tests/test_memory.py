@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pyarrow as pa
 import pytest
 
@@ -41,3 +45,23 @@ def test_trim_returns_freed_heap_pages() -> None:
     memory.trim()
     assert resident_kb() < before - 20_000
     assert len(survivors) == 200
+
+
+@pytest.mark.parametrize(("chosen", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
+def test_the_executable_settles_arrows_allocator_before_pyarrow_loads(chosen, expected) -> None:
+    """Arrow's C++ side reads the choice once, at import: the command sets it first."""
+    code = (
+        "import sys\n"
+        "sys.argv = ['labelflow', 'formats']\n"
+        "from pipelines import entry\n"
+        "assert 'pyarrow' not in sys.modules\n"
+        "try:\n    entry.main()\nexcept SystemExit:\n    pass\n"
+        "import pyarrow as pa\n"
+        "print(pa.default_memory_pool().backend_name, file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if chosen:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = chosen
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == expected
