@@ -21,9 +21,11 @@ from pipelines.schema import TABLES, Batch, conform
 from pipelines.storage import Source, fs_for
 
 ROW_GROUP_ROWS = 128 * 1024
-ROW_GROUP_BYTES = 16 << 20
+ROW_GROUP_BYTES = 8 << 20
 """A row group is written at ROW_GROUP_ROWS rows or this much Arrow data, whichever
-comes first: wide rows (items with metadata) would otherwise hold ~60 MB per table."""
+comes first: wide rows (items with metadata) would otherwise hold ~60 MB per table.
+8 MB rather than 16 took ~5 MB off each worker of a COCO read (the pending table and
+its encoding) with no change in read or write time from staging."""
 _COMPRESSION = "zstd"
 # Dictionary pages pay off for strings that repeat (every dictionary-typed column, the
 # item an annotation or vertex belongs to, keys); on coordinates and unique ids they
