@@ -156,6 +156,17 @@ def _discard(writer: PartWriter) -> None:
             writer.fs.rm(path)
 
 
+def plan_write(fmt: str, staging: Staging, options: WriteOptions) -> list[WriteTask]:
+    """The write's tasks. Planning queries staging through DuckDB: run on a worker, it
+    keeps DuckDB (~60 MB with its connection) out of the calling process."""
+    return formats.get(fmt).plan_write(staging, options)
+
+
+def staged_counts(staging: Staging) -> dict[str, int]:
+    """Rows per table of a staging dataset given as the source: what was read."""
+    return {t: int(staging.scalar(f"SELECT count(*) FROM {t}")) for t in (*DATA_TABLES, "rejects")}
+
+
 def run_write_task(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     fmt = formats.get(task.format)
     assert fmt.write is not None
@@ -217,6 +228,7 @@ class Executor:
         self._warming: threading.Thread | None = None
         self._settled = threading.Event()
         self._hurry = threading.Event()
+        self._wanted = False
         self._lock = threading.Lock()
         if kind == "local" and self.workers > 1:
             self._warming = threading.Thread(target=self._warm, daemon=True)
@@ -243,6 +255,7 @@ class Executor:
 
     def warm_now(self) -> None:
         """Start the local pool now: the caller knows the run will use it."""
+        self._wanted = True
         self._hurry.set()
 
     def _warm(self) -> None:
@@ -254,9 +267,21 @@ class Executor:
             for fut in [pool.submit(_ready) for _ in range(self.workers)]:
                 fut.result()
 
+    def call(self, fn: Callable, *args: Any) -> Any:
+        """One call: on a worker if the run has a pool (what it imports stays there),
+        else inline; a run too small for a pool does not start one for this."""
+        pooled = self._pool is not None or self._wanted
+        return next(iter(self.map(fn, [args], None, "", pooled=pooled)))
+
     def map(
-        self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str
+        self,
+        fn: Callable,
+        calls: list[tuple],
+        progress: Progress | None,
+        what: str,
+        pooled: bool = False,
     ) -> Iterable:
+        """`pooled`: a single call goes to the pool too (else it runs inline)."""
         total = len(calls)
         if self._pool is None:
             self._settled.set()  # inline, or a pool made now: no warming needed any more
@@ -264,7 +289,7 @@ class Executor:
         if self.kind == "dask":
             yield from self._dask(fn, calls, progress, what)
             return
-        if self.workers == 1 or total <= 1:
+        if self.workers == 1 or (total <= 1 and not pooled):
             for i, args in enumerate(calls):
                 yield fn(*args)
                 if progress:
@@ -361,7 +386,10 @@ def convert(
             own_staging = staging or tempfile.mkdtemp(prefix="labelflow-staging-")
             staging_url = own_staging
         if staged:
-            _count_staged(Staging(staged), report)
+            counts = ex.call(staged_counts, Staging(staged))
+            report.rejects = counts.pop("rejects")
+            for table, n in counts.items():
+                report.counts[table]["read"] = n
         else:
             _read_all(tasks, staging_url, ex, report, strict, progress)
         if strict and report.failures:
@@ -422,7 +450,7 @@ def _write_all(
     opts = write_options or WriteOptions(workers=0)  # 0: as many as the executor has
     if opts.workers < 1:
         opts = dataclasses.replace(opts, workers=ex.workers)
-    wtasks = target.plan_write(staging, opts)
+    wtasks = ex.call(plan_write, target.name, staging, opts)
     for res in ex.map(run_write_task, [(t, staging, output) for t in wtasks], progress, "write"):
         report.counts["items"]["written"] += res.items
         report.counts["annotations"]["written"] += res.annotations
@@ -433,13 +461,6 @@ def _write_all(
         report.counts[table]["written"] = (
             report.counts[table]["read"] - report.counts[table]["rejected"]
         )
-
-
-def _count_staged(staging: Staging, report: Report) -> None:
-    """A staging dataset given as the source: what it holds is what was read."""
-    for table in DATA_TABLES:
-        report.counts[table]["read"] = int(staging.scalar(f"SELECT count(*) FROM {table}"))
-    report.rejects = int(staging.scalar("SELECT count(*) FROM rejects"))
 
 
 def _keep_rejects(staging_url: str, output: Output, single_file: bool) -> None:

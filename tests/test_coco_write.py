@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -145,17 +144,15 @@ def test_writers_are_planned_for_the_run_s_workers(tmp_path: Path) -> None:
     class Inline:
         workers = 3
 
+        def call(self, fn, *args):
+            asked.append(args[-1].workers)  # plan_write(format, staging, options)
+            return fn(*args)
+
         def map(self, fn, calls, progress, what):
             return (fn(*args) for args in calls)
 
-    real = _coco_write.plan_write
-
-    def spy(staging, options):
-        asked.append(options.workers)
-        return real(staging, options)
-
-    target = dataclasses.replace(runner.formats.get("coco"), plan_write=spy)
     report = runner.Report()
     out = Output(str(tmp_path / "out"))
+    target = runner.formats.get("coco")
     runner._write_all(target, runner.Staging(str(staged)), out, Inline(), report, None, None)
     assert asked == [3]
