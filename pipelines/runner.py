@@ -386,7 +386,7 @@ def convert(
             own_staging = staging or tempfile.mkdtemp(prefix="labelflow-staging-")
             staging_url = own_staging
         if staged:
-            counts = ex.call(staged_counts, Staging(staged))
+            counts = ex.call(staged_counts, Staging(staged, threads=ex.workers))
             report.rejects = counts.pop("rejects")
             for table, n in counts.items():
                 report.counts[table]["read"] = n
@@ -450,7 +450,9 @@ def _write_all(
     opts = write_options or WriteOptions(workers=0)  # 0: as many as the executor has
     if opts.workers < 1:
         opts = dataclasses.replace(opts, workers=ex.workers)
-    wtasks = ex.call(plan_write, target.name, staging, opts)
+    # Nothing else runs while the write is planned: its queries may use every core.
+    planning = Staging(staging.url, staging.memory_limit, threads=ex.workers)
+    wtasks = ex.call(plan_write, target.name, planning, opts)
     for res in ex.map(run_write_task, [(t, staging, output) for t in wtasks], progress, "write"):
         report.counts["items"]["written"] += res.items
         report.counts["annotations"]["written"] += res.annotations

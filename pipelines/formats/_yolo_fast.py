@@ -89,12 +89,14 @@ def write_boxes(
     classes: dict[str, int],
     collisions: set[tuple[str | None, str]],
     save_images: bool,
+    boxes_stated: bool = False,
 ) -> WriteResult | None:
-    """Write the shard's label files (and images); None if some box must be derived."""
+    """Write the shard's label files (and images); None if some box must be derived.
+    `boxes_stated`: the planner found every box of the dataset stated (`shard_count`)."""
     con = staging.con
     where = f"WHERE hash(item_id) % {int(task.shards)} = {int(task.shard)}"
     con.execute(_SELECT.format(where=where if task.shards > 1 else ""))
-    if not _eligible(con, "_yolo_sel"):
+    if not boxes_stated and not _eligible(con, "_yolo_sel"):
         return None
     result = WriteResult()
     copier = per_image.MediaCopier()

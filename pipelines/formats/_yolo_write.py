@@ -64,6 +64,8 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
         if task == "pose":
             settings["_kpt"] = _kpt_count(staging)
         shards = _yolo_fast.shard_count(staging, options) if task == "detect" else None
+        # A count means every box is stated: no shard needs to check that again.
+        settings["_boxes_stated"] = shards is not None
         return per_image.plan_sharded(fmt, staging, options, shards=shards, **settings)
 
     return plan_write
@@ -223,7 +225,9 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     collisions = _collisions(task, staging)
     if ex["_task"] == "detect":
         dirs = functools.partial(_dirs, layout)
-        done = _yolo_fast.write_boxes(task, staging, out, dirs, classes, collisions, save_images)
+        done = _yolo_fast.write_boxes(
+            task, staging, out, dirs, classes, collisions, save_images, ex.get("_boxes_stated")
+        )
         if done is not None:
             return done
     copier = per_image.MediaCopier()
