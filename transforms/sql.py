@@ -6,8 +6,11 @@ as temporary views, which the caller fetches by name.
 
 from __future__ import annotations
 
+import os
+import threading
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -24,13 +27,27 @@ def run_sql(name: str, outputs: tuple[str, ...], **tables: pa.Table) -> dict[str
 
     Returns the views named in `outputs`, row order kept as the script leaves it.
     """
-    import duckdb  # on first use: most batches need no script (see `normalize`)
-
-    con = duckdb.connect(config={"threads": 1})
+    con = _connection()
     try:
         for table_name, table in tables.items():
             con.register(table_name, table)
         con.execute(script_text(name))
         return {out: con.sql(f"SELECT * FROM {out}").to_arrow_table() for out in outputs}
     finally:
-        con.close()
+        for table_name in tables:
+            con.unregister(table_name)
+
+
+_local = threading.local()
+
+
+def _connection() -> Any:
+    """This thread's connection, made on first use: a new one per batch cost ~12 ms,
+    a fifth of normalizing an Encord batch. A forked child makes its own."""
+    pid, con = getattr(_local, "con", (None, None))
+    if pid != os.getpid():
+        import duckdb  # on first use: most batches need no script (see `normalize`)
+
+        con = duckdb.connect(config={"threads": 1})
+        _local.con = (os.getpid(), con)
+    return con
