@@ -16,15 +16,17 @@ from __future__ import annotations
 import gc
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import orjson
 
 from pipelines.errors import ParseError
+
+S = TypeVar("S")
 
 BLOCK_BYTES = 2 << 20
 CHUNK_BYTES = 1 << 19
@@ -272,6 +274,29 @@ class _Scanner:
             value.chunks[-1].end = pos
             # n commas separate n + 1 elements; an empty array is fixed up by `_fix_empty`.
             value.length = self.array_count + 1
+
+
+TASK_BYTES = 32 << 20
+"""Most bytes per read task: large enough to amortise a task's start-up."""
+MIN_TASK_BYTES = 8 << 20
+TASKS_PER_WORKER = 4
+"""Several tasks per worker, so that the last ones finish close together."""
+
+
+def task_groups(spans: Sequence[S], workers: int, size: Callable[[S], int]) -> list[list[S]]:
+    """Consecutive spans of a file (array chunks, row ranges) grouped into read tasks of
+    about a quarter of a worker's share each, between MIN_TASK_BYTES and TASK_BYTES."""
+    total = sum(size(s) for s in spans)
+    limit = max(MIN_TASK_BYTES, min(TASK_BYTES, total // (max(1, workers) * TASKS_PER_WORKER)))
+    groups: list[list[S]] = [[]]
+    taken = 0
+    for span in spans:
+        if taken >= limit:
+            groups.append([])
+            taken = 0
+        groups[-1].append(span)
+        taken += size(span)
+    return [g for g in groups if g]
 
 
 def frame(f: IO[bytes], uri: str, chunk_bytes: int | None = None) -> list[Value]:

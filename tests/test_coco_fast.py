@@ -200,7 +200,7 @@ def test_odd_records_same_tables(seed: int, chunk_bytes: int, tmp_path: Path, mo
     monkeypatch.setattr(jsonframe, "CHUNK_BYTES", chunk_bytes)
     if seed != 1:  # images and annotations in tasks of their own, as for a big file
         monkeypatch.setattr(coco, "ONE_TASK_BYTES", 0)
-        monkeypatch.setattr(coco, "MIN_TASK_BYTES", 2000)
+        monkeypatch.setattr(jsonframe, "MIN_TASK_BYTES", 2000)
     fast = _assert_same(path, monkeypatch)
     tasks = coco.plan_read(Source(str(path)), ReadOptions(dataset="d"))
     roles = [t.context["role"] for t in tasks]

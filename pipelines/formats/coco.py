@@ -47,11 +47,6 @@ from pipelines.storage import Source
 LAYOUT = "coco_layout"
 """Attribute source for how the export spelled a value, not what it means."""
 
-TASK_BYTES = 32 << 20
-"""Most annotation bytes per read task: large enough to amortise start-up."""
-MIN_TASK_BYTES = 8 << 20
-TASKS_PER_WORKER = 4
-"""Several tasks per worker, so that the last ones finish close together."""
 ONE_TASK_BYTES = 16 << 20
 """A file this small is read by one task: starting workers would cost more than it saves."""
 
@@ -142,28 +137,15 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         tasks.append(
             ReadTask("coco", source, member, subset, images.start, images.end, first, options)
         )
-        for group in _groups(chunks, _task_bytes(anns, options.workers)):
+        for group in jsonframe.task_groups(chunks, options.workers, _chunk_bytes):
             ctx = {**base, "role": "annotations", "chunks": group}
             start, end = group[0].start, group[-1].end
             tasks.append(ReadTask("coco", source, member, subset, start, end, ctx, options))
     return tasks
 
 
-def _task_bytes(anns: jsonframe.Value | None, workers: int) -> int:
-    total = anns.end - anns.start if anns else 0
-    return max(MIN_TASK_BYTES, min(TASK_BYTES, total // (max(1, workers) * TASKS_PER_WORKER)))
-
-
-def _groups(chunks: list[jsonframe.Chunk], task_bytes: int) -> list[list[jsonframe.Chunk]]:
-    groups: list[list[jsonframe.Chunk]] = [[]]
-    size = 0
-    for c in chunks:
-        if size >= task_bytes:
-            groups.append([])
-            size = 0
-        groups[-1].append(c)
-        size += c.end - c.start
-    return [g for g in groups if g]
+def _chunk_bytes(chunk: jsonframe.Chunk) -> int:
+    return chunk.end - chunk.start
 
 
 def read(task: ReadTask) -> Iterator[Batch]:

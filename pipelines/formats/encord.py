@@ -50,9 +50,6 @@ from pipelines.storage import Source
 ROW_BYTES = 64 << 20
 """Rows up to this size are parsed whole (orjson); longer ones are streamed frame by frame."""
 
-TASK_BYTES = 32 << 20
-"""Bytes of rows per read task."""
-
 DETECT_FILES = 16
 """JSON files of a folder whose first bytes detection looks at."""
 
@@ -94,22 +91,14 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
             ranges = [(c.start, c.end, c.first_index) for c in values[0].chunks]
         else:  # one label row object
             ranges = [(0, source.size(member), -1)]
-        for group in _groups(ranges):
+        for group in jsonframe.task_groups(ranges, options.workers, _range_bytes):
             tasks.append(ReadTask("encord", source, member, context={"ranges": group},
                                   options=options))  # fmt: skip
     return tasks
 
 
-def _groups(ranges: list[tuple[int, int, int]]) -> list[list[tuple[int, int, int]]]:
-    groups: list[list[tuple[int, int, int]]] = [[]]
-    size = 0
-    for r in ranges:
-        if size >= TASK_BYTES:
-            groups.append([])
-            size = 0
-        groups[-1].append(r)
-        size += r[1] - r[0]
-    return groups
+def _range_bytes(span: tuple[int, int, int]) -> int:
+    return span[1] - span[0]
 
 
 def read(task: ReadTask) -> Iterator[Batch]:
