@@ -28,7 +28,7 @@ import transforms
 from pipelines import formats, memory
 from pipelines.errors import LabelflowError
 from pipelines.formats.base import ReadOptions, ReadTask, WriteOptions, WriteResult, WriteTask
-from pipelines.formats.parquet import PartWriter
+from pipelines.formats.parquet import COMPRESSION, TRANSIENT_COMPRESSION, PartWriter
 from pipelines.schema import DATA_TABLES, TABLES
 from pipelines.staging import Staging
 from pipelines.storage import Output, Source, fs_for
@@ -108,10 +108,12 @@ def plan(
     return tasks
 
 
-def run_read_task(task: ReadTask, staging_url: str, part: str) -> TaskResult:
+def run_read_task(
+    task: ReadTask, staging_url: str, part: str, compression: str = COMPRESSION
+) -> TaskResult:
     """Read one task into the staging dataset. Never raises for bad input: reports it."""
     result = TaskResult(uri=task.uri)
-    writer = PartWriter(staging_url, task.options.dataset, part)
+    writer = PartWriter(staging_url, task.options.dataset, part, compression)
     fmt = formats.get(task.format)
     try:
         for batch in fmt.read(task):
@@ -391,7 +393,10 @@ def convert(
             for table, n in counts.items():
                 report.counts[table]["read"] = n
         else:
-            _read_all(tasks, staging_url, ex, report, strict, progress)
+            # Staging that is neither the output nor kept is read once, then deleted.
+            transient = not target.staging_layout and not staging
+            compression = TRANSIENT_COMPRESSION if transient else COMPRESSION
+            _read_all(tasks, staging_url, ex, report, strict, progress, compression)
         if strict and report.failures:
             raise LabelflowError(report.failures[0])
         if report.failures and not any(c["read"] for c in report.counts.values()):
@@ -423,8 +428,10 @@ def _finish(report: Report, started: float) -> Report:
     return report
 
 
-def _read_all(tasks, staging_url, ex: Executor, report: Report, strict: bool, progress) -> None:
-    calls = [(t, staging_url, f"{i:05d}") for i, t in enumerate(tasks)]
+def _read_all(
+    tasks, staging_url, ex: Executor, report: Report, strict: bool, progress, compression: str
+) -> None:
+    calls = [(t, staging_url, f"{i:05d}", compression) for i, t in enumerate(tasks)]
     for res in ex.map(run_read_task, calls, progress, "read"):
         if res.error:
             report.failures.append(res.error)
