@@ -160,7 +160,7 @@ def _discard(writer: PartWriter) -> None:
 
 def plan_write(fmt: str, staging: Staging, options: WriteOptions) -> list[WriteTask]:
     """The write's tasks. Planning queries staging through DuckDB: run on a worker, it
-    keeps DuckDB (~60 MB with its connection) out of the calling process."""
+    keeps DuckDB (~45 MB with its connection) out of the calling process."""
     return formats.get(fmt).plan_write(staging, options)
 
 
