@@ -143,12 +143,13 @@ def test_writers_are_planned_for_the_run_s_workers(tmp_path: Path) -> None:
 
     class Inline:
         workers = 3
+        started = False
 
         def call(self, fn, *args):
             asked.append(args[-1].workers)  # plan_write(format, staging, options)
             return fn(*args)
 
-        def map(self, fn, calls, progress, what):
+        def map(self, fn, calls, progress, what, place="auto"):
             return (fn(*args) for args in calls)
 
     report = runner.Report()

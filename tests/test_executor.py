@@ -37,3 +37,16 @@ def test_writing_from_staging_keeps_duckdb_out_of_the_calling_process(tmp_path: 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_small_run_writes_without_starting_a_pool(tmp_path: Path, monkeypatch) -> None:
+    """The read ran inline and the write is small: a pool would cost more than it saves."""
+
+    def no_pool(self):
+        raise AssertionError("a pool was started")
+
+    monkeypatch.setattr(Executor, "_new_pool", no_pool)
+    source = PEER / "coco_instances" / "coco_instances" / "annotations" / "instances_val.json"
+    report = convert([str(source)], "yolo", str(tmp_path / "yolo"), workers=2)
+    assert report.ok, report.failures
+    assert report.files > 0
