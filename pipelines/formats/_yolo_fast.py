@@ -6,9 +6,10 @@ are all stated (the usual case once the reader's transforms have filled boxes
 from vertices) the same files come from two Arrow queries: numpy computes the
 centres, Arrow kernels format every line of a batch into one buffer, and each
 label file is a slice of it written with one system call. Lossiness is counted
-under the same lines as `_Lines` counts it. A shard with a writable annotation
-that has no stated box (its box would come from vertices or a mask) returns
-None: the per-item writer does it.
+under the same lines as `_Lines` counts it. The planner takes this path for the
+whole dataset or not at all (`shard_count`): a writable annotation with no stated
+box (it would come from vertices or a mask) sends every shard to the per-item
+writer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ _SELECT = (
     "subset, media_uri, width, height, row_number() OVER () - 1 AS _pos FROM items {where}"
 )
 _DERIVED = (
-    "SELECT count(*) FROM annotations a JOIN {items} s USING (item_id) "
+    "SELECT count(*) FROM annotations a JOIN items s USING (item_id) "
     "WHERE s.width <> 0 AND s.height <> 0 AND NOT coalesce(a.outside, false) "
     "AND a.label IS NOT NULL AND a.kind IN ({kinds}) AND (a.bbox_x IS NULL "
     "OR a.bbox_y IS NULL OR a.bbox_w IS NULL OR a.bbox_h IS NULL)"
@@ -64,7 +65,7 @@ def shard_count(staging: Staging, options: WriteOptions) -> int | None:
     Each shard scans every annotation for its own, so fewer shards cost less: one
     per worker (hash shards are alike in size), more only to bound memory.
     """
-    if not _eligible(staging.con, "items"):
+    if not _eligible(staging.con):
         return None
     annotations = int(staging.scalar("SELECT count(*) FROM annotations") or 0)
     items = int(staging.scalar("SELECT count(*) FROM items") or 0)
@@ -72,13 +73,13 @@ def shard_count(staging: Staging, options: WriteOptions) -> int | None:
     return max(1, min(wanted, items))
 
 
-def _eligible(con, items: str) -> bool:
-    """Whether the column path can write the items of the table or view `items`."""
-    twice = con.execute(f"SELECT count(*) - count(DISTINCT item_id) FROM {items}").fetchone()
+def _eligible(con) -> bool:
+    """Whether the column path can write every item of the dataset."""
+    twice = con.execute("SELECT count(*) - count(DISTINCT item_id) FROM items").fetchone()
     if twice[0]:
         return False  # an item id twice: each copy gets the annotations, as a join does
     kinds = ", ".join(f"'{k}'" for k in sorted(per_image.BOXABLE))
-    return not con.execute(_DERIVED.format(items=items, kinds=kinds)).fetchone()[0]
+    return not con.execute(_DERIVED.format(kinds=kinds)).fetchone()[0]
 
 
 def write_boxes(
@@ -89,15 +90,11 @@ def write_boxes(
     classes: dict[str, int],
     collisions: set[tuple[str | None, str]],
     save_images: bool,
-    boxes_stated: bool = False,
-) -> WriteResult | None:
-    """Write the shard's label files (and images); None if some box must be derived.
-    `boxes_stated`: the planner found every box of the dataset stated (`shard_count`)."""
+) -> WriteResult:
+    """Write the shard's label files (and images)."""
     con = staging.con
     where = f"WHERE hash(item_id) % {int(task.shards)} = {int(task.shard)}"
     con.execute(_SELECT.format(where=where if task.shards > 1 else ""))
-    if not boxes_stated and not _eligible(con, "_yolo_sel"):
-        return None
     result = WriteResult()
     copier = per_image.MediaCopier()
     folders: dict[str | None, tuple[str, str]] = {}

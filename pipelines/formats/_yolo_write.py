@@ -64,8 +64,7 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
         if task == "pose":
             settings["_kpt"] = _kpt_count(staging)
         shards = _yolo_fast.shard_count(staging, options) if task == "detect" else None
-        # A count means every box is stated: no shard needs to check that again.
-        settings["_boxes_stated"] = shards is not None
+        settings["_columns"] = shards is not None  # every box stated: the column path
         return per_image.plan_sharded(fmt, staging, options, shards=shards, **settings)
 
     return plan_write
@@ -223,13 +222,9 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     classes = {name: i for i, name in enumerate(ex["_names"])}
     lines = _Lines(ex["_task"], classes, ex.get("_kpt", 0))
     collisions = _collisions(task, staging)
-    if ex["_task"] == "detect":
+    if ex["_columns"]:
         dirs = functools.partial(_dirs, layout)
-        done = _yolo_fast.write_boxes(
-            task, staging, out, dirs, classes, collisions, save_images, ex.get("_boxes_stated")
-        )
-        if done is not None:
-            return done
+        return _yolo_fast.write_boxes(task, staging, out, dirs, classes, collisions, save_images)
     copier = per_image.MediaCopier()
     result = WriteResult()
     for group in _item_groups(staging, task):
