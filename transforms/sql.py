@@ -10,9 +10,12 @@ import os
 import threading
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import duckdb
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
@@ -41,7 +44,7 @@ def run_sql(name: str, outputs: tuple[str, ...], **tables: pa.Table) -> dict[str
 _local = threading.local()
 
 
-def _connection() -> Any:
+def _connection() -> duckdb.DuckDBPyConnection:
     """This thread's connection, made on first use: a new one per batch cost ~12 ms,
     a fifth of normalizing an Encord batch. A forked child makes its own."""
     pid, con = getattr(_local, "con", (None, None))
