@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,12 +79,7 @@ class Staging:
             con.register_filesystem(fs)
         for name in TABLES:
             table_dir = posixpath.join(root, name)
-            files = (
-                [p for p in fs.find(table_dir) if p.endswith(".parquet")]
-                if fs.exists(table_dir)
-                else []
-            )
-            if files:
+            if _parts(fs, table_dir):
                 glob = table_dir if local else f"{protocol}://{table_dir}"
                 con.execute(
                     f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{glob}/**/*.parquet', "
@@ -104,6 +99,60 @@ class Staging:
                 con.execute(f"CREATE TABLE {name} AS SELECT * FROM _arrow_empty")
                 con.unregister("_arrow_empty")
         return con
+
+    def scan(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: tuple[int, int] | None = None,
+        dictionary: Sequence[str] = (),
+        match: tuple[str, Callable[[pa.ChunkedArray], pa.Array]] | None = None,
+    ) -> Iterator[pa.Table]:
+        """The table's `columns` in source order, a row group at a time, read by pyarrow
+        alone: a task that needs no query is spared DuckDB (~45 MB a worker).
+
+        `rows`: only rows [start, stop) of the whole table; row groups outside it are
+        not read. `dictionary`: string columns kept dictionary-encoded (labels and
+        kinds repeat: a few bytes a row instead of the string). `match`: (column,
+        test): only the rows whose value in that column passes the test (a boolean
+        array); the other columns of a row group are read only when a row passes.
+        """
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        fs, root = fs_for(self.url)
+        start, stop = rows or (0, None)
+        seen = 0
+        for path in _parts(fs, posixpath.join(root, table)):
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f, read_dictionary=dictionary)
+                for group in range(pf.metadata.num_row_groups):
+                    n = pf.metadata.row_group(group).num_rows
+                    first, seen = seen, seen + n
+                    if seen <= start:
+                        continue
+                    if stop is not None and first >= stop:
+                        return
+                    lo = max(start - first, 0)
+                    hi = n if stop is None else min(stop - first, n)
+                    window = (lo, hi - lo) if (lo, hi) != (0, n) else None
+                    if match is None:
+                        yield _row_group(pf, group, columns, window)
+                        continue
+                    passed = match[1](_row_group(pf, group, [match[0]], window).column(0))
+                    if pc.any(passed).as_py():
+                        yield _row_group(pf, group, columns, window).filter(passed)
+
+    def count_rows(self, table: str) -> int:
+        """The table's rows, from the Parquet footers alone."""
+        import pyarrow.parquet as pq
+
+        fs, root = fs_for(self.url)
+        total = 0
+        for path in _parts(fs, posixpath.join(root, table)):
+            with fs.open(path, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+        return total
 
     def table(self, name: str, where: str = "", params: Sequence[Any] = ()) -> pa.Table:
         """A whole table (or a filtered part of it) in source order, with the schema's types."""
@@ -198,6 +247,18 @@ class Staging:
         reader = self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS)
         for batch in reader:
             yield from batch.to_pylist()
+
+
+def _row_group(pf: Any, group: int, columns: Sequence[str], window: tuple | None) -> pa.Table:
+    part = pf.read_row_group(group, columns=list(columns))
+    return part.slice(*window) if window else part
+
+
+def _parts(fs: Any, table_dir: str) -> list[str]:
+    """A table's part files in source order: DuckDB's `filename` order."""
+    if not fs.exists(table_dir):
+        return []
+    return sorted(p for p in fs.find(table_dir) if p.endswith(".parquet"))
 
 
 def _select(columns: Sequence[str] | None, alias: str) -> str:

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -30,6 +31,7 @@ from pipelines import formats
 from pipelines.formats.base import ReadOptions
 from pipelines.runner import convert
 from pipelines.schema import TABLES
+from pipelines.staging import Staging
 from pipelines.storage import Source
 from tests.conftest import FIXTURES, PEER
 
@@ -146,7 +148,6 @@ def test_roundtrip(case_path: Path, tmp_path: Path) -> None:
 def test_staging_with_empty_tables_iterates_items(tmp_path: Path) -> None:
     from pipelines.builder import BatchBuilder
     from pipelines.formats.parquet import PartWriter
-    from pipelines.staging import Staging
 
     b = BatchBuilder("ds", "coco", "x.json")
     b.item(item_id="i1", native_id="1", file_name="a.jpg", width=4, height=3)
@@ -155,3 +156,36 @@ def test_staging_with_empty_tables_iterates_items(tmp_path: Path) -> None:
     writer.close()
     groups = list(Staging(str(tmp_path)).iter_items())
     assert [(g.item["item_id"], g.annotations, g.points) for g in groups] == [("i1", [], {})]
+
+
+def test_staging_scan_reads_what_duckdb_reads_in_the_same_order(tmp_path: Path) -> None:
+    part_dir = tmp_path / "annotations" / "dataset=d"
+    part_dir.mkdir(parents=True)
+    rows = [{"ann_id": f"a{i}", "item_id": f"i{i % 7}", "label": f"l{i % 3}"} for i in range(50)]
+    # Written out of order, in row groups of 6: source order is the part files' order.
+    for name, lo, hi in [("part-00010", 20, 50), ("part-00002", 0, 20)]:
+        pq.write_table(pa.Table.from_pylist(rows[lo:hi]), part_dir / f"{name}.parquet", 6)
+    staging = Staging(str(tmp_path))
+    columns = ["ann_id", "item_id", "label"]
+    whole = staging.con.sql(
+        "SELECT ann_id, item_id, label FROM annotations ORDER BY filename, file_row_number"
+    ).to_arrow_table()
+    assert whole.to_pylist() == rows
+    assert staging.count_rows("annotations") == 50
+
+    def scanned(**kwargs) -> list[dict]:
+        return pa.concat_tables(staging.scan("annotations", columns, **kwargs)).to_pylist()
+
+    assert scanned() == rows
+    assert scanned(rows=(7, 31)) == rows[7:31]
+    wanted = pa.array(["i2", "i5"])
+    picked = list(
+        staging.scan(
+            "annotations",
+            columns,
+            dictionary=["label"],
+            match=("item_id", lambda values: pc.is_in(values, value_set=wanted)),
+        )
+    )
+    assert all(pa.types.is_dictionary(t.schema.field("label").type) for t in picked)
+    assert pa.concat_tables(picked).to_pylist() == [r for r in rows if r["item_id"] in ("i2", "i5")]

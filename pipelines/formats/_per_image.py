@@ -151,13 +151,6 @@ def rows(staging: Staging, sql: str, batch: int = 10_000) -> Iterator[dict[str, 
             yield dict(zip(names, row, strict=True))
 
 
-def batches(staging: Staging, sql: str, batch: int = 16_384) -> Iterator[pa.Table]:
-    """A query's rows as Arrow tables of `batch` rows, for writers that work a column at
-    a time."""
-    for chunk in staging.con.cursor().sql(sql).to_arrow_reader(batch):
-        yield pa.Table.from_batches([chunk])
-
-
 def sized(items: pa.Table) -> np.ndarray:
     """Which rows of `items` have a width and a height (neither null nor zero)."""
     width = items.column("width").fill_null(0).to_numpy()

@@ -137,11 +137,7 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
     subsets: list[str] = []
     lists = per_image.LineFiles(out, result)
     try:
-        for items in per_image.batches(
-            staging,
-            "SELECT item_id, file_name, native_id, subset, media_uri, width, height "
-            "FROM items ORDER BY filename, file_row_number",
-        ):
+        for items in staging.scan("items", _yolo_fast.ITEM_COLUMNS):
             keep = np.flatnonzero(per_image.sized(items)).tolist()
             subset_of = [s or DEFAULT_SUBSET for s in items.column("subset").to_pylist()]
             present = list(dict.fromkeys(subset_of[i] for i in keep))
