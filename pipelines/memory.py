@@ -38,14 +38,31 @@ def use_system_allocator() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
-def _malloc_trim():
+def _libc(function: str):
     name = ctypes.util.find_library("c")
     with contextlib.suppress(OSError, AttributeError):
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(name), function) if name else None
     return None
 
 
-_TRIM = _malloc_trim()
+_TRIM = _libc("malloc_trim")
+_MALLOPT = _libc("mallopt")
+_M_MMAP_THRESHOLD = -3  # malloc.h
+MMAP_THRESHOLD = 128 * 1024
+
+
+def map_large_blocks() -> None:
+    """Blocks of 128 KB and more in mappings of their own, given back when freed.
+
+    glibc starts so, but raises the threshold to the size of each such block
+    freed (up to 32 MB); after the first decoded row groups, Arrow's buffers came
+    from the heap, and the holes they left stayed resident. Set for write tasks
+    (COCO → YOLO on 200 MB, tree PSS 361 → 315 MB, same time); for the whole run
+    it cost 5–12% more time (more mappings made and faulted in). A user's
+    MALLOC_MMAP_THRESHOLD_ wins.
+    """
+    if _MALLOPT is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        _MALLOPT(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def trim() -> None:

@@ -65,3 +65,32 @@ def test_the_executable_settles_arrows_allocator_before_pyarrow_loads(chosen, ex
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == expected
+
+
+_HOLES = """
+import sys
+from pipelines import memory
+if sys.argv[1] == "fixed":
+    memory.map_large_blocks()
+big = bytearray(8 << 20)
+del big  # freeing a large block raises glibc's threshold to its size
+blocks, survivors = [], []
+for _ in range(100):
+    blocks.append(bytearray(1 << 20))
+    survivors.append(bytearray(1000))  # small (malloc) blocks between the large ones pin the heap
+del blocks
+with open("/proc/self/status") as f:
+    print(int(next(line for line in f if line.startswith("VmRSS:")).split()[1]))
+"""
+
+
+def test_large_blocks_freed_between_live_ones_leave_no_resident_holes() -> None:
+    if memory._MALLOPT is None:
+        pytest.skip("not glibc: map_large_blocks is a no-op by design")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+
+    def resident_kb(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", _HOLES, mode], env=env, capture_output=True)
+        return int(run.stdout)
+
+    assert resident_kb("fixed") < resident_kb("default") - 50_000
