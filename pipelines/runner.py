@@ -161,12 +161,13 @@ def _discard(writer: PartWriter) -> None:
 def plan_write(fmt: str, staging: Staging, options: WriteOptions) -> list[WriteTask]:
     """The write's tasks. Planning queries staging through DuckDB: run on a worker, it
     keeps DuckDB (~45 MB with its connection) out of the calling process."""
+    memory.map_large_blocks()
     return formats.get(fmt).plan_write(staging, options)
 
 
 def staged_counts(staging: Staging) -> dict[str, int]:
     """Rows per table of a staging dataset given as the source: what was read."""
-    return {t: int(staging.scalar(f"SELECT count(*) FROM {t}")) for t in (*DATA_TABLES, "rejects")}
+    return {t: staging.count_rows(t) for t in (*DATA_TABLES, "rejects")}
 
 
 def run_write_task(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
@@ -373,8 +374,9 @@ def convert(
     if not target.staging_layout and target.write is None:
         msg = f"format {to!r} cannot be written"
         raise LabelflowError(msg)
-    # Writers query staging through DuckDB; a run to Parquet never imports it.
-    writer = () if target.staging_layout else ("duckdb", formats.module(to))
+    # Most writers query staging through DuckDB; a run to Parquet never imports it.
+    duckdb = ("duckdb",) if target.write_queries else ()
+    writer = () if target.staging_layout else (*duckdb, formats.module(to))
     ex = Executor(executor, workers, scheduler, writer)
     output = Output(out)
     options = ReadOptions(

@@ -173,13 +173,14 @@ class Staging:
 
     def labels(self) -> list[tuple[str | None, str | None]]:
         """Every (label, label_id) pair, in order of first appearance."""
-        return [
-            (r[0], r[1])
-            for r in self.con.execute(
-                "SELECT label, label_id FROM annotations WHERE label IS NOT NULL "
-                "GROUP BY label, label_id ORDER BY min(filename), min(file_row_number)"
-            ).fetchall()
-        ]
+        seen: dict[tuple[str | None, str | None], None] = {}
+        for part in self.scan("annotations", ["label", "label_id"]):
+            part = part.filter(part.column("label").is_valid())
+            # Without threads, groups come out in the order they first appear.
+            pairs = part.group_by(["label", "label_id"], use_threads=False).aggregate([])
+            labels, ids = pairs.column("label").to_pylist(), pairs.column("label_id").to_pylist()
+            seen.update(dict.fromkeys(zip(labels, ids, strict=True)))
+        return list(seen)
 
     def iter_items(
         self,

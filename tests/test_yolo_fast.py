@@ -9,10 +9,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipelines import formats, runner
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
 from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
+from pipelines.staging import Staging
 from tests.conftest import PEER
 
 SOURCES = [
@@ -149,3 +151,16 @@ def test_shards_bounded_by_annotations_write_the_same_files(tmp_path: Path, monk
     assert planned and planned[0] > 1
     assert (split.lossy, split.counts, split.files) == (whole.lossy, whole.counts, whole.files)
     assert _files(tmp_path / "split") == _files(tmp_path / "whole")
+
+
+def test_planning_a_detect_write_needs_no_duckdb(tmp_path: Path) -> None:
+    """A YOLO detect write reads staging with pyarrow alone, from planning to the last
+    shard: its workers need not import DuckDB."""
+    staged = tmp_path / "staged"
+    assert convert([str(PEER / SOURCES[0])], "parquet", str(staged), workers=1).ok
+    staging = Staging(str(staged))
+    tasks = runner.plan_write("yolo", staging, WriteOptions(workers=2))
+    assert tasks[1].options.extra["_columns"]
+    assert runner.staged_counts(staging)["annotations"] > 0
+    assert staging._con is None
+    assert not formats.get("yolo").write_queries

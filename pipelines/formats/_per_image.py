@@ -38,7 +38,6 @@ SHARED = -1
 """`WriteTask.shard` of the task that writes the dataset-wide files."""
 
 _EXT = re.compile(r"\.[^./]*$")
-_EXT_SQL = r"\.[^./]*$"
 
 
 def is_image(name: str) -> bool:
@@ -215,14 +214,17 @@ def colliding_stems(staging: Staging, per_subset: bool) -> set[tuple[str | None,
     With `per_subset=False` the subset is not part of the key (VOC keeps every
     subset's files in one folder).
     """
-    subset = "subset" if per_subset else "NULL"
-    rows = staging.con.execute(
-        f"SELECT {subset} AS s, lower(regexp_replace("
-        "replace(coalesce(file_name, native_id, item_id), '\\', '/'), ?, '')) AS k "
-        "FROM items GROUP BY s, k HAVING count(*) > 1",
-        [_EXT_SQL],
-    ).fetchall()
-    return {(r[0], r[1]) for r in rows}
+    keys = []
+    for items in staging.scan("items", ["item_id", "file_name", "native_id", "subset"]):
+        stems = pc.replace_substring_regex(_item_names(items), _EXT.pattern, "")
+        subset = items.column("subset").cast(pa.string())  # staged dictionary-encoded
+        subsets = subset if per_subset else pa.nulls(len(items), pa.string())
+        keys.append(pa.table({"s": subsets, "k": pc.utf8_lower(stems)}))
+    if not keys:
+        return set()
+    counts = pa.concat_tables(keys).group_by(["s", "k"]).aggregate([([], "count_all")])
+    twice = counts.filter(pc.greater(counts.column("count_all"), 1))
+    return set(zip(twice.column("s").to_pylist(), twice.column("k").to_pylist(), strict=True))
 
 
 def output_stem(
@@ -401,16 +403,13 @@ def class_names(staging: Staging, sources: tuple[str, ...], key: str) -> list[st
     numbered labels come first by number, then labels with a numeric
     `label_id` by that id, then the rest by first appearance; ids are 0..n-1.
     """
-    marks = ",".join("?" for _ in sources)
     given: dict[str, int] = {}
-    for owner, value in staging.con.execute(
-        "SELECT owner_id, value FROM attributes WHERE owner_kind = 'label' AND key = ? "
-        f"AND source IN ({marks}) ORDER BY filename, file_row_number",
-        [key, *sources],
-    ).fetchall():
-        label = owner.removeprefix("label:")
-        if label not in given and _is_int(value):
-            given[label] = int(value)
+    columns = ["owner_kind", "key", "source", "owner_id", "value"]
+    for part in staging.scan("attributes", columns, match=("owner_kind", _is_label)):
+        for _, k, source, owner, value in zip(*part.to_pydict().values(), strict=True):
+            label = owner.removeprefix("label:")
+            if k == key and source in sources and label not in given and _is_int(value):
+                given[label] = int(value)
     seen: dict[str, str | None] = {}
     for label, label_id in staging.labels():
         seen.setdefault(label, label_id)
@@ -422,6 +421,10 @@ def class_names(staging: Staging, sources: tuple[str, ...], key: str) -> list[st
         return ordered
     by_id = {n: label for label, n in given.items()}
     return [by_id.get(n, f"class_{n}") for n in range(top + 1)]
+
+
+def _is_label(owner_kind: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.equal(owner_kind, "label")
 
 
 def _is_int(value: Any) -> bool:

@@ -112,3 +112,7 @@ class Format:
     single_file: bool = False
     staging_layout: bool = False
     """True for the format that *is* the staging layout: writing it is committing staging."""
+    write_queries: bool = True
+    """Whether writing queries staging through DuckDB, which a local pool then imports
+    before its first task. False where the usual write reads staging with pyarrow
+    alone (DuckDB, ~20 MB, is then imported only by a path that needs it)."""

@@ -78,6 +78,7 @@ def family_format(
         read=_yolo_read.read,
         plan_write=_yolo_write.planner(name, layout),
         write=_yolo_write.write,
+        write_queries=False,  # detect boxes: `_yolo_fast`
     )
 
 
