@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +107,7 @@ class Staging:
         rows: tuple[int, int] | None = None,
         dictionary: Sequence[str] = (),
         match: tuple[str, Callable[[pa.ChunkedArray], pa.Array]] | None = None,
+        groups: Collection[int] | None = None,
     ) -> Iterator[pa.Table]:
         """The table's `columns` in source order, a row group at a time, read by pyarrow
         alone: a task that needs no query is spared DuckDB (~45 MB a worker).
@@ -116,20 +117,22 @@ class Staging:
         kinds repeat: a few bytes a row instead of the string). `match`: (column,
         test): only the rows whose value in that column passes the test (a boolean
         array); the other columns of a row group are read only when a row passes.
+        `groups`: only these row groups, numbered across the part files in order.
         """
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         fs, root = fs_for(self.url)
         start, stop = rows or (0, None)
-        seen = 0
+        seen = numbered = 0
         for path in _parts(fs, posixpath.join(root, table)):
             with fs.open(path, "rb") as f:
                 pf = pq.ParquetFile(f, read_dictionary=dictionary)
                 for group in range(pf.metadata.num_row_groups):
                     n = pf.metadata.row_group(group).num_rows
                     first, seen = seen, seen + n
-                    if seen <= start:
+                    numbered += 1
+                    if seen <= start or (groups is not None and numbered - 1 not in groups):
                         continue
                     if stop is not None and first >= stop:
                         return

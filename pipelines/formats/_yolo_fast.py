@@ -43,16 +43,17 @@ _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 
 ANNOTATIONS_PER_SHARD = 50_000
 """A shard's annotations are held and sorted by item together (~60 bytes each): this
-bounds a worker's memory however large the dataset (100k: COCO → YOLO on 200 MB,
-tree PSS 368 → 306 MB, the same time as 300k)."""
+bounds a worker's memory however large the dataset. COCO → YOLO on 200 MB, tree PSS:
+300k 368 MB, 100k 306, 50k ~265 in the same time; 25k no lower for more time on
+1 GB (115 shards)."""
 
 
 def shard_count(staging: Staging, options: WriteOptions) -> int | None:
     """How many shards the column path splits the dataset into, or None when it cannot
     write them all (the per-item writer's sharding applies then).
 
-    Each shard reads the item ids of every annotation to find its own, so fewer
-    shards cost less: one per worker, more only to bound memory.
+    Shards are runs of items in source order, one per worker or more to bound
+    memory; `annotation_groups` tells each which row groups hold its annotations.
     """
     if not _eligible(staging):
         return None
@@ -60,6 +61,55 @@ def shard_count(staging: Staging, options: WriteOptions) -> int | None:
     items = staging.count_rows("items")
     wanted = max(options.workers, math.ceil(annotations / ANNOTATIONS_PER_SHARD))
     return max(1, min(wanted, items))
+
+
+def annotation_groups(staging: Staging, shards: int) -> list[list[int]]:
+    """For each shard, the annotation row groups (numbered as `Staging.scan` numbers
+    them) that hold an annotation of one of its items.
+
+    One pass over the annotations' item ids, here, spares every shard a pass of its
+    own: exports usually list annotations image by image, so a shard's lie in a
+    few row groups (in a shuffled table each shard reads them all, and is no worse
+    off than without this).
+    """
+    parts = list(staging.scan("items", ["item_id"]))
+    ids = pa.concat_tables(parts).column("item_id") if parts else pa.array([], pa.string())
+    bounds = [_item_range(len(ids), k, shards)[0] for k in range(1, shards)]
+    wanted: list[list[int]] = [[] for _ in range(shards)]
+    pending: list[pa.ChunkedArray] = []
+    number = 0  # of the first pending row group
+
+    def place() -> None:
+        nonlocal number
+        # One lookup for many row groups: each call hashes all of `ids` again.
+        joined = pa.chunked_array([c for part in pending for c in part.chunks])
+        positions, offset = pc.index_in(joined, value_set=ids), 0
+        for part in pending:
+            pos, offset = positions.slice(offset, len(part)), offset + len(part)
+            if pos.null_count < len(pos):
+                low, high = (v.as_py() for v in pc.min_max(pos).values())
+                first, last = np.searchsorted(bounds, [low, high], side="right")
+                for k in range(int(first), int(last) + 1):
+                    wanted[k].append(number)
+            number += 1
+        pending.clear()
+
+    for part in staging.scan("annotations", ["item_id"]):
+        pending.append(part.column("item_id"))
+        if sum(len(p) for p in pending) >= _LOOKUP_ROWS:
+            place()
+    if pending:
+        place()
+    return wanted
+
+
+_LOOKUP_ROWS = 500_000
+"""Annotation item ids looked up at a time when planning (~8 MB)."""
+
+
+def _item_range(total: int, shard: int, shards: int) -> tuple[int, int]:
+    """The rows of the items table (in source order) that shard `shard` writes."""
+    return total * shard // shards, total * (shard + 1) // shards
 
 
 def _eligible(staging: Staging) -> bool:
@@ -73,9 +123,17 @@ def _eligible(staging: Staging) -> bool:
     ids = items.column("item_id")
     if pc.count_distinct(ids).as_py() != len(ids):
         return False
+    box = ["bbox_x", "bbox_y", "bbox_w", "bbox_h"]
+    # Boxes are usually all stated: the rest is read only where one is missing.
+    unstated_groups = [
+        number
+        for number, part in enumerate(staging.scan("annotations", box))
+        if any(part.column(c).null_count for c in box)
+    ]
     sized = ids.filter(pa.array(per_image.sized(items)))
     boxable = pa.array(sorted(per_image.BOXABLE))
-    for part in staging.scan("annotations", ["item_id", *_ANN_COLUMNS[1:-2]]):
+    columns = ["item_id", *_ANN_COLUMNS[1:-2]]
+    for part in staging.scan("annotations", columns, groups=unstated_groups):
         unstated = pc.or_(
             pc.or_(pc.is_null(part.column("bbox_x")), pc.is_null(part.column("bbox_y"))),
             pc.or_(pc.is_null(part.column("bbox_w")), pc.is_null(part.column("bbox_h"))),
@@ -147,9 +205,8 @@ def _batches(staging: Staging, task: WriteTask) -> Iterator[tuple[pa.Table, pa.T
     row group's other columns only when it holds one of them (exports often list
     annotations image by image); a stable sort by item then hands out each batch's.
     """
-    total = staging.count_rows("items")
-    start, stop = total * task.shard // task.shards, total * (task.shard + 1) // task.shards
-    parts = list(staging.scan("items", ITEM_COLUMNS, rows=(start, stop)))
+    rows = _item_range(staging.count_rows("items"), task.shard, task.shards)
+    parts = list(staging.scan("items", ITEM_COLUMNS, rows=rows))
     if not parts:
         return
     items = pa.concat_tables(parts).combine_chunks()
@@ -160,6 +217,7 @@ def _batches(staging: Staging, task: WriteTask) -> Iterator[tuple[pa.Table, pa.T
         _ANN_COLUMNS,
         dictionary=_DICTIONARY_COLUMNS,
         match=("item_id", lambda values: pc.is_in(values, value_set=ids)),
+        groups=task.options.extra["_groups"][task.shard],
     ):
         pos = pc.index_in(part.column("item_id"), value_set=ids)
         picked.append(part.drop_columns(["item_id"]).append_column("_pos", pos))

@@ -65,6 +65,8 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
             settings["_kpt"] = _kpt_count(staging)
         shards = _yolo_fast.shard_count(staging, options) if task == "detect" else None
         settings["_columns"] = shards is not None  # every box stated: the column path
+        if shards is not None:
+            settings["_groups"] = _yolo_fast.annotation_groups(staging, shards)
         return per_image.plan_sharded(fmt, staging, options, shards=shards, **settings)
 
     return plan_write
