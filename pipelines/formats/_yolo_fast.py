@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +54,7 @@ def shard_count(staging: Staging, options: WriteOptions) -> int | None:
     write them all (the per-item writer's sharding applies then).
 
     Shards are runs of items in source order, one per worker or more to bound
-    memory; `annotation_groups` tells each which row groups hold its annotations.
+    memory; `item_spans` tells each which row groups hold its annotations.
     """
     if not _eligible(staging):
         return None
@@ -63,35 +64,46 @@ def shard_count(staging: Staging, options: WriteOptions) -> int | None:
     return max(1, min(wanted, items))
 
 
-def annotation_groups(staging: Staging, shards: int) -> list[list[int]]:
-    """For each shard, the annotation row groups (numbered as `Staging.scan` numbers
-    them) that hold an annotation of one of its items.
+class ItemSpans(NamedTuple):
+    """Where each annotation row group's items lie in the items table."""
 
-    One pass over the annotations' item ids, here, spares every shard a pass of its
-    own: exports usually list annotations image by image, so a shard's lie in a
-    few row groups (in a shuffled table each shard reads them all, and is no worse
-    off than without this).
-    """
+    items: int
+    """Rows of the items table."""
+    spans: list[tuple[int, int] | None]
+    """Per annotation row group (numbered as `Staging.scan` numbers them): the first
+    and last row, in source order, of the items it holds annotations of; None when
+    it holds none."""
+
+    def groups(self, shards: int) -> list[list[int]]:
+        """For each shard (a run of items: `_item_range`), the row groups to read."""
+        bounds = [_item_range(self.items, k, shards)[0] for k in range(1, shards)]
+        wanted: list[list[int]] = [[] for _ in range(shards)]
+        for number, span in enumerate(self.spans):
+            if span is not None:
+                first, last = np.searchsorted(bounds, span, side="right")
+                for k in range(int(first), int(last) + 1):
+                    wanted[k].append(number)
+        return wanted
+
+
+def item_spans(staging: Staging) -> ItemSpans:
+    """One pass over the annotations' item ids, when planning, spares every shard a
+    pass of its own: exports usually list annotations image by image, so a shard's
+    lie in a few row groups (in a shuffled table each shard reads them all, and is
+    no worse off than without this)."""
     parts = list(staging.scan("items", ["item_id"]))
     ids = pa.concat_tables(parts).column("item_id") if parts else pa.array([], pa.string())
-    bounds = [_item_range(len(ids), k, shards)[0] for k in range(1, shards)]
-    wanted: list[list[int]] = [[] for _ in range(shards)]
+    spans: list[tuple[int, int] | None] = []
     pending: list[pa.ChunkedArray] = []
-    number = 0  # of the first pending row group
 
     def place() -> None:
-        nonlocal number
         # One lookup for many row groups: each call hashes all of `ids` again.
         joined = pa.chunked_array([c for part in pending for c in part.chunks])
         positions, offset = pc.index_in(joined, value_set=ids), 0
         for part in pending:
             pos, offset = positions.slice(offset, len(part)), offset + len(part)
-            if pos.null_count < len(pos):
-                low, high = (v.as_py() for v in pc.min_max(pos).values())
-                first, last = np.searchsorted(bounds, [low, high], side="right")
-                for k in range(int(first), int(last) + 1):
-                    wanted[k].append(number)
-            number += 1
+            found = pos.null_count < len(pos)
+            spans.append(tuple(v.as_py() for v in pc.min_max(pos).values()) if found else None)
         pending.clear()
 
     for part in staging.scan("annotations", ["item_id"]):
@@ -100,7 +112,7 @@ def annotation_groups(staging: Staging, shards: int) -> list[list[int]]:
             place()
     if pending:
         place()
-    return wanted
+    return ItemSpans(len(ids), spans)
 
 
 _LOOKUP_ROWS = 500_000

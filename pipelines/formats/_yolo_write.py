@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -54,19 +55,21 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
         if task not in TASKS or (layout == "yolo" and task != "detect"):
             msg = f"{fmt}: task {task!r} is not available for the {layout} layout"
             raise LabelflowError(msg)
-        settings: dict[str, Any] = {
-            "_layout": layout,
-            "_task": task,
-            "_names": per_image.class_names(staging, FAMILY, "class_id"),
-            # Once here rather than in every task: a scan of all items each time.
-            "_collisions": sorted(per_image.colliding_stems(staging, per_subset=True)),
-        }
-        if task == "pose":
-            settings["_kpt"] = _kpt_count(staging)
-        shards = _yolo_fast.shard_count(staging, options) if task == "detect" else None
-        settings["_columns"] = shards is not None  # every box stated: the column path
-        if shards is not None:
-            settings["_groups"] = _yolo_fast.annotation_groups(staging, shards)
+        # Nothing else runs while a write is planned: its scans (pyarrow lets go of the
+        # GIL) take every core. Collisions once here rather than in every task.
+        with ThreadPoolExecutor(max(1, options.workers)) as pool:
+            names = pool.submit(per_image.class_names, staging, FAMILY, "class_id")
+            collisions = pool.submit(per_image.colliding_stems, staging, per_subset=True)
+            spans = pool.submit(_yolo_fast.item_spans, staging) if task == "detect" else None
+            settings: dict[str, Any] = {"_layout": layout, "_task": task}
+            if task == "pose":
+                settings["_kpt"] = _kpt_count(staging)
+            shards = _yolo_fast.shard_count(staging, options) if task == "detect" else None
+            settings["_columns"] = shards is not None  # every box stated: the column path
+            if shards is not None and spans is not None:
+                settings["_groups"] = spans.result().groups(shards)
+            settings["_names"] = names.result()
+            settings["_collisions"] = sorted(collisions.result())
         return per_image.plan_sharded(fmt, staging, options, shards=shards, **settings)
 
     return plan_write
