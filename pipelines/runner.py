@@ -309,15 +309,29 @@ class Executor:
                 if progress:
                     progress(i + 1, total, what)
             return
-        from concurrent.futures import as_completed
+        from concurrent.futures import as_completed, wait
 
         pool = self._local_pool()
-        futures = [pool.submit(fn, *args) for args in calls]
-        for i, _ in enumerate(as_completed(futures)):
-            if progress:
-                progress(i + 1, total, what)
-        for fut in futures:
-            yield fut.result()
+        futures: list[Any] = [pool.submit(fn, *args) for args in calls]
+        order = {fut: i for i, fut in enumerate(futures)}
+        done: set[int] = set()
+        first = 0  # the first result not yet handed out
+        # In submission order, each as soon as it and those before it are done, and
+        # let go of: a big write's results (the files of every task) would otherwise
+        # pile up in this process until the last task ends (35 MB on 1 GB → YOLO).
+        try:
+            for n, fut in enumerate(as_completed(futures), 1):
+                if progress:
+                    progress(n, total, what)
+                done.add(order.pop(fut))
+                while first in done:
+                    done.discard(first)
+                    result, futures[first] = futures[first].result(), None
+                    first += 1
+                    yield result
+        finally:  # stopped early (a failure): no task may outlive the call
+            rest = [f for f in futures if f is not None and not f.cancel()]
+            wait(rest)
 
     def _dask(self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str):
         from distributed import Client, as_completed

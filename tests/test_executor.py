@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pipelines.runner import Executor, convert
@@ -50,3 +51,27 @@ def test_a_small_run_writes_without_starting_a_pool(tmp_path: Path, monkeypatch)
     report = convert([str(source)], "yolo", str(tmp_path / "yolo"), workers=2)
     assert report.ok, report.failures
     assert report.files > 0
+
+
+def _sleep_then_touch(path: str, seconds: float) -> str:
+    time.sleep(seconds)
+    Path(path).touch()
+    return path
+
+
+def test_results_in_order_and_no_task_outlives_an_early_stop(tmp_path: Path) -> None:
+    """Results come in submission order as soon as they can (a run's results are not
+    held until its last task ends); a caller that stops early (a failure) gets control
+    back only when no task can still write."""
+    ex = Executor("local", 2)
+    try:
+        ex.warm_now()
+        calls = [(str(tmp_path / str(i)), s) for i, s in enumerate([0.3, 0.0, 0.0, 0.0, 0.6])]
+        results = ex.map(_sleep_then_touch, calls, None, "test", "pool")
+        assert next(results) == calls[0][0]  # the second call finished first
+        results.close()
+        finished = {p.name for p in tmp_path.iterdir()}
+        time.sleep(0.8)
+        assert {p.name for p in tmp_path.iterdir()} == finished
+    finally:
+        ex.close()
