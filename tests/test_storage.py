@@ -167,3 +167,20 @@ def test_yolo_to_s3_goes_through_fsspec(s3: fsspec.AbstractFileSystem, tmp_path:
     assert any(name.endswith(".txt") and data for name, data in expected.items())
     written = {p[len("labels/yolo/") :]: s3.cat(p) for p in s3.find("labels/yolo")}
     assert written == expected
+
+
+def test_yolo_from_staging_on_s3(s3: fsspec.AbstractFileSystem, tmp_path: Path) -> None:
+    """The YOLO writer reads staging with pyarrow through fsspec: on S3 as on disk."""
+    opts = WriteOptions(extra={"save_images": "false"})
+    assert convert([str(COCO_VAL)], "parquet", "s3://labels/staged", workers=1).ok
+    local = tmp_path / "from-local"
+    assert convert([str(COCO_VAL)], "yolo", str(local), write_options=opts).ok
+    remote = tmp_path / "from-s3"
+    report = convert(["s3://labels/staged"], "yolo", str(remote), workers=2, write_options=opts)
+    assert report.ok, report.failures
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert any(name.endswith(".txt") and data for name, data in files(local).items())
+    assert files(remote) == files(local)
