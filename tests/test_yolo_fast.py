@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import formats, runner
+from pipelines import staging as staging_module
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
 from pipelines.formats.base import WriteOptions
@@ -168,3 +170,40 @@ def test_planning_a_detect_write_needs_no_duckdb(tmp_path: Path) -> None:
     assert runner.staged_counts(staging)["annotations"] > 0
     assert staging._con is None
     assert not formats.get("yolo").write_queries
+
+
+@pytest.mark.parametrize("source", [SOURCES[0], SOURCES[2], SOURCES[5]])
+def test_planning_past_the_in_memory_limit_writes_the_same(
+    source: str, tmp_path: Path, monkeypatch
+) -> None:
+    """Past `IN_MEMORY_ITEMS` planning asks DuckDB (bounded memory) and shards read
+    every row group: the same files and losses as planning in memory."""
+    staged = tmp_path / "staged"
+    assert convert([str(PEER / source)], "parquet", str(staged), workers=1).ok
+    options = WriteOptions(extra={"save_images": "false"})
+    held = convert([str(staged)], "yolo", str(tmp_path / "held"), workers=1, write_options=options)
+    monkeypatch.setattr(staging_module, "IN_MEMORY_ITEMS", 0)
+    asked = convert(
+        [str(staged)], "yolo", str(tmp_path / "asked"), workers=1, write_options=options
+    )
+    assert held.ok and asked.ok
+    assert (asked.lossy, asked.counts, asked.files) == (held.lossy, held.counts, held.files)
+    assert _files(tmp_path / "asked") == _files(tmp_path / "held")
+
+
+def test_colliding_names_are_the_same_in_memory_and_from_duckdb(
+    tmp_path: Path, monkeypatch
+) -> None:
+    part_dir = tmp_path / "items" / "dataset=d"
+    part_dir.mkdir(parents=True)
+    rows = [
+        {"item_id": f"id{i}", "file_name": f, "native_id": n, "subset": "val" if i % 2 else None}
+        for i, (f, n, _) in enumerate(NAMES)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), part_dir / "part-00000.parquet")
+    for per_subset in (True, False):
+        held = per_image.colliding_stems(Staging(str(tmp_path)), per_subset)
+        monkeypatch.setattr(staging_module, "IN_MEMORY_ITEMS", 0)
+        asked = per_image.colliding_stems(Staging(str(tmp_path)), per_subset)
+        monkeypatch.undo()
+        assert held and held == asked

@@ -214,6 +214,15 @@ def colliding_stems(staging: Staging, per_subset: bool) -> set[tuple[str | None,
     With `per_subset=False` the subset is not part of the key (VOC keeps every
     subset's files in one folder).
     """
+    if not staging.items_fit():
+        subset = "subset" if per_subset else "NULL"
+        names = "coalesce(nullif(file_name, ''), nullif(native_id, ''), item_id)"
+        rows = staging.con.execute(
+            f"SELECT {subset} AS s, lower(regexp_replace(replace({names}, '\\', '/'), ?, "
+            "'')) AS k FROM items GROUP BY s, k HAVING count(*) > 1",
+            [_EXT.pattern],
+        ).fetchall()
+        return {(r[0], r[1]) for r in rows}
     keys = []
     for items in staging.scan("items", ["item_id", "file_name", "native_id", "subset"]):
         stems = pc.replace_substring_regex(_item_names(items), _EXT.pattern, "")

@@ -86,11 +86,14 @@ class ItemSpans(NamedTuple):
         return wanted
 
 
-def item_spans(staging: Staging) -> ItemSpans:
+def item_spans(staging: Staging) -> ItemSpans | None:
     """One pass over the annotations' item ids, when planning, spares every shard a
     pass of its own: exports usually list annotations image by image, so a shard's
     lie in a few row groups (in a shuffled table each shard reads them all, and is
-    no worse off than without this)."""
+    no worse off than without this). None when the item ids would not fit in memory
+    (`Staging.items_fit`): each shard then reads every row group's item ids."""
+    if not staging.items_fit():
+        return None
     parts = list(staging.scan("items", ["item_id"]))
     ids = pa.concat_tables(parts).column("item_id") if parts else pa.array([], pa.string())
     spans: list[tuple[int, int] | None] = []
@@ -124,10 +127,24 @@ def _item_range(total: int, shard: int, shards: int) -> tuple[int, int]:
     return total * shard // shards, total * (shard + 1) // shards
 
 
+_DERIVED = (
+    "SELECT count(*) FROM annotations a JOIN items s USING (item_id) "
+    "WHERE s.width <> 0 AND s.height <> 0 AND NOT coalesce(a.outside, false) "
+    "AND a.label IS NOT NULL AND a.kind IN ({kinds}) AND (a.bbox_x IS NULL "
+    "OR a.bbox_y IS NULL OR a.bbox_w IS NULL OR a.bbox_h IS NULL)"
+)
+
+
 def _eligible(staging: Staging) -> bool:
     """Whether the column path can write every item of the dataset: no item id twice
     (each copy would get the annotations, as a join does) and no writable annotation
     without a stated box."""
+    if not staging.items_fit():
+        con = staging.con
+        if con.execute("SELECT count(*) - count(DISTINCT item_id) FROM items").fetchone()[0]:
+            return False
+        kinds = ", ".join(f"'{k}'" for k in sorted(per_image.BOXABLE))
+        return not con.execute(_DERIVED.format(kinds=kinds)).fetchone()[0]
     parts = list(staging.scan("items", ["item_id", "width", "height"]))
     if not parts:
         return True
@@ -223,13 +240,14 @@ def _batches(staging: Staging, task: WriteTask) -> Iterator[tuple[pa.Table, pa.T
         return
     items = pa.concat_tables(parts).combine_chunks()
     ids = items.column("item_id")
+    wanted = task.options.extra["_groups"]  # None: every row group's item ids are read
     picked = [_no_annotations()]
     for part in staging.scan(
         "annotations",
         _ANN_COLUMNS,
         dictionary=_DICTIONARY_COLUMNS,
         match=("item_id", lambda values: pc.is_in(values, value_set=ids)),
-        groups=task.options.extra["_groups"][task.shard],
+        groups=wanted[task.shard] if wanted else None,
     ):
         pos = pc.index_in(part.column("item_id"), value_set=ids)
         picked.append(part.drop_columns(["item_id"]).append_column("_pos", pos))

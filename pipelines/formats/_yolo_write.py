@@ -57,7 +57,9 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
             raise LabelflowError(msg)
         # Nothing else runs while a write is planned: its scans (pyarrow lets go of the
         # GIL) take every core. Collisions once here rather than in every task.
-        with ThreadPoolExecutor(max(1, options.workers)) as pool:
+        # Past `items_fit`, DuckDB answers: one query at a time on its connection.
+        threads = max(1, options.workers) if staging.items_fit() else 1
+        with ThreadPoolExecutor(threads) as pool:
             names = pool.submit(per_image.class_names, staging, FAMILY, "class_id")
             collisions = pool.submit(per_image.colliding_stems, staging, per_subset=True)
             spans = pool.submit(_yolo_fast.item_spans, staging) if task == "detect" else None
@@ -67,7 +69,8 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
             shards = _yolo_fast.shard_count(staging, options) if task == "detect" else None
             settings["_columns"] = shards is not None  # every box stated: the column path
             if shards is not None and spans is not None:
-                settings["_groups"] = spans.result().groups(shards)
+                found = spans.result()
+                settings["_groups"] = found.groups(shards) if found else None
             settings["_names"] = names.result()
             settings["_collisions"] = sorted(collisions.result())
         return per_image.plan_sharded(fmt, staging, options, shards=shards, **settings)
