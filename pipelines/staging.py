@@ -27,8 +27,8 @@ _FETCH_ROWS = 65_536
 
 IN_MEMORY_ITEMS = 1_000_000
 """Planning a write holds the dataset's item ids in memory (pyarrow: fast, no DuckDB;
-~160 bytes an item at its peak: 96 MB for 410k items) up to this many items; beyond,
-it asks DuckDB, whose aggregates spill to disk past its memory limit."""
+~160 bytes an item at its peak: 96 MB for 410k items) this many at a time; past one
+such window it asks DuckDB, whose aggregates spill to disk past its memory limit."""
 
 
 @dataclass
@@ -154,6 +154,11 @@ class Staging:
     def items_fit(self) -> bool:
         """Whether planning may hold every item id in memory (`IN_MEMORY_ITEMS`)."""
         return self.count_rows("items") <= IN_MEMORY_ITEMS
+
+    def item_windows(self) -> list[tuple[int, int]]:
+        """The items table's rows in ranges of at most `IN_MEMORY_ITEMS` (at least one)."""
+        total, step = self.count_rows("items"), max(1, IN_MEMORY_ITEMS)
+        return [(start, min(start + step, total)) for start in range(0, total, step)]
 
     def count_rows(self, table: str) -> int:
         """The table's rows, from the Parquet footers alone."""

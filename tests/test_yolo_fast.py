@@ -176,8 +176,9 @@ def test_planning_a_detect_write_needs_no_duckdb(tmp_path: Path) -> None:
 def test_planning_past_the_in_memory_limit_writes_the_same(
     source: str, tmp_path: Path, monkeypatch
 ) -> None:
-    """Past `IN_MEMORY_ITEMS` planning asks DuckDB (bounded memory) and shards read
-    every row group: the same files and losses as planning in memory."""
+    """Past `IN_MEMORY_ITEMS` planning asks DuckDB (bounded memory) and finds the row
+    groups of each shard a window of items at a time (here a window per item): the
+    same files and losses as planning in memory."""
     staged = tmp_path / "staged"
     assert convert([str(PEER / source)], "parquet", str(staged), workers=1).ok
     options = WriteOptions(extra={"save_images": "false"})

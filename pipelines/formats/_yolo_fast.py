@@ -86,16 +86,28 @@ class ItemSpans(NamedTuple):
         return wanted
 
 
-def item_spans(staging: Staging) -> ItemSpans | None:
+def item_spans(staging: Staging) -> ItemSpans:
     """One pass over the annotations' item ids, when planning, spares every shard a
     pass of its own: exports usually list annotations image by image, so a shard's
     lie in a few row groups (in a shuffled table each shard reads them all, and is
-    no worse off than without this). None when the item ids would not fit in memory
-    (`Staging.items_fit`): each shard then reads every row group's item ids."""
-    if not staging.items_fit():
-        return None
-    parts = list(staging.scan("items", ["item_id"]))
-    ids = pa.concat_tables(parts).column("item_id") if parts else pa.array([], pa.string())
+    no worse off than without this).
+
+    The item ids are held a window at a time (`Staging.item_windows`): past one
+    window, one pass over the annotations' item ids per window, in bounded memory.
+    """
+    spans: list[tuple[int, int] | None] = []
+    windows = staging.item_windows()
+    for rows in windows:
+        ids = pa.concat_tables(staging.scan("items", ["item_id"], rows=rows)).column("item_id")
+        found = _window_spans(staging, ids, rows[0])
+        spans = found if not spans else [_merge(a, b) for a, b in zip(spans, found, strict=True)]
+    return ItemSpans(windows[-1][1] if windows else 0, spans)
+
+
+def _window_spans(
+    staging: Staging, ids: pa.ChunkedArray, start: int
+) -> list[tuple[int, int] | None]:
+    """`ItemSpans.spans` for the items `ids` (rows from `start` of the items table)."""
     spans: list[tuple[int, int] | None] = []
     pending: list[pa.ChunkedArray] = []
 
@@ -105,8 +117,11 @@ def item_spans(staging: Staging) -> ItemSpans | None:
         positions, offset = pc.index_in(joined, value_set=ids), 0
         for part in pending:
             pos, offset = positions.slice(offset, len(part)), offset + len(part)
-            found = pos.null_count < len(pos)
-            spans.append(tuple(v.as_py() for v in pc.min_max(pos).values()) if found else None)
+            if pos.null_count == len(pos):
+                spans.append(None)
+            else:
+                low, high = (v.as_py() for v in pc.min_max(pos).values())
+                spans.append((start + low, start + high))
         pending.clear()
 
     for part in staging.scan("annotations", ["item_id"]):
@@ -115,7 +130,13 @@ def item_spans(staging: Staging) -> ItemSpans | None:
             place()
     if pending:
         place()
-    return ItemSpans(len(ids), spans)
+    return spans
+
+
+def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    if a is None or b is None:
+        return a or b
+    return min(a[0], b[0]), max(a[1], b[1])
 
 
 _LOOKUP_ROWS = 500_000
@@ -240,7 +261,7 @@ def _batches(staging: Staging, task: WriteTask) -> Iterator[tuple[pa.Table, pa.T
         return
     items = pa.concat_tables(parts).combine_chunks()
     ids = items.column("item_id")
-    wanted = task.options.extra["_groups"]  # None: every row group's item ids are read
+    wanted = task.options.extra.get("_groups")  # for each shard, the row groups to read
     picked = [_no_annotations()]
     for part in staging.scan(
         "annotations",

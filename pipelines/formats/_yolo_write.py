@@ -69,8 +69,7 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
             shards = _yolo_fast.shard_count(staging, options) if task == "detect" else None
             settings["_columns"] = shards is not None  # every box stated: the column path
             if shards is not None and spans is not None:
-                found = spans.result()
-                settings["_groups"] = found.groups(shards) if found else None
+                settings["_groups"] = spans.result().groups(shards)
             settings["_names"] = names.result()
             settings["_collisions"] = sorted(collisions.result())
         return per_image.plan_sharded(fmt, staging, options, shards=shards, **settings)
