@@ -159,8 +159,8 @@ def _discard(writer: PartWriter) -> None:
 
 
 def plan_write(fmt: str, staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    """The write's tasks. Planning queries staging through DuckDB: run on a worker, it
-    keeps DuckDB (~45 MB with its connection) out of the calling process."""
+    """The write's tasks. Planning may query staging through DuckDB: run on a worker,
+    it keeps DuckDB (~45 MB with its connection) out of the calling process."""
     memory.map_large_blocks()
     return formats.get(fmt).plan_write(staging, options)
 

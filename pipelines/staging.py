@@ -1,9 +1,10 @@
-"""The staging Parquet dataset that every writer reads from, through DuckDB.
+"""The staging Parquet dataset that every writer reads from: through DuckDB, or with
+pyarrow alone (`Staging.scan`) where a writer needs no query.
 
 Layout: `ROOT/<table>/dataset=<name>/part-<task>-<n>.parquet`. Rows keep
 source order: part files are named in task order and DuckDB gives each row
-its file and row number, so writers emit items and annotations in the order
-the source had them.
+its file and row number (`scan` reads the files in that order), so writers emit
+items and annotations in the order the source had them.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class Staging:
 
         fs, root = fs_for(self.url)
         start, stop = rows or (0, None)
+        chosen = None if groups is None else set(groups)
         seen = numbered = 0
         for path in _parts(fs, posixpath.join(root, table)):
             with fs.open(path, "rb") as f:
@@ -137,7 +139,7 @@ class Staging:
                     n = pf.metadata.row_group(group).num_rows
                     first, seen = seen, seen + n
                     numbered += 1
-                    if seen <= start or (groups is not None and numbered - 1 not in groups):
+                    if seen <= start or (chosen is not None and numbered - 1 not in chosen):
                         continue
                     if stop is not None and first >= stop:
                         return
