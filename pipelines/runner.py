@@ -415,7 +415,7 @@ def convert(
             own_staging = staging or tempfile.mkdtemp(prefix="labelflow-staging-")
             staging_url = own_staging
         if staged:
-            counts = ex.call(staged_counts, Staging(staged, threads=ex.workers))
+            counts = staged_counts(Staging(staged))  # from the footers: no pool needed
             report.rejects = counts.pop("rejects")
             for table, n in counts.items():
                 report.counts[table]["read"] = n
@@ -436,7 +436,11 @@ def convert(
             if staged:
                 _copy_tree(staged, output.tmp_url)
         else:
-            _write_all(target, Staging(staging_url), output, ex, report, write_options, progress)
+            # A staged source leaves the pool still starting: a writer that needs no
+            # DuckDB plans here meanwhile, instead of waiting for a worker.
+            plan_here = bool(staged) and not target.write_queries
+            staging_ = Staging(staging_url)
+            _write_all(target, staging_, output, ex, report, write_options, progress, plan_here)
             if report.rejects:
                 _keep_rejects(staging_url, output, target.single_file)
         output.commit()
@@ -479,14 +483,17 @@ def _read_all(
 
 
 def _write_all(
-    target, staging: Staging, output: Output, ex, report, write_options, progress
+    target, staging: Staging, output: Output, ex, report, write_options, progress, plan_here=False
 ) -> None:
     opts = write_options or WriteOptions(workers=0)  # 0: as many as the executor has
     if opts.workers < 1:
         opts = dataclasses.replace(opts, workers=ex.workers)
     # Nothing else runs while the write is planned: its queries may use every core.
     planning = Staging(staging.url, staging.memory_limit, threads=ex.workers)
-    wtasks = ex.call(plan_write, target.name, planning, opts)
+    if plan_here:
+        wtasks = plan_write(target.name, planning, opts)
+    else:
+        wtasks = ex.call(plan_write, target.name, planning, opts)
     small = report.counts["annotations"]["read"] < INLINE_WRITE_ANNOTATIONS
     place = "inline" if small and not ex.started else "auto"
     calls = [(t, staging, output) for t in wtasks]

@@ -75,3 +75,26 @@ def test_results_in_order_and_no_task_outlives_an_early_stop(tmp_path: Path) -> 
         assert {p.name for p in tmp_path.iterdir()} == finished
     finally:
         ex.close()
+
+
+def test_a_staged_write_without_duckdb_is_planned_while_the_pool_starts(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A staged source leaves the pool starting: a writer that needs no DuckDB plans in
+    this process meanwhile; one that queries DuckDB plans on a worker, keeping DuckDB
+    out of this process. Counting a staged source reads footers, here."""
+    staged = tmp_path / "staged"
+    source = PEER / "coco_instances" / "coco_instances"
+    assert convert([str(source)], "parquet", str(staged), workers=1).ok
+    called: list[str] = []
+    real = Executor.call
+
+    def call(self, fn, *args):
+        called.append(fn.__name__)
+        return real(self, fn, *args)
+
+    monkeypatch.setattr(Executor, "call", call)
+    assert convert([str(staged)], "yolo", str(tmp_path / "yolo"), workers=2).ok
+    assert called == []
+    assert convert([str(staged)], "coco", str(tmp_path / "coco"), workers=2).ok
+    assert called == ["plan_write"]
