@@ -108,6 +108,18 @@ def plan(
     return tasks
 
 
+WARM_NOW_BYTES = 32 << 20
+"""A single source file this large starts the local pool at once, not `WARM_AFTER_S`
+later: framing 200 MB of COCO takes 0.25 s, the pool's start 0.5 s."""
+
+
+def _big_file(url: str) -> bool:
+    with contextlib.suppress(Exception):  # a missing source is reported by `plan`
+        source = Source(url)
+        return not source.is_dir and source.size() >= WARM_NOW_BYTES
+    return False
+
+
 def run_read_task(
     task: ReadTask, staging_url: str, part: str, compression: str = COMPRESSION
 ) -> TaskResult:
@@ -401,6 +413,8 @@ def convert(
     )
     own_staging = None
     try:
+        if any(_big_file(url) for url in sources):
+            ex.warm_now()  # its planning (framing) outlasts the pool's start: overlap them
         tasks = plan(sources, options, source_format, report)
         if strict and report.failures:
             raise LabelflowError(report.failures[0])

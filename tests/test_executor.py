@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from pipelines import runner
 from pipelines.runner import Executor, convert
 from tests.conftest import PEER
 
@@ -98,3 +101,26 @@ def test_a_staged_write_without_duckdb_is_planned_while_the_pool_starts(
     assert called == []
     assert convert([str(staged)], "coco", str(tmp_path / "coco"), workers=2).ok
     assert called == ["plan_write"]
+
+
+@pytest.mark.parametrize(("big", "first"), [(1, "warm"), (1 << 40, "plan")])
+def test_a_big_source_file_starts_the_pool_before_it_is_planned(
+    big: int, first: str, tmp_path: Path, monkeypatch
+) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(runner, "WARM_NOW_BYTES", big)
+    real_warm, real_plan = Executor.warm_now, runner.plan
+
+    def warm(self) -> None:
+        events.append("warm")
+        real_warm(self)
+
+    def plan(*args):
+        events.append("plan")
+        return real_plan(*args)
+
+    monkeypatch.setattr(Executor, "warm_now", warm)
+    monkeypatch.setattr(runner, "plan", plan)
+    source = PEER / "coco_instances" / "coco_instances" / "annotations" / "instances_val.json"
+    assert convert([str(source)], "parquet", str(tmp_path / "out"), workers=2).ok
+    assert events[0] == first

@@ -117,3 +117,13 @@ def test_iter_chunks_pauses_the_collector_while_a_chunk_is_held() -> None:
         del elements
     assert gc.isenabled()
     assert seen == list(range(50))
+
+
+@pytest.mark.parametrize("seed", [2, 5])
+def test_frame_with_blocks_classified_ahead(seed: int, monkeypatch) -> None:
+    """Large blocks are classified by a second thread one block ahead: the same frames."""
+    monkeypatch.setattr(jsonframe, "BLOCK_BYTES", 7)
+    monkeypatch.setattr(jsonframe, "PREFETCH_BLOCK_BYTES", 1)
+    doc = _document(seed)
+    pretty = json.dumps(doc, indent=2, ensure_ascii=False).encode()
+    _check(doc, pretty, chunk_bytes=1 + seed * 5)
