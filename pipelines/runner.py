@@ -105,6 +105,7 @@ def plan(
             tasks.extend(planned)
         except LabelflowError as exc:
             report.failures.append(str(exc))
+    memory.trim()  # framing's blocks were freed, some in its reading thread's own arena
     return tasks
 
 
