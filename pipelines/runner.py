@@ -175,7 +175,10 @@ def plan_write(fmt: str, staging: Staging, options: WriteOptions) -> list[WriteT
     """The write's tasks. Planning may query staging through DuckDB: run on a worker,
     it keeps DuckDB (~45 MB with its connection) out of the calling process."""
     memory.map_large_blocks()
-    return formats.get(fmt).plan_write(staging, options)
+    try:
+        return formats.get(fmt).plan_write(staging, options)
+    finally:
+        memory.trim()  # planning's threads freed their blocks in arenas of their own
 
 
 def staged_counts(staging: Staging) -> dict[str, int]:
