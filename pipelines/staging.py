@@ -51,6 +51,10 @@ class Staging:
         self.memory_limit = memory_limit
         self.threads = threads
         self._con: duckdb.DuckDBPyConnection | None = None
+        # Staging is read-only while it is read: each table is listed, and its rows
+        # counted, once per instance (planning asked for the item count five times).
+        self._part_files: dict[str, list[str]] = {}
+        self._row_counts: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "memory_limit": self.memory_limit, "threads": self.threads}
@@ -85,7 +89,7 @@ class Staging:
             con.register_filesystem(fs)
         for name in TABLES:
             table_dir = posixpath.join(root, name)
-            if _parts(fs, table_dir):
+            if self._parts(name):
                 glob = table_dir if local else f"{protocol}://{table_dir}"
                 con.execute(
                     f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{glob}/**/*.parquet', "
@@ -128,11 +132,11 @@ class Staging:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        fs, root = fs_for(self.url)
+        fs = fs_for(self.url)[0]
         start, stop = rows or (0, None)
         chosen = None if groups is None else set(groups)
         seen = numbered = 0
-        for path in _parts(fs, posixpath.join(root, table)):
+        for path in self._parts(table):
             with fs.open(path, "rb") as f:
                 pf = pq.ParquetFile(f, read_dictionary=dictionary)
                 for group in range(pf.metadata.num_row_groups):
@@ -164,14 +168,26 @@ class Staging:
 
     def count_rows(self, table: str) -> int:
         """The table's rows, from the Parquet footers alone."""
-        import pyarrow.parquet as pq
+        if table not in self._row_counts:
+            import pyarrow.parquet as pq
 
-        fs, root = fs_for(self.url)
-        total = 0
-        for path in _parts(fs, posixpath.join(root, table)):
-            with fs.open(path, "rb") as f:
-                total += pq.ParquetFile(f).metadata.num_rows
-        return total
+            fs = fs_for(self.url)[0]
+            total = 0
+            for path in self._parts(table):
+                with fs.open(path, "rb") as f:
+                    total += pq.ParquetFile(f).metadata.num_rows
+            self._row_counts[table] = total
+        return self._row_counts[table]
+
+    def _parts(self, table: str) -> list[str]:
+        """The table's part files in source order: DuckDB's `filename` order."""
+        if table not in self._part_files:
+            fs, root = fs_for(self.url)
+            table_dir = posixpath.join(root, table)
+            fs.invalidate_cache(table_dir)  # other processes wrote it: no stale listing
+            found = fs.find(table_dir) if fs.exists(table_dir) else []
+            self._part_files[table] = sorted(p for p in found if p.endswith(".parquet"))
+        return self._part_files[table]
 
     def table(self, name: str, where: str = "", params: Sequence[Any] = ()) -> pa.Table:
         """A whole table (or a filtered part of it) in source order, with the schema's types."""
@@ -272,13 +288,6 @@ class Staging:
 def _row_group(pf: Any, group: int, columns: Sequence[str], window: tuple | None) -> pa.Table:
     part = pf.read_row_group(group, columns=list(columns))
     return part.slice(*window) if window else part
-
-
-def _parts(fs: Any, table_dir: str) -> list[str]:
-    """A table's part files in source order: DuckDB's `filename` order."""
-    if not fs.exists(table_dir):
-        return []
-    return sorted(p for p in fs.find(table_dir) if p.endswith(".parquet"))
 
 
 def _select(columns: Sequence[str] | None, alias: str) -> str:
