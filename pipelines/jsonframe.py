@@ -91,8 +91,8 @@ class _Scanner:
         self.done_at: int | None = None
         self.colons: list[int] = []
 
-    def feed(self, block: bytes, offset: int, marks: tuple | None = None) -> None:
-        """Scan the next block; `marks` is `classify(block)` if done already."""
+    def feed(self, block: bytes, offset: int, marks: tuple[np.ndarray, np.ndarray]) -> None:
+        """Scan the next block; `marks` is `classify(block)`."""
         if self.root is None:
             stripped = block.lstrip()
             if not stripped:
@@ -103,7 +103,7 @@ class _Scanner:
                 raise ParseError(self.uri, f"byte {where}", "not a JSON object or array")
             self.root = "object" if first == b"{" else "array"
             self.elem_depth = 2 if self.root == "object" else 1
-        pos, code = marks or classify(block)
+        pos, code = marks
         quote = code == _Q
         if self.trailing_backslashes or (code == _BS).any():
             self._unmark_escaped(block, pos, code, quote)

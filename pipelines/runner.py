@@ -457,8 +457,9 @@ def convert(
             # A staged source leaves the pool still starting: a writer that needs no
             # DuckDB plans here meanwhile, instead of waiting for a worker.
             plan_here = bool(staged) and not target.write_queries
-            staging_ = Staging(staging_url)
-            _write_all(target, staging_, output, ex, report, write_options, progress, plan_here)
+            _write_all(
+                target, Staging(staging_url), output, ex, report, write_options, progress, plan_here
+            )
             if report.rejects:
                 _keep_rejects(staging_url, output, target.single_file)
         output.commit()
