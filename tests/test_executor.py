@@ -27,14 +27,15 @@ def test_a_single_call_runs_inline_unless_the_run_has_a_pool() -> None:
 
 
 def test_writing_from_staging_keeps_duckdb_out_of_the_calling_process(tmp_path: Path) -> None:
-    """Counting the staged rows and planning the write query DuckDB: on the workers."""
+    """Planning a write that queries DuckDB (COCO's) runs on a worker; counting the
+    staged rows reads footers: DuckDB never loads in the calling process."""
     staged = tmp_path / "staged"
     source = PEER / "coco_instances" / "coco_instances"
     assert convert([str(source)], "parquet", str(staged), workers=1).ok
     code = (
         "import sys\n"
         "from pipelines.runner import convert\n"
-        f"report = convert([{str(staged)!r}], 'yolo', {str(tmp_path / 'yolo')!r}, workers=2)\n"
+        f"report = convert([{str(staged)!r}], 'coco', {str(tmp_path / 'coco')!r}, workers=2)\n"
         "assert report.ok and report.files, report\n"
         "print('duckdb' in sys.modules)\n"
     )
