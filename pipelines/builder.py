@@ -108,8 +108,13 @@ class BatchBuilder:
         source_uri: str,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         on_error: str = "reject",
+        boxed_vertices: bool = True,
     ) -> None:
         self.on_error = on_error
+        # False: a reader may leave out the vertices of shapes that state a box, and
+        # counts them with `leave_out_vertices` (`ReadOptions.boxed_vertices`).
+        self.boxed_vertices = boxed_vertices
+        self._left_out = 0
         self.dataset = dataset
         self.source_format = source_format
         self.source_uri = source_uri
@@ -209,6 +214,10 @@ class BatchBuilder:
         self._run_blocks.append(_columns_table(POINTS, columns, n))
         self._block_rows += n
 
+    def leave_out_vertices(self, n: int) -> None:
+        """`n` vertices read and not staged: the write does not read them."""
+        self._left_out += n
+
     def attribute(
         self,
         owner_id: str,
@@ -287,7 +296,9 @@ class BatchBuilder:
             points=self._points_table(),
             attributes=self._table(ATTRIBUTES, self._attrs, ("dataset",)),
             rejects=self._table(REJECTS, self._rejects, ("dataset", "source_uri")),
+            vertices_left_out=self._left_out,
         )
+        self._left_out = 0
         self._items, self._anns, self._attrs, self._rejects = [], [], [], []
         self._item_blocks, self._ann_blocks, self._run_blocks = [], [], []
         self._block_rows = 0

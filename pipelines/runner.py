@@ -43,6 +43,7 @@ class TaskResult:
     rows: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=dict)
     still_normalized: int = 0
+    vertices_left_out: int = 0
     bytes: int = 0
     error: str | None = None
     files: list[str] = field(default_factory=list)
@@ -139,6 +140,7 @@ def run_read_task(
             if batch.annotations.num_rows:
                 units = batch.annotations.column("units").cast("string")
                 result.still_normalized += pc.sum(pc.equal(units, "norm")).as_py() or 0
+            result.vertices_left_out += batch.vertices_left_out
             writer.add(batch)
         writer.close()
         result.rows = {k: v for k, v in writer.rows.items() if k in DATA_TABLES}
@@ -409,11 +411,14 @@ def convert(
     writer = () if target.staging_layout else (*duckdb, formats.module(to))
     ex = Executor(executor, workers, scheduler, writer)
     output = Output(out)
+    # Staging that is neither the output nor kept is read once, then deleted.
+    transient = not target.staging_layout and not staging
     options = ReadOptions(
         dataset=dataset or _dataset_name(sources),
         on_error=on_error,
         image_sizes=image_sizes or {},
         workers=ex.workers,
+        boxed_vertices=not (transient and target.boxes_suffice(write_options or WriteOptions())),
     )
     own_staging = None
     try:
@@ -438,8 +443,6 @@ def convert(
             for table, n in counts.items():
                 report.counts[table]["read"] = n
         else:
-            # Staging that is neither the output nor kept is read once, then deleted.
-            transient = not target.staging_layout and not staging
             compression = TRANSIENT_COMPRESSION if transient else COMPRESSION
             _read_all(tasks, staging_url, ex, report, strict, progress, compression)
         if strict and report.failures:
@@ -495,6 +498,8 @@ def _read_all(
             rej = res.rejected.get(table, 0)
             report.counts[table]["read"] += res.rows.get(table, 0) + rej
             report.counts[table]["rejected"] += rej
+            if table == "points":  # read, and not staged for a write that needs them not
+                report.counts[table]["read"] += res.vertices_left_out
             if table == "annotations":  # rejects of other record kinds (tracks, shapes)
                 other = sum(v for k, v in res.rejected.items() if k not in TABLES)
                 report.counts[table]["read"] += other

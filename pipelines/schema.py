@@ -187,7 +187,9 @@ class Batch:
 
     `read` counts source records by the table they map to (an image is one
     item read); a record is either written as rows or rejected, never both,
-    so `read == rows + rejects` per table once a source is done.
+    so `read == rows + rejects` per table once a source is done. Vertices a
+    reader was allowed to leave out (`ReadOptions.boxed_vertices`) count as
+    points read: `vertices_left_out`.
     """
 
     items: pa.Table = field(default_factory=lambda: empty_table("items"))
@@ -195,12 +197,13 @@ class Batch:
     points: pa.Table = field(default_factory=lambda: empty_table("points"))
     attributes: pa.Table = field(default_factory=lambda: empty_table("attributes"))
     rejects: pa.Table = field(default_factory=lambda: empty_table("rejects"))
+    vertices_left_out: int = 0
 
     def tables(self) -> dict[str, pa.Table]:
         return {name: getattr(self, name) for name in TABLES}
 
     def replace(self, **tables: pa.Table) -> Batch:
-        return Batch(**{**self.tables(), **tables})
+        return Batch(**{**self.tables(), **tables}, vertices_left_out=self.vertices_left_out)
 
     @property
     def num_rows(self) -> int:
@@ -215,7 +218,8 @@ class Batch:
             **{
                 name: pa.concat_tables([getattr(b, name) for b in parts]).combine_chunks()
                 for name in TABLES
-            }
+            },
+            vertices_left_out=sum(b.vertices_left_out for b in parts),
         )
 
 

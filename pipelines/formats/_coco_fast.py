@@ -233,7 +233,13 @@ class ColumnMapper:
         lo, hi = np.searchsorted(chunk.polygon_rows, [start, stop])
         if hi > lo:
             rows = chunk.polygon_rows[lo:hi] - start
-            _points(chunk.polygons.slice(lo, hi - lo), ann_id, cols["item_id"], rows, b)
+            polygons = chunk.polygons.slice(lo, hi - lo)
+            if not b.boxed_vertices:
+                boxed = _stated(cols, ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))[rows]
+                b.leave_out_vertices(len(polygons.filter(boxed).flatten().flatten()) // 2)
+                polygons, rows = polygons.filter(~boxed), rows[~boxed]
+            if len(rows):
+                _points(polygons, ann_id, cols["item_id"], rows, b)
 
     def _masks(self, chunk, rows, start, n, ann_id, cols, b, layout) -> dict[str, Any]:
         mask: list = [None] * n
@@ -385,6 +391,11 @@ def _polygons(
     bad_part |= _any_per_list(_bad_values(parts.flatten()), parts.offsets.to_numpy())
     odd[row_index] |= _any_per_list(bad_part, part_offsets)
     return arr, row_index
+
+
+def _stated(cols: dict[str, Any], names: tuple[str, ...]) -> np.ndarray:
+    """Per row, whether every one of these columns has a value."""
+    return np.logical_and.reduce([np.asarray(cols[n].is_valid()) for n in names])
 
 
 def _points(

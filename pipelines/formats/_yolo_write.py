@@ -45,13 +45,11 @@ DEFAULT_SUBSET = "train"
 
 def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], list[WriteTask]]:
     def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-        layout = options.extra.get("layout", default_layout)
+        layout, task = _stated_task(options, default_layout)
         if layout not in LAYOUTS:
             msg = f"{fmt}: layout must be one of {', '.join(LAYOUTS)}, not {layout!r}"
             raise LabelflowError(msg)
-        task = options.extra.get("task") or (
-            _auto_task(staging) if layout == "ultralytics" else "detect"
-        )
+        task = task or _auto_task(staging)
         if task not in TASKS or (layout == "yolo" and task != "detect"):
             msg = f"{fmt}: task {task!r} is not available for the {layout} layout"
             raise LabelflowError(msg)
@@ -75,6 +73,17 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
         return per_image.plan_sharded(fmt, staging, options, shards=shards, **settings)
 
     return plan_write
+
+
+def _stated_task(options: WriteOptions, default_layout: str) -> tuple[str, str | None]:
+    """(layout, task) as the options give them; task None: chosen from the data."""
+    layout = options.extra.get("layout", default_layout)
+    return layout, options.extra.get("task") or ("detect" if layout == "yolo" else None)
+
+
+def boxes_suffice(default_layout: str) -> Callable[[WriteOptions], bool]:
+    """`Format.boxes_suffice`: detect and obb lines come from a shape's stated box."""
+    return lambda options: _stated_task(options, default_layout)[1] in ("detect", "obb")
 
 
 _KEPT = {

@@ -34,6 +34,11 @@ class ReadOptions:
     image_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     """file name → (width, height), for formats whose coordinates need sizes the export lacks."""
     workers: int = 1
+    boxed_vertices: bool = True
+    """Stage the vertices of shapes that state a box. Off for staging that only feeds a
+    write reading such shapes' boxes alone (`Format.boxes_suffice`) and is deleted
+    after: a reader may then leave those vertices out, counted in
+    `Batch.vertices_left_out` (COCO's polygons: half the cost of staging them)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class ReadTask:
             self.uri,
             batch_rows=self.options.batch_rows,
             on_error=self.options.on_error,
+            boxed_vertices=self.options.boxed_vertices,
         )
 
 
@@ -116,3 +122,6 @@ class Format:
     """Whether writing queries staging through DuckDB, which a local pool then imports
     before its first task. False where the usual write reads staging with pyarrow
     alone (DuckDB, ~20 MB, is then imported only by a path that needs it)."""
+    boxes_suffice: Callable[[WriteOptions], bool] = lambda options: False
+    """Whether a write with these options reads a shape's vertices only when the shape
+    states no box (`ReadOptions.boxed_vertices`)."""

@@ -79,6 +79,7 @@ def family_format(
         plan_write=_yolo_write.planner(name, layout),
         write=_yolo_write.write,
         write_queries=False,  # detect boxes: `_yolo_fast`
+        boxes_suffice=_yolo_write.boxes_suffice(layout),
     )
 
 
