@@ -169,15 +169,34 @@ class Staging:
     def count_rows(self, table: str) -> int:
         """The table's rows, from the Parquet footers alone."""
         if table not in self._row_counts:
-            import pyarrow.parquet as pq
-
-            fs = fs_for(self.url)[0]
-            total = 0
-            for path in self._parts(table):
-                with fs.open(path, "rb") as f:
-                    total += pq.ParquetFile(f).metadata.num_rows
-            self._row_counts[table] = total
+            self._row_counts[table] = sum(meta.num_rows for meta in self._footers(table))
         return self._row_counts[table]
+
+    def groups_with_nulls(self, table: str, columns: Sequence[str]) -> list[int]:
+        """The row groups (numbered as `scan` numbers them) where one of `columns` may
+        hold a null, from the footers' statistics alone: a column chunk that states no
+        null count, or a file without the column, may."""
+        groups: list[int] = []
+        number = 0
+        for meta in self._footers(table):
+            names = meta.schema.names
+            at = [names.index(c) for c in columns if c in names]
+            missing = len(at) < len(columns)
+            for group in range(meta.num_row_groups):
+                chunks = meta.row_group(group)
+                if missing or any(_may_hold_nulls(chunks.column(i).statistics) for i in at):
+                    groups.append(number)
+                number += 1
+        return groups
+
+    def _footers(self, table: str) -> Iterator[Any]:
+        """The footers of the table's part files, in `_parts` order, one at a time."""
+        import pyarrow.parquet as pq
+
+        fs = fs_for(self.url)[0]
+        for path in self._parts(table):
+            with fs.open(path, "rb") as f:
+                yield pq.ParquetFile(f).metadata
 
     def _parts(self, table: str) -> list[str]:
         """The table's part files in source order: DuckDB's `filename` order."""
@@ -209,7 +228,7 @@ class Staging:
     def labels(self) -> list[tuple[str | None, str | None]]:
         """Every (label, label_id) pair, in order of first appearance."""
         seen: dict[tuple[str | None, str | None], None] = {}
-        for part in self.scan("annotations", ["label", "label_id"]):
+        for part in self.scan("annotations", ["label", "label_id"], dictionary=_LABEL):
             part = part.filter(part.column("label").is_valid())
             # Without threads, groups come out in the order they first appear.
             pairs = part.group_by(["label", "label_id"], use_threads=False).aggregate([])
@@ -283,6 +302,13 @@ class Staging:
         reader = self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS)
         for batch in reader:
             yield from batch.to_pylist()
+
+
+_LABEL = ("label", "label_id")  # repeating strings: grouped by their codes, half the time
+
+
+def _may_hold_nulls(statistics: Any) -> bool:
+    return statistics is None or not statistics.has_null_count or statistics.null_count > 0
 
 
 def _row_group(pf: Any, group: int, columns: Sequence[str], window: tuple | None) -> pa.Table:

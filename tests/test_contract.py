@@ -190,3 +190,19 @@ def test_staging_scan_reads_what_duckdb_reads_in_the_same_order(tmp_path: Path) 
     )
     assert all(pa.types.is_dictionary(t.schema.field("label").type) for t in picked)
     assert pa.concat_tables(picked).to_pylist() == [r for r in rows if r["item_id"] in ("i2", "i5")]
+
+
+def test_staging_finds_row_groups_that_may_hold_nulls_from_their_footers(tmp_path: Path) -> None:
+    part_dir = tmp_path / "annotations" / "dataset=d"
+    part_dir.mkdir(parents=True)
+    boxes = [None if i in (7, 20) else float(i) for i in range(24)]
+    table = pa.table({"ann_id": [f"a{i}" for i in range(24)], "bbox_x": boxes})
+    pq.write_table(table, part_dir / "part-00000.parquet", 6)  # groups 0-3: nulls in 1, 3
+    pq.write_table(table.slice(0, 6), part_dir / "part-00001.parquet", 6)  # 4: none
+    # 5: no statistics, 6: no such column; either may hold nulls for all the footer says.
+    pq.write_table(table.slice(0, 6), part_dir / "part-00002.parquet", write_statistics=False)
+    pq.write_table(table.select(["ann_id"]), part_dir / "part-00003.parquet")
+    staging = Staging(str(tmp_path))
+    assert staging.groups_with_nulls("annotations", ["bbox_x"]) == [1, 3, 5, 6]
+    numbered = [n for n, g in enumerate(staging.scan("annotations", ["ann_id"])) if len(g)]
+    assert len(numbered) == 7  # `scan` numbers the same row groups

@@ -40,6 +40,7 @@ _ANN_COLUMNS = (
 )  # fmt: skip
 _DICTIONARY_COLUMNS = ("kind", "label")
 _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+_BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 
 
 ANNOTATIONS_PER_SHARD = 25_000
@@ -108,26 +109,32 @@ def item_spans(staging: Staging) -> ItemSpans:
 def _window_spans(
     staging: Staging, ids: pa.ChunkedArray, start: int
 ) -> list[tuple[int, int] | None]:
-    """`ItemSpans.spans` for the items `ids` (rows from `start` of the items table)."""
+    """`ItemSpans.spans` for the items `ids` (rows from `start` of the items table).
+
+    Annotation item ids are read dictionary-encoded: an item's id is looked up once
+    per row group that holds it, not once per annotation (1 GB: 0.51 → 0.16 s).
+    """
     spans: list[tuple[int, int] | None] = []
-    pending: list[pa.ChunkedArray] = []
+    pending: list[list[pa.DictionaryArray]] = []  # per row group, its chunks
 
     def place() -> None:
         # One lookup for many row groups: each call hashes all of `ids` again.
-        joined = pa.chunked_array([c for part in pending for c in part.chunks])
+        joined = pa.chunked_array([c.dictionary for part in pending for c in part], pa.string())
         positions, offset = pc.index_in(joined, value_set=ids), 0
         for part in pending:
-            pos, offset = positions.slice(offset, len(part)), offset + len(part)
-            if pos.null_count == len(pos):
-                spans.append(None)
-            else:
-                low, high = (v.as_py() for v in pc.min_max(pos).values())
-                spans.append((start + low, start + high))
+            found = []
+            for chunk in part:
+                pos = positions.slice(offset, len(chunk.dictionary))
+                offset += len(chunk.dictionary)
+                found.append(pos.take(pc.unique(chunk.indices)))  # the values it uses
+            extremes = pc.min_max(pa.chunked_array(found, pa.int32())).values()
+            low, high = (v.as_py() for v in extremes)
+            spans.append(None if low is None else (start + low, start + high))
         pending.clear()
 
-    for part in staging.scan("annotations", ["item_id"]):
-        pending.append(part.column("item_id"))
-        if sum(len(p) for p in pending) >= _LOOKUP_ROWS:
+    for part in staging.scan("annotations", ["item_id"], dictionary=["item_id"]):
+        pending.append(part.column("item_id").chunks)
+        if sum(len(c.dictionary) for p in pending for c in p) >= _LOOKUP_ROWS:
             place()
     if pending:
         place()
@@ -141,7 +148,8 @@ def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, i
 
 
 _LOOKUP_ROWS = 500_000
-"""Annotation item ids looked up at a time when planning (~8 MB)."""
+"""Distinct annotation item ids (per row group) looked up at a time when planning
+(~8 MB)."""
 
 
 def _item_range(total: int, shard: int, shards: int) -> tuple[int, int]:
@@ -174,16 +182,11 @@ def _eligible(staging: Staging) -> bool:
     ids = items.column("item_id")
     if pc.count_distinct(ids).as_py() != len(ids):
         return False
-    box = ["bbox_x", "bbox_y", "bbox_w", "bbox_h"]
-    # Boxes are usually all stated: the rest is read only where one is missing.
-    unstated_groups = [
-        number
-        for number, part in enumerate(staging.scan("annotations", box))
-        if any(part.column(c).null_count for c in box)
-    ]
+    # Boxes are usually all stated: the rest is read only where one may be missing.
+    unstated_groups = staging.groups_with_nulls("annotations", _BOX)
     sized = ids.filter(pa.array(per_image.sized(items)))
     boxable = pa.array(sorted(per_image.BOXABLE))
-    columns = ["item_id", *_ANN_COLUMNS[1:-2]]
+    columns = ["item_id", *_ANN_COLUMNS[1:-2]]  # through the box
     for part in staging.scan("annotations", columns, groups=unstated_groups):
         unstated = pc.or_(
             pc.or_(pc.is_null(part.column("bbox_x")), pc.is_null(part.column("bbox_y"))),
