@@ -9,6 +9,7 @@ that can map many records at once hands over whole column blocks instead
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -29,7 +30,10 @@ _RECORD_PREVIEW = 2_000
 
 def to_json(value: Any) -> str:
     """Compact, key-order-preserving JSON text for metadata and attribute values."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # an integer past 64 bits, which JSON allows and orjson does not write
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def value_type(value: Any) -> str:
@@ -94,6 +98,17 @@ def is_finite(*values: Any) -> bool:
         return False
 
 
+def finite_float(value: Any) -> float | None:
+    """`value` as a float when it is a number (not a bool) a float holds finitely."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 class BatchBuilder:
     """Accumulates rows of one source and flushes them as a Batch.
 
@@ -135,6 +150,7 @@ class BatchBuilder:
         # arrives are sealed into a block first.
         self._item_blocks: list[pa.Table] = []
         self._ann_blocks: list[pa.Table] = []
+        self._attr_blocks: list[pa.Table] = []
         self._run_blocks: list[pa.Table] = []
         self._block_rows = 0
         self.read_counts = {"items": 0, "annotations": 0}
@@ -185,9 +201,7 @@ class BatchBuilder:
     def item_block(self, columns: dict[str, Any], n: int) -> None:
         """Append `n` item rows given as columns (lists or Arrow arrays), as `item(**row)`
         would; `dataset`, `source_format` and `source_uri` are filled at flush."""
-        if self._items:
-            self._item_blocks.append(self._plain_table(ITEMS, self._items, _ITEM_CONSTANTS))
-            self._items = []
+        self._items = self._block(self._item_blocks, ITEMS, self._items, _ITEM_CONSTANTS)
         self._item_blocks.append(_columns_table(ITEMS, columns, n, _ITEM_CONSTANTS))
         self._block_rows += n
 
@@ -197,11 +211,21 @@ class BatchBuilder:
         Columns are named as in the schema (without `dataset`); absent ones are null.
         Values convert exactly as they would in `annotation(**row)`.
         """
-        if self._anns:
-            self._ann_blocks.append(self._plain_table(ANNOTATIONS, self._anns, ("dataset",)))
-            self._anns = []
+        self._anns = self._block(self._ann_blocks, ANNOTATIONS, self._anns, ("dataset",))
         self._ann_blocks.append(_columns_table(ANNOTATIONS, columns, n))
         self._block_rows += n
+
+    def attribute_block(self, columns: dict[str, Any], n: int) -> None:
+        """Append `n` attribute rows given as columns, as `annotation_block` does."""
+        self._attrs = self._block(self._attr_blocks, ATTRIBUTES, self._attrs, ("dataset",))
+        self._attr_blocks.append(_columns_table(ATTRIBUTES, columns, n))
+        self._block_rows += n
+
+    def _block(self, blocks: list, schema: pa.Schema, rows: list[dict], constant: tuple) -> list:
+        """Seal the rows added one by one so far into a block: rows keep call order."""
+        if rows:
+            blocks.append(self._plain_table(schema, rows, constant))
+        return []
 
     def point_block(self, columns: dict[str, Any], n: int) -> None:
         """Append `n` plain vertex rows (ann_id, item_id, part, idx, x, y[, z]) as columns.
@@ -291,16 +315,17 @@ class BatchBuilder:
 
     def flush(self) -> Batch:
         batch = Batch(
-            items=self._items_table(),
-            annotations=self._annotations_table(),
+            items=self._blocks_table(ITEMS, self._item_blocks, self._items, _ITEM_CONSTANTS),
+            annotations=self._blocks_table(ANNOTATIONS, self._ann_blocks, self._anns, ("dataset",)),
             points=self._points_table(),
-            attributes=self._table(ATTRIBUTES, self._attrs, ("dataset",)),
+            attributes=self._blocks_table(ATTRIBUTES, self._attr_blocks, self._attrs, ("dataset",)),
             rejects=self._table(REJECTS, self._rejects, ("dataset", "source_uri")),
             vertices_left_out=self._left_out,
         )
         self._left_out = 0
         self._items, self._anns, self._attrs, self._rejects = [], [], [], []
         self._item_blocks, self._ann_blocks, self._run_blocks = [], [], []
+        self._attr_blocks = []
         self._block_rows = 0
         return batch
 
@@ -328,24 +353,15 @@ class BatchBuilder:
         """Rows as a table of the non-constant columns, dictionary columns still plain."""
         return pa.Table.from_struct_array(pa.array(rows, type=_plain_struct(schema, constant)))
 
-    def _items_table(self) -> pa.Table:
-        if not self._item_blocks:
-            return self._table(ITEMS, self._items, _ITEM_CONSTANTS)
-        parts = self._item_blocks
-        if self._items:
-            parts = [*parts, self._plain_table(ITEMS, self._items, _ITEM_CONSTANTS)]
+    def _blocks_table(
+        self, schema: pa.Schema, blocks: list[pa.Table], rows: list[dict], constant: tuple
+    ) -> pa.Table:
+        """The blocks, then the rows added one by one since, as one table."""
+        if not blocks:
+            return self._table(schema, rows, constant)
+        parts = [*blocks, self._plain_table(schema, rows, constant)] if rows else blocks
         plain = pa.concat_tables(parts).combine_chunks()
-        return _assemble(ITEMS, plain, self._constants(plain.num_rows, _ITEM_CONSTANTS))
-
-    def _annotations_table(self) -> pa.Table:
-        if not self._ann_blocks:
-            return self._table(ANNOTATIONS, self._anns, ("dataset",))
-        parts = self._ann_blocks
-        if self._anns:
-            parts = [*parts, self._plain_table(ANNOTATIONS, self._anns, ("dataset",))]
-        plain = pa.concat_tables(parts).combine_chunks()
-        constants = self._constants(plain.num_rows, ("dataset",))
-        return _assemble(ANNOTATIONS, plain, constants)
+        return _assemble(schema, plain, self._constants(plain.num_rows, constant))
 
     def _points_table(self) -> pa.Table:
         tables = []

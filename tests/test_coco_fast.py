@@ -260,3 +260,42 @@ def test_image_ids_compare_as_text() -> None:
     probe = [7, 5, 8, 12, -3, 0, 2**62]
     expected = [str(v) in reference for v in probe]
     assert ids.has_ints(np.array(probe, dtype=np.int64)).tolist() == expected
+
+
+_CVAT_ATTRIBUTES = [
+    {"occluded": False},
+    {"occluded": True, "rotation": 30.5},
+    {"occluded": False, "rotation": 0.0},
+    {"rotation": 15},
+    {"rotation": "12"},
+    {"track_id": 3, "keyframe": True},
+    {"track_id": "t1", "keyframe": "yes", "occluded": 1},
+    {"track_id": None, "rotation": None},
+    {},
+    {"color": "red", "size": [1, 2], "n": 2.5, "none": None, "flag": False},
+    {"rotation": True},
+    {"rotation": 2**60},
+    {"rotation": 10**400},
+]
+_ODD_ATTRIBUTES = [None, [1, 2], "occluded"]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_cvat_attributes_same_tables(seed: int, tmp_path: Path, monkeypatch) -> None:
+    """CVAT writes `attributes` on every annotation: those rows are mapped by columns
+    too, with the same columns, kinds and attribute rows (in the same order)."""
+    rng = random.Random(seed)
+    doc = _odd_corpus(seed)
+    for a in doc["annotations"]:
+        if isinstance(a, dict) and "attributes" not in a:
+            odd = rng.random() < 0.04
+            a["attributes"] = rng.choice(_ODD_ATTRIBUTES if odd else _CVAT_ATTRIBUTES)
+    path = tmp_path / "instances_cvat.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setattr(jsonframe, "CHUNK_BYTES", 5000)
+    fast = _assert_same(path, monkeypatch)
+    kinds = set(fast["annotations"].column("kind").to_pylist())
+    assert {"rotated_bbox", "bbox", "polygon", "mask"} <= kinds
+    sources = fast["attributes"].column("source").to_pylist()
+    assert sources.count("attributes") > 500
+    assert "coco" in sources  # an odd `attributes` value, kept by the row path

@@ -3,11 +3,12 @@
 The row path (`coco._AnnotationReader.add`) builds a dict per annotation and
 validates it value by value: a few microseconds each, most of a read. Here the
 common records of a parsed chunk — polygons, RLE masks and boxes with the seven
-standard keys — become Arrow columns in a few C-level passes; validation is
-vectorised and only *certifies* rows. A row it cannot certify (an unknown key,
-an explicit null, a value the row path would reject or map differently) is
-left to the row path, in place, so rejects, attributes and every odd record
-come out exactly as before; the two paths emit rows in source order.
+standard keys and CVAT's `attributes` object — become Arrow columns in a few
+C-level passes; validation is vectorised and only *certifies* rows. A row it
+cannot certify (an unknown key, an explicit null, a value the row path would
+reject or map differently) is left to the row path, in place, so rejects,
+attributes and every odd record come out exactly as before; the two paths emit
+rows in source order.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.builder import BatchBuilder
+from pipelines.builder import BatchBuilder, attribute_text, finite_float, value_type
 from pipelines.masks import from_uncompressed
 
 FAST_KEYS = frozenset({"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"})
-"""Annotations with other keys (attributes, keypoints, score, ...) take the row path."""
+"""Every certified annotation has these keys, and at most `attributes` besides (CVAT
+writes it on every annotation); others (keypoints, score, ...) take the row path."""
+_ALLOWED = FAST_KEYS | {"attributes"}
+_NO_ATTRIBUTES: dict = {}
 
 MAX_ODD_ROWS = 64
 """Above this many uncertified rows in a chunk, the whole chunk takes the row path."""
@@ -47,9 +51,10 @@ _NONE = type(None)
 
 _KEY_ORDER = tuple(sorted(FAST_KEYS))
 _GET_ALL = itemgetter(*_KEY_ORDER)
-_BOX, _POLYGON, _MASK, _OTHER = 0, 1, 2, 3
-_KINDS = pa.array(["bbox", "polygon", "mask", "bbox"])
-"""`kind` by code: a shapeless annotation (no segmentation) is a box."""
+_BOX, _POLYGON, _MASK, _OTHER, _ROTATED = 0, 1, 2, 3, 4
+_KINDS = pa.array(["bbox", "polygon", "mask", "bbox", "rotated_bbox"])
+"""`kind` by code: a shapeless annotation (no segmentation) is a box, turned when its
+`rotation` attribute is not 0."""
 
 
 class _SegCodes(dict):
@@ -73,7 +78,9 @@ class _Chunk:
     odd: np.ndarray
     columns: dict[str, Any]
     kind: np.ndarray
-    """Kind codes: _BOX, _POLYGON, _MASK."""
+    """Kind codes: _BOX, _POLYGON, _MASK, _ROTATED."""
+    attributes: list[dict] | None
+    """Each row's `attributes` object; None when no row of the chunk has one."""
     polygons: pa.ListArray | None
     polygon_rows: np.ndarray
     rle_rows: np.ndarray
@@ -149,8 +156,12 @@ class ColumnMapper:
         if set(map(type, anns)) != {dict}:
             odd |= _flags(type(a) is not dict for a in anns)
             anns = [a if type(a) is dict else {} for a in anns]
-        if not set().union(*anns) <= FAST_KEYS:
-            odd |= _flags(not a.keys() <= FAST_KEYS for a in anns)
+        keys = set().union(*anns)
+        if not keys <= _ALLOWED:
+            odd |= _flags(not a.keys() <= _ALLOWED for a in anns)
+        raw_attrs = None
+        if "attributes" in keys:
+            raw_attrs = list(map(dict.get, anns, repeat("attributes")))
         try:  # every row has every key: one pass, then a transpose
             cols = dict(zip(_KEY_ORDER, zip(*map(_GET_ALL, anns), strict=True), strict=True))
             complete = True
@@ -160,10 +171,13 @@ class ColumnMapper:
         types = {k: set(map(type, col)) for k, col in cols.items()}
         # An explicit null is kept as an attribute by the row path. With every key in
         # every row a null shows as a None value; otherwise count keys against values.
+        stated_attrs = n - raw_attrs.count(None) if raw_attrs is not None else 0
         if complete:
             nulls = any(_NONE in t for t in types.values())
+            if raw_attrs is not None:  # an explicit null shows as one key too many
+                nulls = nulls or sum(map(len, anns)) != len(FAST_KEYS) * n + stated_attrs
         else:
-            nonnull = sum(n - col.count(None) for col in cols.values())
+            nonnull = sum(n - col.count(None) for col in cols.values()) + stated_attrs
             nulls = sum(map(len, anns)) != nonnull
         if nulls:
             odd |= _flags(None in a.values() for a in anns)
@@ -177,12 +191,18 @@ class ColumnMapper:
             columns["item_id"] = self._items(cols["image_id"], types["image_id"], odd)
             columns.update(_boxes(cols["bbox"], types["bbox"], odd))
             columns["area"] = _numbers(cols["area"], types["area"], odd)
+            attrs = None if raw_attrs is None else _objects(raw_attrs, odd)
+            if attrs is not None:
+                columns.update(_attribute_columns(attrs))
         except _ARROW_ERRORS as exc:
             raise Fallback from exc
         kind, polygons, polygon_rows, rle_rows = self._shapes(anns, cols["segmentation"], odd)
+        if "angle_deg" in columns:  # as the row path: a box turned by its rotation
+            angle = columns["angle_deg"].fill_null(0).to_numpy(zero_copy_only=False)
+            kind[(kind == _BOX) & (angle != 0)] = _ROTATED
         if int(odd.sum()) > MAX_ODD_ROWS:
             raise Fallback
-        return _Chunk(first, anns, odd, columns, kind, polygons, polygon_rows, rle_rows)
+        return _Chunk(first, anns, odd, columns, kind, attrs, polygons, polygon_rows, rle_rows)
 
     def _items(self, image_ids: Sequence, types: set, odd: np.ndarray) -> pa.Array:
         """item_id strings; rows whose image is not in the file are the row path's rejects."""
@@ -225,11 +245,13 @@ class ColumnMapper:
         cols["units"] = pa.array(["px"]).take(pa.array(np.zeros(n, dtype=np.int64)))
         cols["kind"] = _KINDS.take(pa.array(chunk.kind[start:stop]))
         lo, hi = np.searchsorted(chunk.rle_rows, [start, stop])
+        uncompressed: list[int] = []
         if hi > lo:
-            cols.update(
-                self._masks(chunk, chunk.rle_rows[lo:hi], start, n, ann_id, cols, b, layout)
-            )
+            cols.update(self._masks(chunk, chunk.rle_rows[lo:hi], start, n, uncompressed))
         b.annotation_block(cols, n)
+        attrs = chunk.attributes[start:stop] if chunk.attributes is not None else None
+        if uncompressed or attrs:
+            _attribute_rows(attrs, uncompressed, n, ann_id, cols["item_id"], b, layout)
         lo, hi = np.searchsorted(chunk.polygon_rows, [start, stop])
         if hi > lo:
             rows = chunk.polygon_rows[lo:hi] - start
@@ -241,7 +263,9 @@ class ColumnMapper:
             if len(rows):
                 _points(polygons, ann_id, cols["item_id"], rows, b)
 
-    def _masks(self, chunk, rows, start, n, ann_id, cols, b, layout) -> dict[str, Any]:
+    def _masks(self, chunk, rows, start, n, uncompressed: list[int]) -> dict[str, Any]:
+        """The mask columns of rows [start, start + n); `uncompressed` gets the rows
+        whose counts were a list (see `_attribute_rows`)."""
         mask: list = [None] * n
         mask_h: list = [None] * n
         mask_w: list = [None] * n
@@ -254,13 +278,77 @@ class ColumnMapper:
                 mask[k] = counts
             else:
                 mask[k] = from_uncompressed(counts, h, w)
-                # Remembered so the writer gives back the form the export used.
-                b.attribute(
-                    ann_id[k].as_py(), cols["item_id"][k].as_py(), "rle", "uncompressed",
-                    source=layout,
-                )  # fmt: skip
+                uncompressed.append(k)
             mask_h[k], mask_w[k] = h, w
         return {"mask": mask, "mask_h": mask_h, "mask_w": mask_w}
+
+
+def _objects(values: list, odd: np.ndarray) -> list[dict]:
+    """`attributes` per row: an object, `_NO_ATTRIBUTES` where the row has none; an
+    explicit null (already odd) or anything but an object is the row path's."""
+    if not set(map(type, values)) <= {dict, _NONE}:
+        odd |= _flags(type(v) not in (dict, _NONE) for v in values)
+    return [v if type(v) is dict else _NO_ATTRIBUTES for v in values]
+
+
+def _attribute_columns(attrs: list[dict]) -> dict[str, pa.Array]:
+    """The columns the row path fills from CVAT's attributes (`coco._AnnotationReader`):
+    occluded and keyframe when booleans, rotation when a finite number, track_id as
+    text."""
+    present = set().union(*attrs)
+    columns: dict[str, pa.Array] = {}
+    for column, key in (("occluded", "occluded"), ("keyframe", "keyframe")):
+        if key in present:
+            values = [a.get(key) for a in attrs]
+            columns[column] = pa.array([v if type(v) is bool else None for v in values])
+    if "rotation" in present:
+        rotations = [finite_float(a.get("rotation")) for a in attrs]
+        columns["angle_deg"] = pa.array(rotations, pa.float64())
+    if "track_id" in present:
+        values = [a.get("track_id") for a in attrs]
+        columns["track_id"] = pa.array([None if v is None else str(v) for v in values])
+    return columns
+
+
+def _attribute_rows(
+    attrs: list[dict] | None,
+    uncompressed: list[int],
+    n: int,
+    ann_id: pa.Array,
+    item_id: pa.Array,
+    b: BatchBuilder,
+    layout: str,
+) -> None:
+    """The rows' attribute rows in the row path's order: each row's `rle` marker (its
+    counts were a list: remembered so the writer gives back the form the export
+    used), then its attributes."""
+    owners: list[int] = []
+    keys: list[str] = []
+    values: list[str | None] = []
+    types: list[str] = []
+    sources: list[str] = []
+    marked = set(uncompressed)
+    for k in range(n):
+        if k in marked:
+            owners.append(k)
+            keys.append("rle")
+            values.append("uncompressed")
+            types.append("string")
+            sources.append(layout)
+        for key, value in (attrs[k] if attrs else _NO_ATTRIBUTES).items():
+            owners.append(k)
+            keys.append(str(key))
+            values.append(attribute_text(value))
+            types.append(value_type(value))
+            sources.append("attributes")
+    if owners:
+        at = pa.array(owners, pa.int64())
+        columns = {
+            "owner_id": ann_id.take(at), "item_id": item_id.take(at), "key": keys,
+            "value": values, "value_type": types, "source": sources,
+            "owner_kind": pa.array(["annotation"]).take(pa.array(np.zeros(len(owners), np.int64))),
+        }  # fmt: skip
+        b.attribute_block(columns, len(owners))
 
 
 def _flags(values) -> np.ndarray:

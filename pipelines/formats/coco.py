@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from pipelines import jsonframe, memory
-from pipelines.builder import BatchBuilder, is_finite, to_json
+from pipelines.builder import BatchBuilder, finite_float, is_finite, to_json
 from pipelines.errors import ParseError
 from pipelines.formats._coco_fast import (
     IMAGE_KNOWN,
@@ -316,7 +316,7 @@ class _AnnotationReader:
             "iscrowd": bool(ann.get("iscrowd")) if "iscrowd" in ann else None,
             "confidence": ann.get("score"),
             "occluded": _bool(attrs.get("occluded")),
-            "angle_deg": attrs.get("rotation") if is_finite(attrs.get("rotation")) else None,
+            "angle_deg": finite_float(attrs.get("rotation")),
             "track_id": None if attrs.get("track_id") is None else str(attrs["track_id"]),
             "keyframe": _bool(attrs.get("keyframe")),
         }
