@@ -365,3 +365,34 @@ def test_labelimg_flat_folder_with_classes_txt(tmp_path: Path) -> None:
     assert [(i["item_id"], i["file_name"]) for i in t["items"]] == [("a", "a.png")]
     assert [(a["label"], a["bbox_w"]) for a in t["annotations"]] == [("dog", 10.0)]
     assert not t["rejects"]
+
+
+def test_a_server_that_cannot_be_reached_is_asked_once_per_task(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import socket
+
+    from pipelines.formats import _per_image
+
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = f"127.0.0.1:{port}"
+    items = [
+        {"item_id": f"i{k}", "file_name": f"{k}.jpg", "width": 10, "height": 10,
+         "media_uri": f"http://{server}/images/{k}.jpg"}
+        for k in range(3)
+    ]  # fmt: skip
+    items.append({"item_id": "local", "file_name": "l.jpg", "width": 10, "height": 10,
+                  "media_uri": str(tmp_path / "missing.jpg")})  # fmt: skip
+    asked: list[str] = []
+    real_open = _per_image.MediaCopier._open
+    monkeypatch.setattr(
+        _per_image.MediaCopier, "_open", lambda self, uri: asked.append(uri) or real_open(self, uri)
+    )
+    report = convert([stage(tmp_path / "s", items)], "yolo", str(tmp_path / "o"), workers=1)
+    assert report.lossy == {
+        f"images not copied: {server} could not be reached": 3,
+        "images not copied: not found": 1,
+    }
+    assert asked == [items[0]["media_uri"], items[3]["media_uri"]]

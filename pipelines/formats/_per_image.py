@@ -17,6 +17,7 @@ import math
 import posixpath
 import re
 import shutil
+import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -318,20 +319,33 @@ class MediaCopier:
 
     `media_uri` is what readers recorded: a plain fsspec URL, or
     `archive.zip!member` for an image read from inside a zip.
+
+    A server that could not be reached (no such host, refused, timed out) is not
+    asked again by this task: COCO exports name every image by URL, and without
+    the network each of 80k images would wait for its own failure.
     """
 
     def __init__(self) -> None:
         self._archives: dict[str, Source] = {}
+        self._unreachable: set[str] = set()
 
     def copy(self, media_uri: str | None, out: Output, rel: str, result: WriteResult) -> None:
         if not media_uri:
             result.lose("images not copied: the item names no image file")
             return
+        server = _server(media_uri)
+        if server in self._unreachable:
+            result.lose(f"images not copied: {server} could not be reached")
+            return
         try:
             with self._open(media_uri) as src, out.open(rel) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-        except (OSError, ValueError):
-            result.lose("images not copied: not found")
+        except (OSError, ValueError) as exc:
+            if server and _unreachable(exc):
+                self._unreachable.add(server)
+                result.lose(f"images not copied: {server} could not be reached")
+            else:
+                result.lose("images not copied: not found")
             return
         result.files.append(rel)
 
@@ -342,6 +356,27 @@ class MediaCopier:
                 self._archives[archive] = Source(archive)
             return self._archives[archive].open(member)
         return fsspec.open(uri, "rb").open()
+
+
+def _server(uri: str) -> str:
+    """The host (and port) of a network URL; "" for a local path."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme in ("file", "local", "memory"):
+        return ""
+    return rest.split("/", 1)[0]
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether the failure was reaching the server, not the file: a name that does
+    not resolve, a refused or timed-out connection (fsspec raises FileNotFoundError
+    for all of them; aiohttp's error, its cause, carries the OSError as `os_error`)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        for error in (seen, getattr(seen, "os_error", None)):
+            if isinstance(error, (ConnectionError, socket.gaierror, TimeoutError)):
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 BOXABLE = frozenset(
