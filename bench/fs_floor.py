@@ -1,26 +1,43 @@
 #!/usr/bin/env python3
 """The file-system floor of a one-file-per-image writer: create N files of B bytes.
 
-    python bench/fs_floor.py DIR N BYTES
+    python bench/fs_floor.py DIR N BYTES [PROCESSES]
 
 Plain `open`/`write`/`close` into one folder, nothing else: what any YOLO
-writer pays on that file system for the same number of label files.
+writer pays on that file system for the same number of label files. With
+PROCESSES > 1, that many processes share the N files (as a writer's workers
+do), which shows how far the file system lets file creation scale.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from itertools import pairwise
+from multiprocessing import Process
+
+
+def create(folder: str, first: int, stop: int, size: int) -> None:
+    data = b"0 0.500000 0.500000 0.250000 0.250000\n" * (size // 38 + 1)
+    data = data[:size]
+    for i in range(first, stop):
+        with open(os.path.join(folder, f"{i:012d}.txt"), "wb") as f:
+            f.write(data)
 
 
 def main() -> None:
     folder, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    processes = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     os.makedirs(folder, exist_ok=True)
-    data = b"0 0.500000 0.500000 0.250000 0.250000\n" * (size // 38 + 1)
-    data = data[:size]
-    for i in range(n):
-        with open(os.path.join(folder, f"{i:012d}.txt"), "wb") as f:
-            f.write(data)
+    if processes == 1:
+        create(folder, 0, n, size)
+        return
+    bounds = [n * k // processes for k in range(processes + 1)]
+    workers = [Process(target=create, args=(folder, a, b, size)) for a, b in pairwise(bounds)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
 
 
 if __name__ == "__main__":
