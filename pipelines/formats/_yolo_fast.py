@@ -16,7 +16,7 @@ writer.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -215,7 +215,9 @@ def write_boxes(
     result = WriteResult()
     copier = per_image.MediaCopier()
     folders: dict[str | None, tuple[str, str]] = {}
-    for items, anns in _batches(staging, task):
+    # An image's URL is read only to copy it: it is most of an items row group's bytes.
+    columns = ITEM_COLUMNS if save_images else tuple(c for c in ITEM_COLUMNS if c != "media_uri")
+    for items, anns in _batches(staging, task, columns):
         pos = anns.column("_pos").to_numpy()
         width = items.column("width").fill_null(0).to_numpy()
         height = items.column("height").fill_null(0).to_numpy()
@@ -248,7 +250,9 @@ def write_boxes(
     return result
 
 
-def _batches(staging: Staging, task: WriteTask) -> Iterator[tuple[pa.Table, pa.Table]]:
+def _batches(
+    staging: Staging, task: WriteTask, item_columns: Sequence[str]
+) -> Iterator[tuple[pa.Table, pa.Table]]:
     """(items, their annotations) of the shard, a batch of items at a time; `_pos` ties
     each annotation to its item's row in the batch, and an item's annotations keep
     source order.
@@ -260,7 +264,7 @@ def _batches(staging: Staging, task: WriteTask) -> Iterator[tuple[pa.Table, pa.T
     annotations image by image); a stable sort by item then hands out each batch's.
     """
     rows = _item_range(staging.count_rows("items"), task.shard, task.shards)
-    parts = list(staging.scan("items", ITEM_COLUMNS, rows=rows))
+    parts = list(staging.scan("items", item_columns, rows=rows))
     if not parts:
         return
     items = pa.concat_tables(parts).combine_chunks()
