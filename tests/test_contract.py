@@ -179,6 +179,7 @@ def test_staging_scan_reads_what_duckdb_reads_in_the_same_order(tmp_path: Path) 
     assert scanned() == rows
     assert scanned(rows=(7, 31)) == rows[7:31]
     assert scanned(groups=[1, 4]) == rows[6:12] + rows[20:26]  # groups of 6, then of the next file
+    assert list(staging.scan("annotations", columns, groups=[])) == []
     wanted = pa.array(["i2", "i5"])
     picked = list(
         staging.scan(
