@@ -57,13 +57,27 @@ def from_runs(lengths: Sequence[int], height: int, width: int, order: str = "C")
     return flat.reshape((height, width), order=order)
 
 
-def place(sub: np.ndarray, left: int, top: int, height: int, width: int) -> np.ndarray:
-    """A mask given over a box (left, top) → the same mask on a full height × width canvas."""
-    canvas = np.zeros((height, width), dtype=np.uint8)
+def encode_placed(sub: np.ndarray, left: int, top: int, height: int, width: int) -> tuple[str, int]:
+    """A mask given over a box at (left, top) of a height × width image → the image's
+    COCO RLE counts and the placed mask's sum; what lies outside the image is cut
+    off. Without the full canvas: COCO runs go down columns, so only the columns
+    the box covers are laid out, full height; those left and right of it are runs
+    of zeros. A brush mask on a large image was most of reading it (the canvas,
+    its column-major copy, its sum)."""
+    sub = sub[max(0, -top) :, max(0, -left) :]
+    left, top = max(0, left), max(0, top)
     h = max(0, min(sub.shape[0], height - top))
     w = max(0, min(sub.shape[1], width - left))
-    canvas[top : top + h, left : left + w] = sub[:h, :w]
-    return canvas
+    band = np.zeros((height, w), dtype=np.uint8)
+    band[top : top + h, :] = sub[:h, :w]
+    counts = runs(band.ravel(order="F"))
+    counts[0] += left * height  # the columns before the box
+    after = (width - left - w) * height
+    if len(counts) % 2:  # the last run is of zeros
+        counts[-1] += after
+    elif after:
+        counts.append(after)
+    return from_uncompressed(counts, height, width), int(band.sum())
 
 
 def area(counts: str, height: int, width: int) -> float:

@@ -21,6 +21,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -207,3 +208,21 @@ def test_staging_finds_row_groups_that_may_hold_nulls_from_their_footers(tmp_pat
     assert staging.groups_with_nulls("annotations", ["bbox_x"]) == [1, 3, 5, 6]
     numbered = [n for n, g in enumerate(staging.scan("annotations", ["ann_id"])) if len(g)]
     assert len(numbered) == 7  # `scan` numbers the same row groups
+
+
+def test_a_mask_placed_on_its_image_encodes_as_the_full_canvas_would() -> None:
+    from pipelines import masks
+
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        height, width = (int(v) for v in rng.integers(1, 30, 2))
+        h, w = (int(v) for v in rng.integers(1, 35, 2))
+        left, top = (int(v) for v in rng.integers(-3, 35, 2))  # past the edges too
+        sub = (rng.random((h, w)) < rng.random()).astype(np.uint8)
+        canvas = np.zeros((height + 160, width + 160), dtype=np.uint8)  # room on every side
+        canvas[top + 80 : top + 80 + h, left + 80 : left + 80 + w] = sub
+        full = canvas[80 : 80 + height, 80 : 80 + width]
+        assert masks.encode_placed(sub, left, top, height, width) == (
+            masks.encode(full),
+            int(full.sum()),
+        )

@@ -68,13 +68,6 @@ def decode_mask(text: str, bound: Any) -> tuple[np.ndarray, int, int]:
     return flat.reshape((h, w)), left, top
 
 
-def place(sub: np.ndarray, left: int, top: int, height: int, width: int) -> np.ndarray:
-    """A box mask on a height × width image, cut where the box leaves the image."""
-    canvas = np.zeros((height, width), dtype=np.uint8)
-    _copy(sub, top, left, canvas, 0, 0)
-    return canvas
-
-
 def encode_mask(canvas: np.ndarray, bound: Any = None) -> tuple[str, Any]:
     """A full-image mask → (run string, bound), the inverse of `decode_mask`.
 

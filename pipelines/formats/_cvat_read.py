@@ -500,16 +500,16 @@ class CvatReader:
             sub = masks.from_runs(runs, h, w, order="C")
         except ValueError as exc:
             raise _Bad(f"mask rle: {exc}") from None
-        full = masks.place(sub, left, top, height, width)
+        counts, area = masks.encode_placed(sub, left, top, height, width)
         row.update(
-            mask=masks.encode(full),
+            mask=counts,
             mask_h=height,
             mask_w=width,
             bbox_x=float(left),
             bbox_y=float(top),
             bbox_w=float(w),
             bbox_h=float(h),
-            area=float(full.sum()),
+            area=float(area),
         )
 
     @staticmethod

@@ -362,8 +362,7 @@ def bitmask_columns(bm: Any) -> dict[str, Any]:
     except ValueError as exc:
         raise Reject(f"bitmask rleString cannot be decoded: {exc}") from None
     h, w = dims["top"] + dims["height"], dims["left"] + dims["width"]
-    full = masks.place(sub, dims["left"], dims["top"], h, w) if dims["top"] or dims["left"] else sub
-    counts = masks.encode(full)
+    counts = masks.encode_placed(sub, dims["left"], dims["top"], h, w)[0]
     x, y, bw, bh = masks.bbox(counts, h, w)
     return {
         "units": "px",

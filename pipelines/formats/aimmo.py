@@ -35,7 +35,7 @@ import orjson
 from pipelines import masks
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
-from pipelines.formats._aimmo_rle import decode_mask, place
+from pipelines.formats._aimmo_rle import decode_mask
 from pipelines.formats._aimmo_write import TYPE_OF_KIND, plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
 from pipelines.schema import Batch
@@ -358,10 +358,9 @@ def _mask(ann: dict, size: tuple) -> _Shape:
     width, height = size
     if not (width and height):
         width, height = left + sub.shape[1], top + sub.shape[0]
-    canvas = place(sub, left, top, height, width)
-    counts = masks.encode(canvas)
+    counts, area = masks.encode_placed(sub, left, top, height, width)
     row: dict[str, Any] = {"mask": counts, "mask_h": height, "mask_w": width, "units": "px"}
-    row["area"] = float(canvas.sum())
+    row["area"] = float(area)
     if row["area"]:
         x, y, w, h = masks.bbox(counts, height, width)
         row.update(bbox_x=x, bbox_y=y, bbox_w=w, bbox_h=h)

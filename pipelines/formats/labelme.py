@@ -310,8 +310,8 @@ def _geometry(
     if isinstance(sub, str):
         return f"mask {sub}"
     # labelme draws the sub-mask from the first corner (integer pixel), rows then columns.
-    full = masks.place(sub.astype(np.uint8), int(min(x0, x1)), int(min(y0, y1)), height, width)
-    counts = masks.encode(full)
+    left, top = int(min(x0, x1)), int(min(y0, y1))
+    counts = masks.encode_placed(sub.astype(np.uint8), left, top, height, width)[0]
     bx, by, bw, bh = masks.bbox(counts, height, width)
     return _box("mask", bx, by, bw, bh) | {
         "mask": counts,
