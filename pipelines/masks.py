@@ -58,26 +58,38 @@ def from_runs(lengths: Sequence[int], height: int, width: int, order: str = "C")
 
 
 def encode_placed(sub: np.ndarray, left: int, top: int, height: int, width: int) -> tuple[str, int]:
-    """A mask given over a box at (left, top) of a height × width image → the image's
-    COCO RLE counts and the placed mask's sum; what lies outside the image is cut
-    off. Without the full canvas: COCO runs go down columns, so only the columns
-    the box covers are laid out, full height; those left and right of it are runs
-    of zeros. A brush mask on a large image was most of reading it (the canvas,
-    its column-major copy, its sum)."""
+    """A mask given over a box at (left, top) of a height × width image (non-zero =
+    set) → the image's COCO RLE counts and how many pixels are set; what lies outside
+    the image is cut off.
+
+    Without the full canvas: COCO runs go down the image's columns, so each run
+    of set pixels down a column of the box lands at a known place of the whole
+    image, and runs that meet across columns (a box as tall as the image) are
+    joined. A brush mask on a large image was most of reading it (the canvas,
+    its column-major copy, its runs, its sum).
+    """
     sub = sub[max(0, -top) :, max(0, -left) :]
     left, top = max(0, left), max(0, top)
     h = max(0, min(sub.shape[0], height - top))
     w = max(0, min(sub.shape[1], width - left))
-    band = np.zeros((height, w), dtype=np.uint8)
-    band[top : top + h, :] = sub[:h, :w]
-    counts = runs(band.ravel(order="F"))
-    counts[0] += left * height  # the columns before the box
-    after = (width - left - w) * height
-    if len(counts) % 2:  # the last run is of zeros
-        counts[-1] += after
-    elif after:
-        counts.append(after)
-    return from_uncompressed(counts, height, width), int(band.sum())
+    columns = np.zeros((w, h + 2), dtype=np.int8)  # a zero above and below each column
+    columns[:, 1:-1] = sub[:h, :w].T != 0
+    step = np.diff(columns, axis=1)
+    column, first = np.nonzero(step == 1)
+    last = np.nonzero(step == -1)[1]  # in the same order: each run's end after its start
+    at = (left + column) * height + top
+    starts, ends = at + first, at + last
+    joined = starts[1:] == ends[:-1]
+    if joined.any():
+        starts = starts[np.concatenate([[True], ~joined])]
+        ends = ends[np.concatenate([~joined, [True]])]
+    bounds = np.empty(2 * len(starts) + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, height * width
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    counts = np.diff(bounds).tolist()
+    if len(counts) > 1 and counts[-1] == 0:  # set to the last pixel: no zeros after
+        counts.pop()
+    return from_uncompressed(counts, height, width), int((ends - starts).sum())
 
 
 def area(counts: str, height: int, width: int) -> float:
