@@ -29,7 +29,7 @@ from pipelines import formats, memory
 from pipelines.errors import LabelflowError
 from pipelines.formats.base import ReadOptions, ReadTask, WriteOptions, WriteResult, WriteTask
 from pipelines.formats.parquet import COMPRESSION, TRANSIENT_COMPRESSION, PartWriter
-from pipelines.schema import DATA_TABLES, TABLES
+from pipelines.schema import DATA_TABLES, TABLES, Batch
 from pipelines.staging import Staging
 from pipelines.storage import Output, Source, fs_for
 
@@ -132,6 +132,8 @@ def run_read_task(
     try:
         for batch in fmt.read(task):
             batch = transforms.standard(batch)
+            if not task.options.boxed_vertices:
+                batch = _without_boxed_vertices(batch)
             if batch.rejects.num_rows:
                 kinds = pc.value_counts(batch.rejects.column("record_kind").cast("string"))
                 for kv in kinds.to_pylist():
@@ -155,6 +157,22 @@ def run_read_task(
         _discard(writer)
     memory.trim()  # between tasks, where nothing is re-allocated right after
     return result
+
+
+def _without_boxed_vertices(batch: Batch) -> Batch:
+    """The batch without the vertices of shapes that state a box (once the transforms
+    have filled boxes from vertices), counted as read: a staging that only feeds a
+    box-reading write need not hold them (`ReadOptions.boxed_vertices`)."""
+    points = batch.points
+    if not points.num_rows:
+        return batch
+    anns = batch.annotations
+    stated = [anns.column(c).is_valid() for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")]
+    boxed = anns.column("ann_id").filter(pc.and_(pc.and_(*stated[:2]), pc.and_(*stated[2:])))
+    kept = points.filter(pc.invert(pc.is_in(points.column("ann_id"), value_set=boxed)))
+    lean = batch.replace(points=kept)
+    lean.vertices_left_out += points.num_rows - kept.num_rows
+    return lean
 
 
 def _size(task: ReadTask) -> int:

@@ -37,8 +37,9 @@ class ReadOptions:
     boxed_vertices: bool = True
     """Stage the vertices of shapes that state a box. Off for staging that only feeds a
     write reading such shapes' boxes alone (`Format.boxes_suffice`) and is deleted
-    after: a reader may then leave those vertices out, counted in
-    `Batch.vertices_left_out` (COCO's polygons: half the cost of staging them)."""
+    after: the read task leaves them out once the transforms have filled boxes, and a
+    reader may leave them out sooner (COCO's, which then need not build them); both
+    count them in `Batch.vertices_left_out`."""
 
 
 @dataclass(frozen=True)

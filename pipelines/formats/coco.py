@@ -357,9 +357,6 @@ class _AnnotationReader:
         else:
             parts = seg if isinstance(seg[0], list) else [seg]
             b.annotation(**row, kind="polygon")
-            if not b.boxed_vertices and row["bbox_x"] is not None:
-                b.leave_out_vertices(sum(len(coords) // 2 for coords in parts))
-                return
             for part, coords in enumerate(parts):
                 b.points(ann_id, item_id, coords, part=part)
 
