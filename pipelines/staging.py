@@ -250,12 +250,15 @@ class Staging:
         ann_columns: Sequence[str] | None = None,
         point_columns: Sequence[str] | None = None,
         with_attributes: bool = True,
+        positions: tuple[int, int] | None = None,
     ) -> Iterator[ItemGroup]:
         """Items in source order with their annotations, points and attributes.
 
         `all_subsets=False` restricts to `subset` (None meaning items without
         one); `shard`/`shards` split the items by a hash of item_id so writers
-        can run one task per shard. Only the listed columns are fetched.
+        can run one task per shard; `positions` (first, last) keeps the items
+        after the first-th and through the last-th of those, a run in source
+        order. Only the listed columns are fetched.
         """
         con = self.con
         conds, params = [], []
@@ -268,9 +271,14 @@ class Staging:
         if shards > 1:
             conds.append(f"hash(item_id) % {int(shards)} = {int(shard)}")
         where = f"WHERE {' AND '.join(conds)}" if conds else ""
+        run = (
+            ""
+            if positions is None
+            else f"WHERE _pos > {int(positions[0])} AND _pos <= {int(positions[1])}"
+        )
         con.execute(
-            "CREATE OR REPLACE TABLE _sel AS SELECT item_id, row_number() OVER "
-            f"(ORDER BY filename, file_row_number) AS _pos FROM items {where}",
+            "CREATE OR REPLACE TABLE _sel AS SELECT * FROM (SELECT item_id, row_number() OVER "
+            f"(ORDER BY filename, file_row_number) AS _pos FROM items {where}) {run}",
             params,
         )
         items = self._rows(

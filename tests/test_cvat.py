@@ -11,7 +11,8 @@ from lxml import etree
 
 from pipelines import formats, masks
 from pipelines.errors import ParseError
-from pipelines.formats.base import ReadOptions
+from pipelines.formats import _cvat_write
+from pipelines.formats.base import ReadOptions, WriteOptions
 from pipelines.runner import convert
 from pipelines.storage import Source
 from tests.conftest import FIXTURES, PEER
@@ -381,3 +382,48 @@ def test_frames_of_one_sequence_are_written_as_video_with_closed_tracks(tmp_path
     }
     assert tracks["person"] == [("0", "0"), ("1", "0"), ("2", "0")]
     assert tracks["car"] == [("0", "0"), ("1", "1"), ("2", "0")]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "cvat_images/project_export",
+        "cvat_images/task_export_with_skeleton",
+        "coco_instances/coco_instances",
+        "datumaro/diverse",
+    ],
+)
+def test_images_written_in_parts_give_the_same_file(
+    source: str, tmp_path: Path, monkeypatch
+) -> None:
+    """A subset split between tasks (fragments joined by the last) is byte for byte the
+    file one task writes: image ids and names are decided by the items before each
+    run, and a name or id taken earlier is not reused."""
+    whole = tmp_path / "whole"
+    assert convert([str(PEER / source)], "cvat", str(whole), workers=1).ok
+    monkeypatch.setattr(_cvat_write, "MIN_PART_ITEMS", 1)
+    parts = tmp_path / "parts"
+    split = WriteOptions(workers=3)
+    assert convert([str(PEER / source)], "cvat", str(parts), workers=1, write_options=split).ok
+    files = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(parts) for p in parts.rglob("*") if p.is_file())
+    for rel in files:
+        assert (parts / rel).read_bytes() == (whole / rel).read_bytes(), rel
+
+
+def test_repeated_ids_and_names_stay_unique_across_parts(tmp_path: Path, monkeypatch) -> None:
+    images = "".join(
+        f'<image id="{k % 3}" name="{"a" if k % 2 else "b"}.jpg" width="4" height="4"/>'
+        for k in range(7)
+    )
+    xml = tmp_path / "annotations.xml"
+    xml.write_text(f"<annotations><version>1.1</version>{images}</annotations>")
+    monkeypatch.setattr(_cvat_write, "MIN_PART_ITEMS", 1)
+    out = tmp_path / "out"
+    split = WriteOptions(workers=3)
+    assert convert([str(xml)], "cvat", str(out), workers=1, write_options=split).ok
+    written = etree.parse(str(out / "annotations.xml")).getroot().findall("image")
+    ids = [int(i.get("id")) for i in written]
+    names = [i.get("name") for i in written]
+    assert len(written) == 7 and len(set(ids)) == 7 and len(set(names)) == 7
+    assert not list(out.rglob(".annotations.xml.parts"))

@@ -5,15 +5,19 @@ A subset that is the frames of exactly one video is written as CVAT for video
 anything else as CVAT for images, where outside shapes of tracks cannot be
 expressed and are skipped. The meta is the one read from CVAT when there is
 one (dataset attribute `meta`), with the labels rebuilt from label attributes
-and from what the annotations use. The XML is written incrementally; in video
-mode the shapes of each track are held until the subset is done, because a
-track gathers shapes from every frame.
+and from what the annotations use. The XML is written incrementally; a subset
+of images is split into runs of items written by parallel tasks as fragments of
+the file, joined by the last to finish (`_fragments.py`), with image ids and
+names decided by the items before each run. In video mode the shapes of each
+track are held until the subset is done, because a track gathers shapes from
+every frame: one task writes it.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,6 +29,7 @@ from lxml import etree
 from pipelines import masks
 from pipelines.builder import parse_attribute
 from pipelines.formats._cvat_read import ATTR_SOURCE, CUBOID_CORNERS, LIST_TAGS, XML_SOURCE
+from pipelines.formats._fragments import Fragments, Piece
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.grouping import IntGroups
 from pipelines.skeleton import flags, point_owner
@@ -65,14 +70,27 @@ class Shape:
 # -- plan ------------------------------------------------------------------------
 
 
+MIN_PART_ITEMS = 2048
+"""Smaller subsets are written by one task: splitting them costs more than it saves."""
+
+
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
+    """One task per subset, or, for a subset of images, one per run of its items (each
+    writes its `<image>` elements as fragments; the last to finish joins the file)."""
     subsets = staging.subsets() or [None]
     tasks = []
     for subset in subsets:
         name = "annotations.xml" if len(subsets) == 1 else f"{subset or 'default'}.xml"
-        opts = dataclasses.replace(options, extra={**options.extra, "cvat_file": name})
-        tasks.append(WriteTask("cvat", subset=subset, options=opts))
+        items = staging.scalar(f"SELECT count(*) FROM items WHERE {_SUBSET}", [subset])
+        video = _one_video(staging, subset)
+        parts = 1 if video is not None else max(1, min(options.workers, items // MIN_PART_ITEMS))
+        extra = {**options.extra, "cvat_file": name, "_items": items, "_video": video}
+        opts = dataclasses.replace(options, extra=extra)
+        tasks += [WriteTask("cvat", subset, k, parts, opts) for k in range(parts)]
     return tasks
+
+
+_SUBSET = "subset IS NOT DISTINCT FROM ?"
 
 
 # -- what the whole dataset says --------------------------------------------------
@@ -326,8 +344,11 @@ def _mask_box(ann: dict, full: np.ndarray) -> tuple[int, int, int, int] | None:
 
 def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
     result = WriteResult()
-    name = task.options.extra.get("cvat_file", "annotations.xml")
-    video = _one_video(staging, task.subset)
+    extra = task.options.extra
+    name = extra.get("cvat_file", "annotations.xml")
+    video = _one_video(staging, task.subset) if "_video" not in extra else extra["_video"]
+    if video is None:
+        return _write_images(task, staging, out, name, result)
     groups = staging.iter_items(subset=task.subset, all_subsets=False, point_columns=POINT_COLUMNS)
     with out.open(name, "wb") as f, etree.xmlfile(f, encoding="utf-8") as xf:
         xf.write_declaration()
@@ -335,38 +356,107 @@ def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
             xf.write("\n  ")
             xf.write(_to_xml("version", "1.1"))
             xf.write("\n  ")
-            if video is not None:
-                _write_video(xf, staging, groups, video, result)
-            else:
-                _write_images(xf, staging, groups, result)
+            _write_video(xf, staging, groups, video, result)
             xf.write("\n")
     result.files.append(name)
     return result
 
 
-def _write_images(xf: Any, staging: Staging, groups: Iterable[ItemGroup], result) -> None:
-    xf.write(_meta(staging, "annotation", None), pretty_print=True)
-    shapes = _Shapes(result, video=False)
-    used_ids: set[int] = set()
-    used_names: set[str] = set()
-    next_id = 0
-    for g in groups:
-        item = g.item
+def _write_images(
+    task: WriteTask, staging: Staging, out: Any, name: str, result: WriteResult
+) -> WriteResult:
+    """CVAT for images: this task's run of the subset's items as `<image>` elements,
+    straight into the file when it is the only task, else as its fragment."""
+    items = task.options.extra.get("_items")
+    if items is None:
+        items = staging.scalar(f"SELECT count(*) FROM items WHERE {_SUBSET}", [task.subset])
+    first = items * task.shard // task.shards
+    last = items * (task.shard + 1) // task.shards
+    names = _ImageNames()
+    columns = ("item_id", "native_id", "file_name", "media_type")
+    for row in staging.con.execute(  # the items before this run decide its ids and names
+        f"SELECT {', '.join(columns)} FROM items "
+        f"WHERE {_SUBSET} ORDER BY filename, file_row_number LIMIT ?",
+        [task.subset, first],
+    ).fetchall():
+        names.assign(dict(zip(columns, row, strict=True)))
+    groups = staging.iter_items(
+        subset=task.subset, all_subsets=False, point_columns=POINT_COLUMNS, positions=(first, last)
+    )
+    if task.shards == 1:
+        head, tail = _skeleton(staging)
+        with out.open(name, "wb") as f:
+            f.write(head)
+            _images(f, groups, names, result)
+            f.write(tail)
+        result.files.append(name)
+        return result
+    fragments = Fragments(out, name, task.shards)
+    with fragments.open("images", task.shard) as f:
+        _images(f, groups, names, result)
+    if fragments.finish(task.shard) is not None:
+        head, tail = _skeleton(staging)
+        fragments.join([head, Piece("images"), tail])
+        result.files.append(name)
+    return result
+
+
+_MARK = b"<!--images-->"
+
+
+def _skeleton(staging: Staging) -> tuple[bytes, bytes]:
+    """The file's bytes before and after its `<image>` elements."""
+    buf = io.BytesIO()
+    with etree.xmlfile(buf, encoding="utf-8") as xf:
+        xf.write_declaration()
+        with xf.element("annotations"):
+            xf.write("\n  ")
+            xf.write(_to_xml("version", "1.1"))
+            xf.write("\n  ")
+            xf.write(_meta(staging, "annotation", None), pretty_print=True)
+            xf.write(etree.Comment(_MARK[4:-3].decode()))
+            xf.write("\n")
+    head, tail = buf.getvalue().split(_MARK)
+    return head, tail
+
+
+class _ImageNames:
+    """Image ids and names as CVAT needs them, unique in the file: an item's own
+    integer id and file name unless an earlier item took them."""
+
+    def __init__(self) -> None:
+        self.used_ids: set[int] = set()
+        self.used_names: set[str] = set()
+        self.next_id = 0
+
+    def assign(self, item: dict[str, Any]) -> tuple[int, str] | None:
+        """(id, name) of the item's image; None for a video item (not written)."""
         if item.get("media_type") == "video":
-            result.lose("video items not written (CVAT for images holds their frames)")
-            continue
+            return None
         native = item.get("native_id")
-        if native is not None and native.isdigit() and int(native) not in used_ids:
+        if native is not None and native.isdigit() and int(native) not in self.used_ids:
             image_id = int(native)
         else:
-            while next_id in used_ids:
-                next_id += 1
-            image_id = next_id
-        used_ids.add(image_id)
+            while self.next_id in self.used_ids:
+                self.next_id += 1
+            image_id = self.next_id
+        self.used_ids.add(image_id)
         name = item.get("file_name") or native or item["item_id"]
-        if name in used_names:
+        if name in self.used_names:
             name = item["item_id"]
-        used_names.add(name)
+        self.used_names.add(name)
+        return image_id, name
+
+
+def _images(f: Any, groups: Iterable[ItemGroup], names: _ImageNames, result) -> None:
+    shapes = _Shapes(result, video=False)
+    for g in groups:
+        item = g.item
+        assigned = names.assign(item)
+        if assigned is None:
+            result.lose("video items not written (CVAT for images holds their frames)")
+            continue
+        image_id, name = assigned
         attrib = {"id": str(image_id), "name": name}
         if item.get("subset") is not None:
             attrib["subset"] = item["subset"]
@@ -387,7 +477,7 @@ def _write_images(xf: Any, staging: Staging, groups: Iterable[ItemGroup], result
             for shape in made:
                 el.append(shape.element())
             result.annotations += 1 if made else 0
-        xf.write(el, pretty_print=True)
+        f.write(etree.tostring(el, pretty_print=True, encoding="utf-8"))
         result.items += 1
 
 
