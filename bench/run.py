@@ -5,7 +5,7 @@
     python bench/run.py disk   [--corpus medium] [--disk-dir DIR]
     python bench/run.py jsonl  [--lines 50000] [--runs 3]
     python bench/run.py encord [--rows 10000] [--runs 3]
-    python bench/run.py writers [--corpus medium] [--runs 3]
+    python bench/run.py writers [--corpus medium] [--runs 3] [--tools staged_to_cvat_1w,...]
     python bench/run.py report              # tables + plot from what was recorded
 
 Every measured command runs in a fresh process tree under `bench/measure.py`:
@@ -290,7 +290,8 @@ def cmd_encord(env: Env, args: argparse.Namespace) -> None:
 
 
 def cmd_writers(env: Env, args: argparse.Namespace) -> None:
-    """Writers from staging Parquet (sharded YOLO, one-file COCO), 1 vs 2 workers."""
+    """Writers from staging Parquet (sharded YOLO, one-file COCO and CVAT XML), 1 vs 2
+    workers; CVAT only when asked for with --tools (it is the slowest)."""
     corpus = env.corpus(args.corpus)
     facts = corpus_facts(env, corpus)
     staged = env.work / f"staged_{args.corpus}"
@@ -301,10 +302,12 @@ def cmd_writers(env: Env, args: argparse.Namespace) -> None:
         TOOLS[f"staged_to_yolo_{w}w"] = lambda env, corpus, facts, out, w=w: [
             env.labelflow, "convert", str(staged), "--to", "yolo", "-o", "save_images=false",
             "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
-        TOOLS[f"staged_to_coco_{w}w"] = lambda env, corpus, facts, out, w=w: [
-            env.labelflow, "convert", str(staged), "--to", "coco",
-            "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
-    tools = ["staged_to_yolo_1w", "staged_to_yolo_2w", "staged_to_coco_1w", "staged_to_coco_2w"]
+        for fmt in ("coco", "cvat"):
+            TOOLS[f"staged_to_{fmt}_{w}w"] = lambda env, corpus, facts, out, w=w, fmt=fmt: [
+                env.labelflow, "convert", str(staged), "--to", fmt,
+                "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
+    default = [f"staged_to_{fmt}_{w}w" for fmt in ("yolo", "coco") for w in ("1", "2")]
+    tools = args.tools.split(",") if args.tools else default
     run_rounds(env, "writers", args.corpus, corpus, facts, tools, args.runs, env.out)
 
 
