@@ -91,6 +91,7 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 
 
 _SUBSET = "subset IS NOT DISTINCT FROM ?"
+_REPLAY_ROWS = 65_536
 
 
 # -- what the whole dataset says --------------------------------------------------
@@ -374,12 +375,14 @@ def _write_images(
     last = items * (task.shard + 1) // task.shards
     names = _ImageNames()
     columns = ("item_id", "native_id", "file_name", "media_type")
-    for row in staging.con.execute(  # the items before this run decide its ids and names
+    before = staging.con.cursor().execute(  # the items before this run decide its ids and names
         f"SELECT {', '.join(columns)} FROM items "
         f"WHERE {_SUBSET} ORDER BY filename, file_row_number LIMIT ?",
         [task.subset, first],
-    ).fetchall():
-        names.assign(dict(zip(columns, row, strict=True)))
+    )
+    while rows := before.fetchmany(_REPLAY_ROWS):
+        for row in rows:
+            names.assign(dict(zip(columns, row, strict=True)))
     groups = staging.iter_items(
         subset=task.subset, all_subsets=False, point_columns=POINT_COLUMNS, positions=(first, last)
     )
