@@ -347,7 +347,7 @@ def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
     result = WriteResult()
     extra = task.options.extra
     name = extra.get("cvat_file", "annotations.xml")
-    video = _one_video(staging, task.subset) if "_video" not in extra else extra["_video"]
+    video = extra["_video"]  # found when planning
     if video is None:
         return _write_images(task, staging, out, name, result)
     groups = staging.iter_items(subset=task.subset, all_subsets=False, point_columns=POINT_COLUMNS)
@@ -368,9 +368,7 @@ def _write_images(
 ) -> WriteResult:
     """CVAT for images: this task's run of the subset's items as `<image>` elements,
     straight into the file when it is the only task, else as its fragment."""
-    items = task.options.extra.get("_items")
-    if items is None:
-        items = staging.scalar(f"SELECT count(*) FROM items WHERE {_SUBSET}", [task.subset])
+    items = task.options.extra["_items"]
     first = items * task.shard // task.shards
     last = items * (task.shard + 1) // task.shards
     names = _ImageNames()
