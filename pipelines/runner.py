@@ -29,7 +29,7 @@ from pipelines import formats, memory
 from pipelines.errors import LabelflowError
 from pipelines.formats.base import ReadOptions, ReadTask, WriteOptions, WriteResult, WriteTask
 from pipelines.formats.parquet import COMPRESSION, TRANSIENT_COMPRESSION, PartWriter
-from pipelines.schema import DATA_TABLES, TABLES, Batch
+from pipelines.schema import DATA_TABLES, TABLES, Batch, box_stated
 from pipelines.staging import Staging
 from pipelines.storage import Output, Source, fs_for
 
@@ -167,8 +167,7 @@ def _without_boxed_vertices(batch: Batch) -> Batch:
     if not points.num_rows:
         return batch
     anns = batch.annotations
-    stated = [anns.column(c).is_valid() for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")]
-    boxed = anns.column("ann_id").filter(pc.and_(pc.and_(*stated[:2]), pc.and_(*stated[2:])))
+    boxed = anns.column("ann_id").filter(box_stated(anns))
     kept = points.filter(pc.invert(pc.is_in(points.column("ann_id"), value_set=boxed)))
     lean = batch.replace(points=kept)
     lean.vertices_left_out += points.num_rows - kept.num_rows

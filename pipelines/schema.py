@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -221,6 +222,18 @@ class Batch:
             },
             vertices_left_out=sum(b.vertices_left_out for b in parts),
         )
+
+
+BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
+
+
+def box_stated(columns: Any) -> pa.Array | pa.ChunkedArray:
+    """Per annotation row, whether all four `BOX` columns have a value: the box a
+    box-reading writer uses as it is. `columns`: a table, or a dict of its columns."""
+    import pyarrow.compute as pc
+
+    x, y, w, h = (columns[c].is_valid() for c in BOX)
+    return pc.and_(pc.and_(x, y), pc.and_(w, h))
 
 
 def conform(table: pa.Table, name: str) -> pa.Table:

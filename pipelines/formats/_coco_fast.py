@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from pipelines.builder import BatchBuilder, attribute_text, finite_float, value_type
 from pipelines.masks import from_uncompressed
+from pipelines.schema import box_stated
 
 FAST_KEYS = frozenset({"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"})
 """Every certified annotation has these keys, and at most `attributes` besides (CVAT
@@ -257,7 +258,7 @@ class ColumnMapper:
             rows = chunk.polygon_rows[lo:hi] - start
             polygons = chunk.polygons.slice(lo, hi - lo)
             if not b.boxed_vertices:
-                boxed = _stated(cols, ("bbox_x", "bbox_y", "bbox_w", "bbox_h"))[rows]
+                boxed = np.asarray(box_stated(cols))[rows]
                 b.leave_out_vertices(len(polygons.filter(boxed).flatten().flatten()) // 2)
                 polygons, rows = polygons.filter(~boxed), rows[~boxed]
             if len(rows):
@@ -479,11 +480,6 @@ def _polygons(
     bad_part |= _any_per_list(_bad_values(parts.flatten()), parts.offsets.to_numpy())
     odd[row_index] |= _any_per_list(bad_part, part_offsets)
     return arr, row_index
-
-
-def _stated(cols: dict[str, Any], names: tuple[str, ...]) -> np.ndarray:
-    """Per row, whether every one of these columns has a value."""
-    return np.logical_and.reduce([np.asarray(cols[n].is_valid()) for n in names])
 
 
 def _points(

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from pipelines.formats import _per_image as per_image
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
-from pipelines.schema import TABLES
+from pipelines.schema import BOX, TABLES, box_stated
 from pipelines.staging import Staging
 from pipelines.storage import Output
 
@@ -40,7 +40,6 @@ _ANN_COLUMNS = (
 )  # fmt: skip
 _DICTIONARY_COLUMNS = ("kind", "label")
 _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
-_BOX = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 
 
 ANNOTATIONS_PER_SHARD = 25_000
@@ -183,15 +182,12 @@ def _eligible(staging: Staging) -> bool:
     if pc.count_distinct(ids).as_py() != len(ids):
         return False
     # Boxes are usually all stated: the rest is read only where one may be missing.
-    unstated_groups = staging.groups_with_nulls("annotations", _BOX)
+    unstated_groups = staging.groups_with_nulls("annotations", BOX)
     sized = ids.filter(pa.array(per_image.sized(items)))
     boxable = pa.array(sorted(per_image.BOXABLE))
     columns = ["item_id", *_ANN_COLUMNS[1:-2]]  # through the box
     for part in staging.scan("annotations", columns, groups=unstated_groups):
-        unstated = pc.or_(
-            pc.or_(pc.is_null(part.column("bbox_x")), pc.is_null(part.column("bbox_y"))),
-            pc.or_(pc.is_null(part.column("bbox_w")), pc.is_null(part.column("bbox_h"))),
-        )
+        unstated = pc.invert(box_stated(part))
         writable = pc.and_(
             pc.and_(pc.invert(part.column("outside").fill_null(False)), unstated),
             pc.and_(part.column("label").is_valid(), pc.is_in(part.column("kind"), boxable)),
@@ -320,10 +316,7 @@ def _label_text(
     is `text[bounds[i]:bounds[i + 1]]`): `cls cx cy w h` per writable annotation, as
     `_Lines` formats it."""
     sel = np.flatnonzero(writable)
-    x, y, bw, bh = (
-        anns.column(c).to_numpy(zero_copy_only=False)[sel]
-        for c in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
-    )
+    x, y, bw, bh = (anns.column(c).to_numpy(zero_copy_only=False)[sel] for c in BOX)
     w = width[pos[sel]].astype(np.float64)
     h = height[pos[sel]].astype(np.float64)
     labels = anns.column("label").combine_chunks().take(pa.array(sel))
