@@ -13,6 +13,7 @@ from pipelines.formats._fragments import Fragments, Piece
 from pipelines.formats.base import WriteOptions
 from pipelines.masks import encode, from_uncompressed, to_uncompressed
 from pipelines.runner import convert
+from pipelines.staging import Staging
 from pipelines.storage import Output
 from tests.conftest import PEER
 
@@ -94,6 +95,22 @@ def test_renumbered_ids_run_on_across_parts(
     assert [(a["id"], a["image_id"], a["bbox"][0]) for a in anns] == [
         (1, 5, 1), (2, 5, 2), (3, 3, 3), (4, 9, 0), (5, 9, 4)
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_plan_keeps_annotation_ids_exactly_when_merged_annotations_have_unique_ints(
+    sample: str, tmp_path: Path
+) -> None:
+    staging = Staging(str(_staged(sample, tmp_path)))
+    for subset in staging.subsets():
+        plan = _coco_write._plan_subset(staging, subset, 1, b"", [], {})
+        where, params = _coco_write._where(subset)
+        merged = (
+            "SELECT a.native_id AS n FROM annotations a JOIN items i USING (item_id) WHERE "
+            f"{where.replace('subset', 'i.subset')} "
+            "GROUP BY a.native_id, coalesce(a.group_id, a.ann_id)"
+        )
+        assert plan.ann_ids == _coco_write._keep_native(staging, merged, params)
 
 
 def test_numbering_that_disagrees_with_the_plan_fails() -> None:

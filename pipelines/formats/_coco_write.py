@@ -122,20 +122,24 @@ def _plan_subset(
     where, params = _where(subset)
     i_where = where.replace("subset", "i.subset")
     image_ids = _keep_native(staging, f"SELECT native_id AS n FROM items i WHERE {i_where}", params)
-    ann_ids = _keep_native(
-        staging,
-        "SELECT a.native_id AS n FROM annotations a JOIN items i USING (item_id) "
-        f"WHERE {i_where} GROUP BY a.native_id, coalesce(a.group_id, a.ann_id)",
+    # One pass answers the usual case: every annotation row has an integer id of its
+    # own, so the annotations they merge into do too. Only otherwise is the merging
+    # counted (1 GB: 0.68 → 0.30 s with the kinds).
+    subset_anns = f"FROM annotations a JOIN items i USING (item_id) WHERE {i_where}"
+    rows, distinct, ints, kind_list = staging.con.execute(
+        "SELECT count(*), count(DISTINCT TRY_CAST(a.native_id AS BIGINT)), "
+        f"count(TRY_CAST(a.native_id AS BIGINT)), list(DISTINCT a.kind) {subset_anns}",
         params,
-    )
-    kinds = {
-        r[0]
-        for r in staging.con.execute(
-            "SELECT DISTINCT a.kind FROM annotations a JOIN items i USING (item_id) "
-            f"WHERE {i_where}",
+    ).fetchone()
+    ann_ids = rows > 0 and rows == distinct == ints
+    if not ann_ids:
+        ann_ids = _keep_native(
+            staging,
+            f"SELECT a.native_id AS n {subset_anns} "
+            "GROUP BY a.native_id, coalesce(a.group_id, a.ann_id)",
             params,
-        ).fetchall()
-    }
+        )
+    kinds = set(kind_list or ())
     prefix = (
         "person_keypoints"
         if "keypoints" in kinds
