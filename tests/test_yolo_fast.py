@@ -68,7 +68,7 @@ def test_same_files_and_losses(
     assert written == _files(tmp_path / "slow")
 
 
-def test_fixed6_is_pythons_formatting() -> None:
+def _awkward_values() -> np.ndarray:
     rng = np.random.default_rng(7)
     widths = rng.choice([640.0, 480.0, 427.0, 333.0, 1024.0, 375.0], 20_000)
     values = np.concatenate(
@@ -82,8 +82,25 @@ def test_fixed6_is_pythons_formatting() -> None:
             [np.nan, np.inf, -np.inf],
         ]
     )
-    values = np.concatenate([values, np.nextafter(values, np.inf), np.nextafter(values, -np.inf)])
+    return np.concatenate([values, np.nextafter(values, np.inf), np.nextafter(values, -np.inf)])
+
+
+def test_fixed6_is_pythons_formatting() -> None:
+    values = _awkward_values()
     assert _yolo_fast.fixed6(values).to_pylist() == [f"{v:.6f}" for v in values.tolist()]
+
+
+def test_coordinate_text_is_pythons_formatting_row_by_row() -> None:
+    values = _awkward_values()
+    rng = np.random.default_rng(8)
+    regular = rng.random((4, 50_000)) * 1.2  # mostly in [0, 10): the byte-matrix rows
+    fields = [np.concatenate([rng.permutation(values), r]) for r in regular]
+    expected = [
+        "".join(f" {v:.6f}" for v in row) + "\n"
+        for row in zip(*(f.tolist() for f in fields), strict=True)
+    ]
+    assert [t.decode() for t in _yolo_fast.coordinate_text(fields).to_pylist()] == expected
+    assert _yolo_fast.coordinate_text([np.array([])] * 4).to_pylist() == []
 
 
 NAMES = [
