@@ -313,6 +313,27 @@ def test_colliding_names_get_a_suffix(tmp_path: Path) -> None:
     assert len(list((out / "obj_train_data").glob("1_*.txt"))) == 2
 
 
+def test_image_lists_follow_subsets_in_order_of_first_sized_item(tmp_path: Path) -> None:
+    rows = [("a.jpg", "val", 8), ("b.png", None, 8), ("c.jpg", "", 8), ("d.jpg", "val", None),
+            ("e.jpg", "test", None), ("f.bmp", "val", 8)]  # fmt: skip
+    items = [
+        {"item_id": name, "file_name": name, "width": size, "height": size, "subset": subset}
+        for name, subset, size in rows
+    ]
+    out = tmp_path / "o"
+    options = WriteOptions(extra={"save_images": "false"})
+    staged = stage(tmp_path / "s", items)
+    assert convert([staged], "yolo", str(out), workers=1, write_options=options).ok
+    assert (out / "obj.data").read_text().splitlines()[1:3] == [
+        "val = data/val.txt", "train = data/train.txt"
+    ]  # fmt: skip
+    assert (out / "val.txt").read_text() == "data/obj_val_data/a.jpg\ndata/obj_val_data/f.bmp\n"
+    assert (out / "train.txt").read_text() == (
+        "data/obj_train_data/b.png\ndata/obj_train_data/c.jpg\n"
+    )
+    assert not (out / "test.txt").exists()
+
+
 def test_item_name_escaping_the_output_is_refused(tmp_path: Path) -> None:
     items = [{"item_id": "e", "file_name": "../../evil.jpg", "width": 10, "height": 10}]
     root = stage(tmp_path / "s", items)

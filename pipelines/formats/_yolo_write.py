@@ -25,7 +25,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from pipelines.builder import parse_attribute
@@ -154,20 +155,20 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
     lists = per_image.LineFiles(out, result)
     try:
         for items in staging.scan("items", _yolo_fast.ITEM_COLUMNS):
-            keep = np.flatnonzero(per_image.sized(items)).tolist()
-            subset_of = [s or DEFAULT_SUBSET for s in items.column("subset").to_pylist()]
-            present = list(dict.fromkeys(subset_of[i] for i in keep))
+            items = items.filter(pa.array(per_image.sized(items)))
+            subset = items.column("subset").cast(pa.string())
+            named = pc.fill_null(pc.not_equal(subset, ""), False)
+            subset_of = pc.if_else(named, subset, DEFAULT_SUBSET)
+            present = pc.unique(subset_of).to_pylist()  # in order of first appearance
             subsets += [s for s in present if s not in subsets]
             if layout != "yolo":
                 continue
-            stems = per_image.output_stems(items, collisions, per_subset=True)
-            suffixes = per_image.image_suffixes(items).to_pylist()
+            stems = pa.array(per_image.output_stems(items, collisions, per_subset=True))
+            suffixes = per_image.image_suffixes(items)
             for s in present:
                 image_dir = _dirs(layout, s)[1]
-                lines = (
-                    f"data/{image_dir}/{stems[i]}{suffixes[i]}" for i in keep if subset_of[i] == s
-                )
-                lists.extend(f"{s}.txt", lines)
+                paths = pc.binary_join_element_wise(f"data/{image_dir}/", stems, suffixes, "")
+                lists.extend(f"{s}.txt", paths.filter(pc.equal(subset_of, s)).to_pylist())
         subsets = subsets or [DEFAULT_SUBSET]
         if layout == "yolo":
             for s in subsets:
