@@ -85,7 +85,9 @@ class PartWriter:
     def _flush(self, name: str) -> None:
         if not self._pending[name]:
             return
-        table = pa.concat_tables(self._pending[name])
+        # One dictionary for the row group: chunks with dictionaries of their own made
+        # the Parquet writer fall back to plain pages for the later ones.
+        table = pa.concat_tables(self._pending[name]).unify_dictionaries()
         self._pending[name], self._pending_rows[name], self._pending_bytes[name] = [], 0, 0
         writer = self._writers.get(name)
         if writer is None:
