@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from pipelines.builder import BatchBuilder, attribute_text, finite_float, value_type
 from pipelines.masks import from_uncompressed
-from pipelines.schema import box_stated
+from pipelines.schema import ANNOTATIONS, box_stated
 
 FAST_KEYS = frozenset({"id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"})
 """Every certified annotation has these keys, and at most `attributes` besides (CVAT
@@ -292,23 +292,38 @@ def _objects(values: list, odd: np.ndarray) -> list[dict]:
     return [v if type(v) is dict else _NO_ATTRIBUTES for v in values]
 
 
+def _flag(value: Any) -> bool | None:
+    return value if type(value) is bool else None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+ATTRIBUTE_COLUMNS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("occluded", "occluded", _flag),
+    ("angle_deg", "rotation", finite_float),
+    ("track_id", "track_id", _text),
+    ("keyframe", "keyframe", _flag),
+)
+"""(column, key of CVAT's `attributes`, the value's conversion): what both COCO read
+paths fill from that object (null where the value does not convert), and what the
+COCO writer gives back under the key."""
+
+
+def attribute_values(attrs: dict) -> dict[str, Any]:
+    """The columns one annotation's `attributes` object fills (the row path)."""
+    return {column: convert(attrs.get(key)) for column, key, convert in ATTRIBUTE_COLUMNS}
+
+
 def _attribute_columns(attrs: list[dict]) -> dict[str, pa.Array]:
-    """The columns the row path fills from CVAT's attributes (`coco._AnnotationReader`):
-    occluded and keyframe when booleans, rotation when a finite number, track_id as
-    text."""
+    """`attribute_values` of every row, a column at a time, for the keys present."""
     present = set().union(*attrs)
-    columns: dict[str, pa.Array] = {}
-    for column, key in (("occluded", "occluded"), ("keyframe", "keyframe")):
-        if key in present:
-            values = [a.get(key) for a in attrs]
-            columns[column] = pa.array([v if type(v) is bool else None for v in values])
-    if "rotation" in present:
-        rotations = [finite_float(a.get("rotation")) for a in attrs]
-        columns["angle_deg"] = pa.array(rotations, pa.float64())
-    if "track_id" in present:
-        values = [a.get("track_id") for a in attrs]
-        columns["track_id"] = pa.array([None if v is None else str(v) for v in values])
-    return columns
+    return {
+        column: pa.array([convert(a.get(key)) for a in attrs], ANNOTATIONS.field(column).type)
+        for column, key, convert in ATTRIBUTE_COLUMNS
+        if key in present
+    }
 
 
 def _attribute_rows(

@@ -33,6 +33,7 @@ import orjson
 import pyarrow as pa
 
 from pipelines.builder import parse_attribute
+from pipelines.formats._coco_fast import ATTRIBUTE_COLUMNS
 from pipelines.formats._fragments import Fragments, Piece
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.jsonframe import paused_gc
@@ -45,8 +46,6 @@ from pipelines.storage import Output
 
 _DIRECT = ("bbox", "polygon", "mask", "keypoints", "caption")
 _AS_BOX = ("rotated_bbox", "polyline", "point", "points", "ellipse", "cuboid_2d")
-_COLUMN_ATTRS = (("occluded", "occluded"), ("angle_deg", "rotation"), ("track_id", "track_id"),
-                 ("keyframe", "keyframe"))  # fmt: skip
 _ANN_COLUMNS = ("ann_id", "native_id", "kind", "label", "bbox_x", "bbox_y", "bbox_w", "bbox_h",
                 "area", "iscrowd", "confidence", "mask", "mask_h", "mask_w", "text", "group_id",
                 "outside", "occluded", "angle_deg", "track_id", "keyframe")  # fmt: skip
@@ -554,7 +553,7 @@ def _base(a: SimpleNamespace, row: int, image_id: int, cat_ids: dict[str, int], 
             continue  # another format's spelling detail
         target = {"coco": top, "coco_layout": layout}.get(source, named)
         target[key] = parse_attribute(value, value_type)
-    for column, key in _COLUMN_ATTRS:
+    for column, key, _ in ATTRIBUTE_COLUMNS:
         value = getattr(a, column)[row]
         if value is not None and key not in named:
             named[key] = value

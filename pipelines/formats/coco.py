@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 
 from pipelines import jsonframe, memory
-from pipelines.builder import BatchBuilder, finite_float, is_finite, to_json
+from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
 from pipelines.formats._coco_fast import (
     IMAGE_KNOWN,
     ColumnMapper,
     Fallback,
     ImageIds,
+    attribute_values,
     image_segments,
 )
 from pipelines.formats._coco_write import plan_write, write
@@ -315,10 +316,7 @@ class _AnnotationReader:
             "area": ann.get("area"),
             "iscrowd": bool(ann.get("iscrowd")) if "iscrowd" in ann else None,
             "confidence": ann.get("score"),
-            "occluded": _bool(attrs.get("occluded")),
-            "angle_deg": finite_float(attrs.get("rotation")),
-            "track_id": None if attrs.get("track_id") is None else str(attrs["track_id"]),
-            "keyframe": _bool(attrs.get("keyframe")),
+            **attribute_values(attrs),
         }
         kpts = ann.get("keypoints")
         caption = ann.get("caption")
@@ -380,10 +378,6 @@ class _AnnotationReader:
 
 def _visible(kpts: list) -> int:
     return sum(1 for v in kpts[2::3] if v and v > 0)
-
-
-def _bool(v: Any) -> bool | None:
-    return v if isinstance(v, bool) else None
 
 
 def _check(ann: dict) -> str | None:
