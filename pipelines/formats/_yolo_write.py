@@ -163,12 +163,16 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
             subsets += [s for s in present if s not in subsets]
             if layout != "yolo":
                 continue
-            stems = pa.array(per_image.output_stems(items, collisions, per_subset=True))
-            suffixes = per_image.image_suffixes(items)
+            stems = pa.array(
+                per_image.output_stems(items, collisions, per_subset=True), pa.string()
+            )
+            files = pc.binary_join_element_wise(stems, per_image.image_suffixes(items), "")
             for s in present:
-                image_dir = _dirs(layout, s)[1]
-                paths = pc.binary_join_element_wise(f"data/{image_dir}/", stems, suffixes, "")
-                lists.extend(f"{s}.txt", paths.filter(pc.equal(subset_of, s)).to_pylist())
+                folder = f"data/{_dirs(layout, s)[1]}/"
+                in_subset = files.filter(pc.equal(subset_of, s))
+                lists.extend(
+                    f"{s}.txt", pc.binary_join_element_wise(folder, in_subset, "").to_pylist()
+                )
         subsets = subsets or [DEFAULT_SUBSET]
         if layout == "yolo":
             for s in subsets:
