@@ -243,7 +243,7 @@ class ColumnMapper:
         ann_id = pc.binary_join_element_wise(f"{self.stem}/a", idx, "")
         cols = {k: v.slice(start, n) for k, v in chunk.columns.items()}
         cols["ann_id"] = ann_id
-        cols["units"] = pa.array(["px"]).take(pa.array(np.zeros(n, dtype=np.int64)))
+        cols["units"] = pa.repeat("px", n)
         cols["kind"] = _KINDS.take(pa.array(chunk.kind[start:stop]))
         lo, hi = np.searchsorted(chunk.rle_rows, [start, stop])
         uncompressed: list[int] = []
@@ -362,7 +362,7 @@ def _attribute_rows(
         columns = {
             "owner_id": ann_id.take(at), "item_id": item_id.take(at), "key": keys,
             "value": values, "value_type": types, "source": sources,
-            "owner_kind": pa.array(["annotation"]).take(pa.array(np.zeros(len(owners), np.int64))),
+            "owner_kind": pa.repeat("annotation", len(owners)),
         }  # fmt: skip
         b.attribute_block(columns, len(owners))
 
@@ -581,9 +581,9 @@ def image_segments(
         raise Fallback from exc
     if int(odd.sum()) > MAX_ODD_ROWS:
         raise Fallback
-    columns["media_type"] = pa.array(["image"]).take(pa.array(np.zeros(n, dtype=np.int64)))
+    columns["media_type"] = pa.repeat("image", n)
     if subset is not None:
-        columns["subset"] = pa.array([subset]).take(pa.array(np.zeros(n, dtype=np.int64)))
+        columns["subset"] = pa.repeat(pa.scalar(subset, pa.string()), n)
     start = 0
     for k in [*np.flatnonzero(odd).tolist(), n]:
         if k > start:
