@@ -47,8 +47,9 @@ def _libc(function: str):
 
 _TRIM = _libc("malloc_trim")
 _MALLOPT = _libc("mallopt")
-_M_MMAP_THRESHOLD = -3  # malloc.h
+_M_TOP_PAD, _M_MMAP_THRESHOLD = -2, -3  # malloc.h
 MMAP_THRESHOLD = 128 * 1024
+TOP_PAD = 8 << 20
 
 
 def map_large_blocks() -> None:
@@ -63,6 +64,21 @@ def map_large_blocks() -> None:
     """
     if _MALLOPT is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         _MALLOPT(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def pad_heap_top() -> None:
+    """Keep `TOP_PAD` of free heap above its top, for a write task's next batch.
+
+    Setting the mmap threshold (`map_large_blocks`) also fixes glibc's trim
+    threshold at 128 KB: each time a write task freed a batch's smaller blocks,
+    the heap's top went back to the system and the next batch faulted it in again
+    (staged 1 GB → YOLO, 2 workers: 850k page faults, 3.2 s of system time). With
+    the pad: 70k faults, 2.1 s, and the write from 4.9 to 4.4 s. For write tasks
+    only: set in the planning process too, it held COCO → YOLO's tree PSS on
+    200 MB 20 MB higher; in the tasks alone, 2–4 MB. A user's MALLOC_TOP_PAD_ wins.
+    """
+    if _MALLOPT is not None and "MALLOC_TOP_PAD_" not in os.environ:
+        _MALLOPT(_M_TOP_PAD, TOP_PAD)
 
 
 def trim() -> None:

@@ -209,6 +209,7 @@ def run_write_task(task: WriteTask, staging: Staging, out: Output) -> WriteResul
     fmt = formats.get(task.format)
     assert fmt.write is not None
     memory.map_large_blocks()
+    memory.pad_heap_top()
     return fmt.write(task, staging, out)
 
 
