@@ -40,7 +40,6 @@ from pipelines.jsonframe import paused_gc
 from pipelines.masks import area as rle_area
 from pipelines.masks import bbox as rle_bbox
 from pipelines.masks import to_uncompressed
-from pipelines.memory import trim
 from pipelines.staging import Staging
 from pipelines.storage import Output
 
@@ -190,7 +189,6 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         for block in _blocks(staging, plan, part):
             with paused_gc():  # a block's lists and dicts hold no cycles
                 writer.block(block, images, anns)
-            trim()  # the block's objects are gone: give their pages back
     infos = fragments.finish(part, orjson.dumps([start, writer.written]))
     if infos is not None:
         if plan.ann_offsets is not None:
