@@ -14,6 +14,7 @@ from pipelines import formats, runner
 from pipelines import staging as staging_module
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
+from pipelines.formats._item_spans import item_spans
 from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
 from pipelines.staging import Staging
@@ -169,7 +170,7 @@ def test_shards_bounded_by_annotations_write_the_same_files(tmp_path: Path, monk
     assert whole.ok and split.ok
     assert planned and planned[0] > 1
     staging = Staging(str(staged))
-    groups = _yolo_fast.item_spans(staging).groups(planned[0])
+    groups = _yolo_fast.shard_groups(item_spans(staging, "annotations"), planned[0])
     holding = [n for n, part in enumerate(staging.scan("annotations", ["item_id"])) if len(part)]
     assert sorted({g for shard in groups for g in shard}) == holding  # each read by a shard
     assert (split.lossy, split.counts, split.files) == (whole.lossy, whole.counts, whole.files)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.formats import _per_image as per_image
+from pipelines.formats._item_spans import ItemSpans
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.schema import BOX, TABLES, box_stated
 from pipelines.staging import Staging
@@ -55,7 +55,7 @@ def shard_count(staging: Staging, options: WriteOptions) -> int | None:
     write them all (the per-item writer's sharding applies then).
 
     Shards are runs of items in source order, one per worker or more to bound
-    memory; `item_spans` tells each which row groups hold its annotations.
+    memory; `shard_groups` tells each which row groups hold its annotations.
     """
     if not _eligible(staging):
         return None
@@ -65,90 +65,9 @@ def shard_count(staging: Staging, options: WriteOptions) -> int | None:
     return max(1, min(wanted, items))
 
 
-class ItemSpans(NamedTuple):
-    """Where each annotation row group's items lie in the items table."""
-
-    items: int
-    """Rows of the items table."""
-    spans: list[tuple[int, int] | None]
-    """Per annotation row group (numbered as `Staging.scan` numbers them): the first
-    and last row, in source order, of the items it holds annotations of; None when
-    it holds none."""
-
-    def groups(self, shards: int) -> list[list[int]]:
-        """For each shard (a run of items: `_item_range`), the row groups to read."""
-        bounds = [_item_range(self.items, k, shards)[0] for k in range(1, shards)]
-        wanted: list[list[int]] = [[] for _ in range(shards)]
-        for number, span in enumerate(self.spans):
-            if span is not None:
-                first, last = np.searchsorted(bounds, span, side="right")
-                for k in range(int(first), int(last) + 1):
-                    wanted[k].append(number)
-        return wanted
-
-
-def item_spans(staging: Staging) -> ItemSpans:
-    """One pass over the annotations' item ids, when planning, spares every shard a
-    pass of its own: exports usually list annotations image by image, so a shard's
-    lie in a few row groups (in a shuffled table each shard reads them all, and is
-    no worse off than without this).
-
-    The item ids are held a window at a time (`Staging.item_windows`): past one
-    window, one pass over the annotations' item ids per window, in bounded memory.
-    """
-    spans: list[tuple[int, int] | None] = []
-    windows = staging.item_windows()
-    for rows in windows:
-        ids = pa.concat_tables(staging.scan("items", ["item_id"], rows=rows)).column("item_id")
-        found = _window_spans(staging, ids, rows[0])
-        spans = found if not spans else [_merge(a, b) for a, b in zip(spans, found, strict=True)]
-    return ItemSpans(windows[-1][1] if windows else 0, spans)
-
-
-def _window_spans(
-    staging: Staging, ids: pa.ChunkedArray, start: int
-) -> list[tuple[int, int] | None]:
-    """`ItemSpans.spans` for the items `ids` (rows from `start` of the items table).
-
-    Annotation item ids are read dictionary-encoded: an item's id is looked up once
-    per row group that holds it, not once per annotation (1 GB: 0.30 → 0.25 s).
-    """
-    spans: list[tuple[int, int] | None] = []
-    pending: list[list[pa.DictionaryArray]] = []  # per row group, its chunks
-
-    def place() -> None:
-        # One lookup for many row groups: each call hashes all of `ids` again.
-        joined = pa.chunked_array([c.dictionary for part in pending for c in part], pa.string())
-        positions, offset = pc.index_in(joined, value_set=ids), 0
-        for part in pending:
-            found = []
-            for chunk in part:
-                pos = positions.slice(offset, len(chunk.dictionary))
-                offset += len(chunk.dictionary)
-                found.append(pos.take(pc.unique(chunk.indices)))  # the values it uses
-            extremes = pc.min_max(pa.chunked_array(found, pa.int32())).values()
-            low, high = (v.as_py() for v in extremes)
-            spans.append(None if low is None else (start + low, start + high))
-        pending.clear()
-
-    for part in staging.scan("annotations", ["item_id"], dictionary=["item_id"]):
-        pending.append(part.column("item_id").chunks)
-        if sum(len(c.dictionary) for p in pending for c in p) >= _LOOKUP_ROWS:
-            place()
-    if pending:
-        place()
-    return spans
-
-
-def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
-    if a is None or b is None:
-        return a or b
-    return min(a[0], b[0]), max(a[1], b[1])
-
-
-_LOOKUP_ROWS = 500_000
-"""Distinct annotation item ids (per row group) looked up at a time when planning
-(~8 MB)."""
+def shard_groups(spans: ItemSpans, shards: int) -> list[list[int]]:
+    """For each shard, the annotation row groups that hold its items."""
+    return spans.groups([_item_range(spans.items, k, shards) for k in range(shards)])
 
 
 def _item_range(total: int, shard: int, shards: int) -> tuple[int, int]:

@@ -34,6 +34,7 @@ from pipelines.errors import LabelflowError
 from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
+from pipelines.formats._item_spans import item_spans
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import Staging
 from pipelines.storage import Output
@@ -61,14 +62,14 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
         with ThreadPoolExecutor(threads) as pool:
             names = pool.submit(per_image.class_names, staging, FAMILY, "class_id")
             collisions = pool.submit(per_image.colliding_stems, staging, per_subset=True)
-            spans = pool.submit(_yolo_fast.item_spans, staging) if task == "detect" else None
+            spans = pool.submit(item_spans, staging, "annotations") if task == "detect" else None
             settings: dict[str, Any] = {"_layout": layout, "_task": task}
             if task == "pose":
                 settings["_kpt"] = _kpt_count(staging)
             shards = _yolo_fast.shard_count(staging, options) if task == "detect" else None
             settings["_columns"] = shards is not None  # every box stated: the column path
             if shards is not None and spans is not None:
-                settings["_groups"] = spans.result().groups(shards)
+                settings["_groups"] = _yolo_fast.shard_groups(spans.result(), shards)
             settings["_names"] = names.result()
             settings["_collisions"] = sorted(collisions.result())
         return per_image.plan_sharded(fmt, staging, options, shards=shards, **settings)
