@@ -193,6 +193,21 @@ class Staging:
                 number += 1
         return groups
 
+    def group_files(self, table: str) -> list[str] | None:
+        """The part file of each row group (numbered as `scan` numbers them), as the
+        table's `filename` column names it: a query that filters on those names has
+        DuckDB open only those files. None if a file's name is not found there."""
+        # DuckDB names a file by its URL (s3://bucket/key), fsspec by its path.
+        named = self.con.execute(f"SELECT DISTINCT filename FROM {table}").fetchall()
+        by_path = {name.split("://", 1)[-1]: name for (name,) in named}
+        files: list[str] = []
+        for path, meta in zip(self._parts(table), self._footers(table), strict=True):
+            name = by_path.get(path.split("://", 1)[-1])
+            if name is None and meta.num_rows:
+                return None
+            files += [name or path] * meta.num_row_groups
+        return files
+
     def _footers(self, table: str) -> Iterator[Any]:
         """The footers of the table's part files, in `_parts` order, one at a time."""
         import pyarrow.parquet as pq

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.formats import _coco_write
+from pipelines import jsonframe
+from pipelines.formats import _coco_write, coco
 from pipelines.formats._fragments import Fragments, Piece
 from pipelines.formats.base import WriteOptions
 from pipelines.masks import encode, from_uncompressed, to_uncompressed
@@ -95,6 +96,54 @@ def test_renumbered_ids_run_on_across_parts(
     assert [(a["id"], a["image_id"], a["bbox"][0]) for a in anns] == [
         (1, 5, 1), (2, 5, 2), (3, 3, 3), (4, 9, 0), (5, 9, 4)
     ]  # fmt: skip
+
+
+def test_parts_read_only_the_files_that_hold_their_items(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two subsets, their annotations listed image by image and read in several tasks:
+    # staging holds several part files a table, and each part needs only some.
+    for subset in ("train", "val"):
+        doc = {
+            "images": [{"id": i, "file_name": f"{subset}{i}.jpg", "width": 90, "height": 90}
+                       for i in range(40)],
+            "annotations": [
+                {"id": 2 * i + k, "image_id": i, "category_id": 1, "bbox": [i, k, 2, 2],
+                 "area": 4, "segmentation": [[i, k, i + 2, k, i + 2, k + 2.5]],
+                 "attributes": {"occluded": bool(k), "colour": f"c{i}"}}
+                for i in range(40) for k in range(2)
+            ],
+            "categories": [{"id": 1, "name": "a"}],
+        }  # fmt: skip
+        (tmp_path / f"instances_{subset}.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(coco, "ONE_TASK_BYTES", 0)
+    monkeypatch.setattr(jsonframe, "MIN_TASK_BYTES", 2000)
+    monkeypatch.setattr(jsonframe, "CHUNK_BYTES", 1000)
+    staged = tmp_path / "staged"
+    sources = [str(tmp_path / f"instances_{s}.json") for s in ("train", "val")]
+    assert convert(sources, "parquet", str(staged), workers=1).ok
+    whole = convert([str(staged)], "coco", str(tmp_path / "whole"), workers=1)
+    monkeypatch.setattr(_coco_write, "MIN_PART_ITEMS", 1)
+    options = WriteOptions(workers=3)
+    staging = Staging(str(staged))
+    plans = [t.options.extra["_coco_plan"] for t in _coco_write.plan_write(staging, options)]
+    split = convert([str(staged)], "coco", str(tmp_path / "split"), workers=1,
+                    write_options=options)  # fmt: skip
+    assert whole.ok and split.ok
+    assert _files(tmp_path / "split") == _files(tmp_path / "whole")
+    for plan in plans[::3]:  # one plan a subset, three parts each
+        where, params = _coco_write._where(plan.subset)
+        positions = _coco_write._positions(where)
+        for k, reads in enumerate(plan.reads):
+            lo, hi = plan.bounds[k], plan.bounds[k + 1]
+            for table in _coco_write._SPANNED:
+                holding = staging.con.execute(
+                    f"SELECT DISTINCT t.filename FROM {table} t JOIN ({positions}) s "
+                    f"USING (item_id) WHERE s.pos > {lo} AND s.pos <= {hi}",
+                    params,
+                ).fetchall()
+                assert {f for (f,) in holding} <= set(reads[table])  # all it needs,
+                assert 0 < len(reads[table]) <= 3  # of more than six files
 
 
 @pytest.mark.parametrize("sample", SAMPLES)

@@ -24,6 +24,7 @@ import itertools
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -35,6 +36,7 @@ import pyarrow as pa
 from pipelines.builder import parse_attribute
 from pipelines.formats._coco_fast import ATTRIBUTE_COLUMNS
 from pipelines.formats._fragments import Fragments, Piece
+from pipelines.formats._item_spans import ItemSpans, item_spans
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.jsonframe import paused_gc
 from pipelines.masks import area as rle_area
@@ -49,6 +51,8 @@ _ANN_COLUMNS = ("ann_id", "native_id", "kind", "label", "bbox_x", "bbox_y", "bbo
                 "area", "iscrowd", "confidence", "mask", "mask_h", "mask_w", "text", "group_id",
                 "outside", "occluded", "angle_deg", "track_id", "keyframe")  # fmt: skip
 _PLAN = "_coco_plan"
+_SPANNED = ("annotations", "points", "attributes")
+"""The tables a part reads only the files of its items from (`SubsetPlan.reads`)."""
 BLOCK_ITEMS = 1024
 """Items per block: a block's rows are the most a task holds at once."""
 _SPILL_ROWS = 16_384
@@ -74,6 +78,9 @@ class SubsetPlan:
     cat_ids: dict[str, int]
     head: bytes
     categories: bytes
+    reads: tuple[dict[str, tuple[str, ...]], ...] | None = None
+    """Per part, for each table in `_SPANNED`, the part files that hold rows of its items
+    (`_part_reads`); a table not named, or None: every file."""
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
@@ -81,17 +88,24 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     # hands that memory back before the tasks run (DuckDB keeps it while open).
     planner = Staging(staging.url, PLAN_MEMORY, staging.threads)
     try:
-        head = b"".join(
-            orjson.dumps(k) + b":" + orjson.dumps(v) + b"," for k, v in _head(planner).items()
-        )
-        categories = _categories(planner)
-        cat_ids = {c["name"]: c["id"] for c in categories}
-        tasks = []
-        for subset in planner.subsets():
-            plan = _plan_subset(planner, subset, options.workers, head, categories, cat_ids)
-            opts = dataclasses.replace(options, extra={**options.extra, _PLAN: plan})
-            parts = len(plan.bounds) - 1
-            tasks += [WriteTask("coco", subset, k, parts, opts) for k in range(parts)]
+        with ThreadPoolExecutor(len(_SPANNED)) as pool:
+            # Found while DuckDB plans, for the subsets split into parts.
+            spanned = _SPANNED if options.workers > 1 else ()
+            spans = {t: pool.submit(item_spans, planner, t) for t in spanned}
+            head = b"".join(
+                orjson.dumps(k) + b":" + orjson.dumps(v) + b"," for k, v in _head(planner).items()
+            )
+            categories = _categories(planner)
+            cat_ids = {c["name"]: c["id"] for c in categories}
+            tasks = []
+            for subset in planner.subsets():
+                plan = _plan_subset(planner, subset, options.workers, head, categories, cat_ids)
+                parts = len(plan.bounds) - 1
+                if parts > 1 and spans:
+                    found = {t: future.result() for t, future in spans.items()}
+                    plan = dataclasses.replace(plan, reads=_part_reads(planner, plan, found))
+                opts = dataclasses.replace(options, extra={**options.extra, _PLAN: plan})
+                tasks += [WriteTask("coco", subset, k, parts, opts) for k in range(parts)]
     finally:
         planner.con.close()
     return tasks
@@ -107,6 +121,29 @@ def _positions(where: str) -> str:
         "SELECT item_id, row_number() OVER (ORDER BY filename, file_row_number) AS pos "
         f"FROM items WHERE {where}"
     )
+
+
+def _part_reads(
+    staging: Staging, plan: SubsetPlan, spans: dict[str, ItemSpans]
+) -> tuple[dict[str, tuple[str, ...]], ...]:
+    """`SubsetPlan.reads`: each part's queries then read only the files that hold its
+    rows, where each read every table whole. Staged 1 GB, 2 parts: the vertex query
+    of a part took 3.6–3.9 s with every file, 2.7 s with the files of its items."""
+    where, params = _where(plan.subset)
+    rows = staging.con.execute(
+        "SELECT row FROM (SELECT subset, row_number() OVER (ORDER BY filename, "
+        f"file_row_number) - 1 AS row FROM items) WHERE {where} ORDER BY row",
+        params,
+    ).fetchnumpy()["row"]
+    # A part's items lie between these rows of the items table (with another subset's).
+    runs = [(int(rows[lo]), int(rows[hi - 1]) + 1) for lo, hi in itertools.pairwise(plan.bounds)]
+    reads: list[dict[str, tuple[str, ...]]] = [{} for _ in runs]
+    for table, found in spans.items():
+        files = staging.group_files(table)
+        if files is not None:
+            for k, groups in enumerate(found.groups(runs)):
+                reads[k][table] = tuple(dict.fromkeys(files[g] for g in groups))
+    return tuple(reads)
 
 
 def _plan_subset(
@@ -231,6 +268,7 @@ class _Block:
 def _blocks(staging: Staging, plan: SubsetPlan, part: int) -> Iterator[_Block]:
     where, params = _where(plan.subset)
     lo, hi = plan.bounds[part], plan.bounds[part + 1]
+    reads = plan.reads[part] if plan.reads else {}
     con = staging.con
     sel, files = f"_coco_items_{part}", f"_coco_files_{part}"
     con.execute(
@@ -248,7 +286,7 @@ def _blocks(staging: Staging, plan: SubsetPlan, part: int) -> Iterator[_Block]:
     )
     key = f"f.fid * {1 << 40} + a.file_row_number AS akey"
     owners = (
-        f"annotations a JOIN {sel} s ON a.item_id = s.item_id "
+        f"{_read('annotations', reads)} a JOIN {sel} s ON a.item_id = s.item_id "
         f"JOIN {files} f ON a.filename = f.filename"
     )
     blocks = -(-(hi - lo) // BLOCK_ITEMS)
@@ -264,11 +302,11 @@ def _blocks(staging: Staging, plan: SubsetPlan, part: int) -> Iterator[_Block]:
                     "ON i.item_id = s.item_id",
                     f"SELECT s.block, s.pos, {key}, {ann_cols} FROM {owners}",
                     f"SELECT s.block, {key}, coalesce(p.part, -1) AS part, p.idx, p.x, p.y, "
-                    f"p.visibility FROM {owners} JOIN points p "
+                    f"p.visibility FROM {owners} JOIN {_read('points', reads)} p "
                     "ON p.ann_id = a.ann_id AND p.item_id = a.item_id "
                     "WHERE a.kind IN ('polygon', 'keypoints')",
                     f"SELECT s.block, {key}, t.filename, t.file_row_number, t.key, t.value, "
-                    f"t.value_type, t.source FROM {owners} JOIN attributes t "
+                    f"t.value_type, t.source FROM {owners} JOIN {_read('attributes', reads)} t "
                     "ON t.owner_id = a.ann_id AND t.item_id = a.item_id",
                 )
             ]
@@ -276,6 +314,14 @@ def _blocks(staging: Staging, plan: SubsetPlan, part: int) -> Iterator[_Block]:
                 yield _block(*(stream.take(k) for stream in streams))
     finally:
         con.execute(f"DROP TABLE IF EXISTS {sel}; DROP TABLE IF EXISTS {files}")
+
+
+def _read(table: str, reads: dict[str, tuple[str, ...]]) -> str:
+    """The table, or the rows of only the files `reads` names for it."""
+    if table not in reads:
+        return table
+    names = ", ".join("'{}'".format(name.replace("'", "''")) for name in reads[table])
+    return f"(SELECT * FROM {table} WHERE filename IN ({names or 'NULL'}))"
 
 
 def _block(items: pa.Table, anns: pa.Table, points: pa.Table, attrs: pa.Table) -> _Block:
