@@ -257,7 +257,8 @@ def output_stems(
     names = _item_names(items)
     stems = pc.replace_substring_regex(names, _EXT.pattern, "").to_pylist()
     if collisions:
-        subsets = items.column("subset").to_pylist() if per_subset else [None] * len(stems)
+        subset = items.column("subset").cast(pa.string())  # staged dictionary-encoded
+        subsets = subset.to_pylist() if per_subset else [None] * len(stems)
         ids = items.column("item_id").to_pylist()
         for i, (subset, stem) in enumerate(zip(subsets, stems, strict=True)):
             if (subset, stem.lower()) in collisions:
