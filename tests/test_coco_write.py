@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,41 @@ def test_parts_read_only_the_files_that_hold_their_items(
                 ).fetchall()
                 assert {f for (f,) in holding} <= set(reads[table])  # all it needs,
                 assert 0 < len(reads[table]) <= 3  # of more than six files
+
+
+_FEW_FILES = """
+import resource, sys
+from pipelines.formats import _coco_write
+from pipelines.runner import convert
+resource.setrlimit(resource.RLIMIT_NOFILE, (200, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+_coco_write.BLOCK_ITEMS = 1  # 600 blocks: one spill file open for each while a part is read
+_coco_write.MAX_PART_BLOCKS = 64
+report = convert([sys.argv[1]], "coco", sys.argv[2], workers=1)
+print(report.ok, report.files)
+"""
+
+
+def test_a_big_subset_gets_parts_enough_to_stay_under_the_open_file_limit(
+    tmp_path: Path,
+) -> None:
+    doc = {
+        "images": [{"id": i, "file_name": f"{i}.jpg", "width": 9, "height": 9} for i in range(600)],
+        "annotations": [
+            {"id": i, "image_id": i, "category_id": 1, "bbox": [1, 1, 2, 2], "area": 4}
+            for i in range(600)
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+    }
+    src = tmp_path / "instances_x.json"
+    src.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-c", _FEW_FILES, str(src), str(out)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["True", "1"]
+    written = json.loads((out / "annotations/instances_x.json").read_text())
+    assert [a["image_id"] for a in written["annotations"]] == list(range(600))
 
 
 @pytest.mark.parametrize("sample", SAMPLES)
