@@ -43,10 +43,16 @@ class ItemGroup:
     """owner_id → attribute rows; the item's own attributes are under its item_id."""
 
 
+MEMORY_LIMIT = "256MB"
+"""DuckDB's memory for a connection: its sorts and joins spill past it to the system's
+temporary folder. Staging 1 GB → CVAT XML, 2 workers: 1 GB took 89 s and 2.98 GB of
+tree PSS, 256 MB 84 s and 1.55 GB; at 64 MB the iter_items streams do not fit."""
+
+
 class Staging:
     """A read-only view of a staging dataset, local or on object storage."""
 
-    def __init__(self, url: str, memory_limit: str = "1GB", threads: int = 1) -> None:
+    def __init__(self, url: str, memory_limit: str = MEMORY_LIMIT, threads: int = 1) -> None:
         self.url = url.rstrip("/")
         self.memory_limit = memory_limit
         self.threads = threads

@@ -64,8 +64,6 @@ a spill file open for each of its blocks (1,250 blocks failed under the usual li
 of 1,024 open files: an export of 5 GB would have had 1,000 a part), and DuckDB's
 joins hold a part's rows: staging 1 GB → COCO, 2 workers, 256 blocks a part: tree
 PSS 677–684 MB, 128: 523–567 MB, as fast (18.4–18.5 and 18.6–19.2 s); 64: 20.6 s."""
-PLAN_MEMORY = "256MB"
-"""DuckDB's limit while planning: its counts over whole tables spill beyond it."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ class SubsetPlan:
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     # Planning counts over whole tables; a connection of its own, closed at the end,
     # hands that memory back before the tasks run (DuckDB keeps it while open).
-    planner = Staging(staging.url, PLAN_MEMORY, staging.threads)
+    planner = Staging(staging.url, staging.memory_limit, staging.threads)
     try:
         with ThreadPoolExecutor(len(_SPANNED)) as pool:
             # Found while DuckDB plans, for the subsets split into parts.
