@@ -24,7 +24,10 @@ from pipelines.storage import fs_for
 if TYPE_CHECKING:
     import duckdb
 
-_FETCH_ROWS = 65_536
+_FETCH_ROWS = 8_192
+"""Rows `iter_items` takes from each of its four streams at a time, each row a dict:
+65,536 held ~100 MB of dicts a worker. Staging → CVAT XML, 2 workers, tree PSS:
+200 MB 1.25 → 0.87 GB, 1 GB 1.55 → 1.03 GB, as fast (15.75 → 15.3 s, 84.3 → 82.5 s)."""
 
 IN_MEMORY_ITEMS = 1_000_000
 """Planning a write holds the dataset's item ids in memory (pyarrow: fast, no DuckDB;
