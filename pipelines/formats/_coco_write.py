@@ -103,11 +103,14 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
             categories = _categories(planner)
             cat_ids = {c["name"]: c["id"] for c in categories}
             tasks = []
+            found: dict[str, tuple[ItemSpans, list[str] | None]] = {}
             for subset in planner.subsets():
                 plan = _plan_subset(planner, subset, options.workers, head, categories, cat_ids)
                 parts = len(plan.bounds) - 1
                 if parts > 1 and spans:
-                    found = {t: future.result() for t, future in spans.items()}
+                    found = found or {
+                        t: (future.result(), planner.group_files(t)) for t, future in spans.items()
+                    }
                     plan = dataclasses.replace(plan, reads=_part_reads(planner, plan, found))
                 opts = dataclasses.replace(options, extra={**options.extra, _PLAN: plan})
                 tasks += [WriteTask("coco", subset, k, parts, opts) for k in range(parts)]
@@ -129,7 +132,7 @@ def _positions(where: str) -> str:
 
 
 def _part_reads(
-    staging: Staging, plan: SubsetPlan, spans: dict[str, ItemSpans]
+    staging: Staging, plan: SubsetPlan, found: dict[str, tuple[ItemSpans, list[str] | None]]
 ) -> tuple[dict[str, tuple[str, ...]], ...]:
     """`SubsetPlan.reads`: each part's queries then read only the files that hold its
     rows, where each read every table whole. Staged 1 GB, 2 parts: the vertex query
@@ -143,10 +146,9 @@ def _part_reads(
     # A part's items lie between these rows of the items table (with another subset's).
     runs = [(int(rows[lo]), int(rows[hi - 1]) + 1) for lo, hi in itertools.pairwise(plan.bounds)]
     reads: list[dict[str, tuple[str, ...]]] = [{} for _ in runs]
-    for table, found in spans.items():
-        files = staging.group_files(table)
+    for table, (spans, files) in found.items():  # files: `Staging.group_files`
         if files is not None:
-            for k, groups in enumerate(found.groups(runs)):
+            for k, groups in enumerate(spans.groups(runs)):
                 reads[k][table] = tuple(dict.fromkeys(files[g] for g in groups))
     return tuple(reads)
 
