@@ -138,13 +138,18 @@ def _part_reads(
     rows, where each read every table whole. Staged 1 GB, 2 parts: the vertex query
     of a part took 3.6–3.9 s with every file, 2.7 s with the files of its items."""
     where, params = _where(plan.subset)
-    rows = staging.con.execute(
-        "SELECT row FROM (SELECT subset, row_number() OVER (ORDER BY filename, "
-        f"file_row_number) - 1 AS row FROM items) WHERE {where} ORDER BY row",
-        params,
-    ).fetchnumpy()["row"]
+    pairs = list(itertools.pairwise(plan.bounds))
+    ends = ", ".join(str(p) for lo, hi in pairs for p in (lo + 1, hi))
+    row_of = dict(
+        staging.con.execute(
+            "SELECT pos, row FROM (SELECT row, row_number() OVER (ORDER BY row) AS pos FROM "
+            "(SELECT subset, row_number() OVER (ORDER BY filename, file_row_number) - 1 AS "
+            f"row FROM items) WHERE {where}) WHERE pos IN ({ends})",
+            params,
+        ).fetchall()
+    )
     # A part's items lie between these rows of the items table (with another subset's).
-    runs = [(int(rows[lo]), int(rows[hi - 1]) + 1) for lo, hi in itertools.pairwise(plan.bounds)]
+    runs = [(row_of[lo + 1], row_of[hi] + 1) for lo, hi in pairs]
     reads: list[dict[str, tuple[str, ...]]] = [{} for _ in runs]
     for table, (spans, files) in found.items():  # files: `Staging.group_files`
         if files is not None:
@@ -198,23 +203,39 @@ def _plan_subset(
     )
     # Kept ids need no numbering: then the costly distinct count is skipped.
     written = "0" if ann_ids else f"count(DISTINCT CASE WHEN {kept} THEN {key} END)"
-    counts = staging.con.execute(
+    # Running sums per item, kept in DuckDB (which spills them): only the few
+    # positions that bound the parts come to Python, however many items.
+    con = staging.con
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _coco_work AS SELECT pos, sum(rows + 1) OVER "
+        "(ORDER BY pos) AS work, sum(written) OVER (ORDER BY pos) AS written FROM ("
         f"WITH s AS ({_positions(where)}) SELECT s.pos, count(a.ann_id) AS rows, "
-        f"{written} AS written FROM s LEFT JOIN annotations a USING (item_id) "
-        "GROUP BY s.pos ORDER BY s.pos",
+        f"{written} AS written FROM s LEFT JOIN annotations a USING (item_id) GROUP BY s.pos)",
         params,
-    ).fetchnumpy()
-    n = len(counts["pos"])
+    )
+    n, total = con.execute("SELECT count(*), coalesce(max(work), 0) FROM _coco_work").fetchone()
     parts = max(1, min(workers, n // MIN_PART_ITEMS), -(-n // (MAX_PART_BLOCKS * BLOCK_ITEMS)))
-    work = np.cumsum(counts["rows"].astype(np.int64) + 1)
-    cuts = np.searchsorted(work, work[-1] * np.arange(1, parts) / parts, side="left") + 1
-    bounds = (0, *sorted({int(c) for c in cuts if 0 < c < n}), n)
-    written = np.concatenate(([0], np.cumsum(counts["written"].astype(np.int64))))
+    # Work grows with position: part j starts after the first item whose work
+    # reaches j / parts of the total (the last item's reaches all of it).
+    firsts = con.execute(
+        f"SELECT work * {parts} // {max(total, 1)} AS k, min(pos) FROM _coco_work "
+        "GROUP BY k ORDER BY k"
+    ).fetchall()
+    cuts = {next(pos for k, pos in firsts if k >= j) for j in range(1, parts)}
+    bounds = (0, *sorted(c for c in cuts if 0 < c < n), n)
+    offsets = None
+    if not ann_ids:
+        through = dict(
+            con.execute(
+                f"SELECT pos, written FROM _coco_work WHERE pos IN ({', '.join(map(str, bounds))})"
+            ).fetchall()
+        )
+        offsets = tuple(int(through.get(b, 0)) for b in bounds[:-1])
     return SubsetPlan(
         subset=subset,
         name=f"annotations/{prefix}_{subset or 'default'}.json",
         bounds=bounds,
-        ann_offsets=None if ann_ids else tuple(int(written[b]) for b in bounds[:-1]),
+        ann_offsets=offsets,
         image_ids=image_ids,
         ann_ids=ann_ids,
         cat_ids=cat_ids,
