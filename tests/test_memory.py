@@ -84,16 +84,17 @@ with open("/proc/self/status") as f:
 """
 
 
-def test_large_blocks_freed_between_live_ones_leave_no_resident_holes() -> None:
+def _glibc_run(code: str, mode: str) -> int:
+    """The number `code` prints, run in a fresh interpreter with glibc's defaults."""
     if memory._MALLOPT is None:
-        pytest.skip("not glibc: map_large_blocks is a no-op by design")
+        pytest.skip("not glibc: the heap settings are a no-op by design")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    run = subprocess.run([sys.executable, "-c", code, mode], env=env, capture_output=True)
+    return int(run.stdout)
 
-    def resident_kb(mode: str) -> int:
-        run = subprocess.run([sys.executable, "-c", _HOLES, mode], env=env, capture_output=True)
-        return int(run.stdout)
 
-    assert resident_kb("fixed") < resident_kb("default") - 50_000
+def test_large_blocks_freed_between_live_ones_leave_no_resident_holes() -> None:
+    assert _glibc_run(_HOLES, "fixed") < _glibc_run(_HOLES, "default") - 50_000
 
 
 _CHURN = """
@@ -111,13 +112,5 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def test_a_padded_heap_keeps_its_top_between_batches() -> None:
-    if memory._MALLOPT is None:
-        pytest.skip("not glibc: pad_heap_top is a no-op by design")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-
-    def faults(mode: str) -> int:
-        run = subprocess.run([sys.executable, "-c", _CHURN, mode], env=env, capture_output=True)
-        return int(run.stdout)
-
     # Unpadded, each batch's pages go back to the system and are faulted in again.
-    assert faults("padded") * 4 < faults("default")
+    assert _glibc_run(_CHURN, "padded") * 4 < _glibc_run(_CHURN, "default")
