@@ -538,6 +538,8 @@ def _write_all(
         wtasks = ex.call(plan_write, target.name, planning, opts)
     small = report.counts["annotations"]["read"] < INLINE_WRITE_ANNOTATIONS
     place = "inline" if small and not ex.started else "auto"
+    for table in DATA_TABLES:  # its files, listed and counted once, go with every task
+        staging.count_rows(table)
     calls = [(t, staging, output) for t in wtasks]
     for res in ex.map(run_write_task, calls, progress, "write", place):
         report.counts["items"]["written"] += res.items

@@ -18,6 +18,7 @@ must hold the same annotations per item (matched by file name), field by field.
 from __future__ import annotations
 
 import json
+import pickle
 from collections import Counter
 from pathlib import Path
 
@@ -192,6 +193,15 @@ def test_staging_scan_reads_what_duckdb_reads_in_the_same_order(tmp_path: Path) 
     )
     assert all(pa.types.is_dictionary(t.schema.field("label").type) for t in picked)
     assert pa.concat_tables(picked).to_pylist() == [r for r in rows if r["item_id"] in ("i2", "i5")]
+    # A task's copy knows the files' sizes: it opens none before the rows it wants.
+    copy = pickle.loads(pickle.dumps(staging))
+    (part_dir / "part-00002.parquet").unlink()
+
+    def copied(**kwargs) -> list[dict]:
+        return pa.concat_tables(copy.scan("annotations", columns, **kwargs)).to_pylist()
+
+    assert copied(groups=[4]) == rows[20:26]
+    assert copied(rows=(25, 30)) == rows[25:30]
 
 
 def test_staging_finds_row_groups_that_may_hold_nulls_from_their_footers(tmp_path: Path) -> None:
