@@ -455,8 +455,10 @@ def convert(
         else:
             own_staging = staging or tempfile.mkdtemp(prefix="labelflow-staging-")
             staging_url = own_staging
+        # Read once its files are written; what it learns of them goes to the write.
+        source = Staging(staging_url)
         if staged:
-            counts = staged_counts(Staging(staged))  # from the footers: no pool needed
+            counts = staged_counts(source)  # from the footers: no pool needed
             report.rejects = counts.pop("rejects")
             for table, n in counts.items():
                 report.counts[table]["read"] = n
@@ -478,9 +480,7 @@ def convert(
             # A staged source leaves the pool still starting: a writer that needs no
             # DuckDB plans here meanwhile, instead of waiting for a worker.
             plan_here = bool(staged) and not target.write_queries
-            _write_all(
-                target, Staging(staging_url), output, ex, report, write_options, progress, plan_here
-            )
+            _write_all(target, source, output, ex, report, write_options, progress, plan_here)
             if report.rejects:
                 _keep_rejects(staging_url, output, target.single_file)
         output.commit()
