@@ -82,6 +82,8 @@ class SubsetPlan:
     cat_ids: dict[str, int]
     head: bytes
     categories: bytes
+    edges: tuple[tuple[str, int, str, int], ...] = ()
+    """Per part, the file and row of its first item and of its last (none: no items)."""
     reads: tuple[dict[str, tuple[str, ...]], ...] | None = None
     """Per part, for each table in `_SPANNED`, the part files that hold rows of its items
     (`_part_reads`); a table not named, or None: every file."""
@@ -123,11 +125,12 @@ def _where(subset: str | None) -> tuple[str, list]:
     return ("subset IS NULL", []) if subset is None else ("subset = ?", [subset])
 
 
-def _positions(where: str) -> str:
-    """The subset's items with their 1-based position in source order."""
+def _positions(where: str, first: int = 0) -> str:
+    """The subset's items (those `where` keeps) with their 1-based position in source
+    order, counted from `first`, and where they are."""
     return (
-        "SELECT item_id, row_number() OVER (ORDER BY filename, file_row_number) AS pos "
-        f"FROM items WHERE {where}"
+        f"SELECT item_id, filename, file_row_number, {int(first)} + row_number() OVER "
+        f"(ORDER BY filename, file_row_number) AS pos FROM items WHERE {where}"
     )
 
 
@@ -207,10 +210,11 @@ def _plan_subset(
     # positions that bound the parts come to Python, however many items.
     con = staging.con
     con.execute(
-        "CREATE OR REPLACE TEMP TABLE _coco_work AS SELECT pos, sum(rows + 1) OVER "
-        "(ORDER BY pos) AS work, sum(written) OVER (ORDER BY pos) AS written FROM ("
-        f"WITH s AS ({_positions(where)}) SELECT s.pos, count(a.ann_id) AS rows, "
-        f"{written} AS written FROM s LEFT JOIN annotations a USING (item_id) GROUP BY s.pos)",
+        "CREATE OR REPLACE TEMP TABLE _coco_work AS SELECT pos, filename, row, sum(rows + 1) "
+        "OVER (ORDER BY pos) AS work, sum(written) OVER (ORDER BY pos) AS written FROM ("
+        f"WITH s AS ({_positions(where)}) SELECT s.pos, s.filename, s.file_row_number AS row, "
+        f"count(a.ann_id) AS rows, {written} AS written FROM s LEFT JOIN annotations a "
+        "USING (item_id) GROUP BY s.pos, s.filename, s.file_row_number)",
         params,
     )
     n, total = con.execute("SELECT count(*), coalesce(max(work), 0) FROM _coco_work").fetchone()
@@ -223,19 +227,24 @@ def _plan_subset(
     ).fetchall()
     cuts = {next(pos for k, pos in firsts if k >= j) for j in range(1, parts)}
     bounds = (0, *sorted(c for c in cuts if 0 < c < n), n)
-    offsets = None
-    if not ann_ids:
-        through = dict(
-            con.execute(
-                f"SELECT pos, written FROM _coco_work WHERE pos IN ({', '.join(map(str, bounds))})"
-            ).fetchall()
-        )
-        offsets = tuple(int(through.get(b, 0)) for b in bounds[:-1])
+    ends = sorted({*bounds[1:], *(b + 1 for b in bounds[:-1])} - {0, n + 1})
+    at = {
+        pos: (filename, row, written)
+        for pos, filename, row, written in con.execute(
+            "SELECT pos, filename, row, written FROM _coco_work "
+            f"WHERE pos IN ({', '.join(map(str, ends)) or 'NULL'})"
+        ).fetchall()
+    }
+    # Where each part's first and last item are: a part finds its own items there,
+    # without numbering every item of the subset again.
+    edges = tuple((*at[lo + 1][:2], *at[hi][:2]) for lo, hi in itertools.pairwise(bounds) if n)
+    offsets = None if ann_ids else tuple(int(at[b][2]) if b else 0 for b in bounds[:-1])
     return SubsetPlan(
         subset=subset,
         name=f"annotations/{prefix}_{subset or 'default'}.json",
         bounds=bounds,
         ann_offsets=offsets,
+        edges=edges,
         image_ids=image_ids,
         ann_ids=ann_ids,
         cat_ids=cat_ids,
@@ -299,9 +308,17 @@ def _blocks(staging: Staging, plan: SubsetPlan, part: int) -> Iterator[_Block]:
     reads = plan.reads[part] if plan.reads else {}
     con = staging.con
     sel, files = f"_coco_items_{part}", f"_coco_files_{part}"
+    if plan.edges:  # the part's own items: numbered from lo, the subset's others unread
+        span = (
+            " AND filename BETWEEN ? AND ? AND (filename, file_row_number) >= (?, ?) "
+            "AND (filename, file_row_number) <= (?, ?)"
+        )
+        f0, r0, f1, r1 = plan.edges[part]
+        params = [*params, f0, f1, f0, r0, f1, r1]
+        where += span
     con.execute(
         f"CREATE OR REPLACE TABLE {sel} AS SELECT item_id, (pos - {int(lo)} - 1) // "
-        f"{BLOCK_ITEMS} AS block, pos FROM ({_positions(where)}) "
+        f"{BLOCK_ITEMS} AS block, pos FROM ({_positions(where, lo)}) "
         f"WHERE pos > {int(lo)} AND pos <= {int(hi)}",
         params,
     )
