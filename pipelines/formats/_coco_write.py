@@ -125,12 +125,12 @@ def _where(subset: str | None) -> tuple[str, list]:
     return ("subset IS NULL", []) if subset is None else ("subset = ?", [subset])
 
 
-def _positions(where: str, first: int = 0) -> str:
+def _positions(where: str, first: int = 0, columns: str = "") -> str:
     """The subset's items (those `where` keeps) with their 1-based position in source
-    order, counted from `first`, and where they are."""
+    order, counted from `first`, where they are, and `columns` (", a, b") of theirs."""
     return (
-        f"SELECT item_id, filename, file_row_number, {int(first)} + row_number() OVER "
-        f"(ORDER BY filename, file_row_number) AS pos FROM items WHERE {where}"
+        f"SELECT item_id, filename, file_row_number{columns}, {int(first)} + row_number() "
+        f"OVER (ORDER BY filename, file_row_number) AS pos FROM items WHERE {where}"
     )
 
 
@@ -316,9 +316,12 @@ def _blocks(staging: Staging, plan: SubsetPlan, part: int) -> Iterator[_Block]:
         f0, r0, f1, r1 = plan.edges[part]
         params = [*params, f0, f1, f0, r0, f1, r1]
         where += span
+    # The part's items with what the images array needs of them: no query of the
+    # part reads the whole items table.
+    image = ", native_id, file_name, width, height, metadata"
     con.execute(
         f"CREATE OR REPLACE TABLE {sel} AS SELECT item_id, (pos - {int(lo)} - 1) // "
-        f"{BLOCK_ITEMS} AS block, pos FROM ({_positions(where, lo)}) "
+        f"{BLOCK_ITEMS} AS block, pos{image} FROM ({_positions(where, lo, image)}) "
         f"WHERE pos > {int(lo)} AND pos <= {int(hi)}",
         params,
     )
@@ -341,10 +344,8 @@ def _blocks(staging: Staging, plan: SubsetPlan, part: int) -> Iterator[_Block]:
             streams = [
                 _Buckets(staging, sql, blocks, folder)
                 for sql in (
-                    "SELECT s.block, s.pos, i.native_id, i.file_name, i.width, i.height, "
-                    "i.metadata, i.item_id IN (SELECT parent_id FROM items "
-                    f"WHERE parent_id IS NOT NULL) AS container FROM items i JOIN {sel} s "
-                    "ON i.item_id = s.item_id",
+                    f"SELECT block, pos{image}, item_id IN (SELECT parent_id FROM items "
+                    f"WHERE parent_id IS NOT NULL) AS container FROM {sel}",
                     f"SELECT s.block, s.pos, {key}, {ann_cols} FROM {owners}",
                     f"SELECT s.block, {key}, coalesce(p.part, -1) AS part, p.idx, p.x, p.y, "
                     f"p.visibility FROM {owners} JOIN {_read('points', reads)} p "
