@@ -67,6 +67,7 @@ def test_parts_on_a_process_pool_join_into_one_file(
     staged = _staged("encord_coco/coco_exporter_project", tmp_path)
     assert convert([str(staged)], "coco", str(tmp_path / "one"), workers=1).ok
     monkeypatch.setattr(_coco_write, "MIN_PART_ITEMS", 1)  # planning runs here, not in the pool
+    monkeypatch.setattr(_coco_write, "BLOCK_ITEMS", 1)
     report = convert([str(staged)], "coco", str(tmp_path / "two"), workers=2,
                      write_options=WriteOptions(workers=2))  # fmt: skip
     assert report.ok and report.files == 1
@@ -88,6 +89,7 @@ def test_renumbered_ids_run_on_across_parts(
     src = tmp_path / "instances_x.json"
     src.write_text(json.dumps(doc))
     monkeypatch.setattr(_coco_write, "MIN_PART_ITEMS", 1)
+    monkeypatch.setattr(_coco_write, "BLOCK_ITEMS", 1)
     out = tmp_path / "out"
     assert convert(
         [str(src)], "coco", str(out), workers=1, write_options=WriteOptions(workers=3)
@@ -126,6 +128,7 @@ def test_parts_read_only_the_files_that_hold_their_items(
     assert convert(sources, "parquet", str(staged), workers=1).ok
     whole = convert([str(staged)], "coco", str(tmp_path / "whole"), workers=1)
     monkeypatch.setattr(_coco_write, "MIN_PART_ITEMS", 1)
+    monkeypatch.setattr(_coco_write, "BLOCK_ITEMS", 4)  # ten blocks a subset
     options = WriteOptions(workers=3)
     staging = Staging(str(staged))
     plans = [t.options.extra["_coco_plan"] for t in _coco_write.plan_write(staging, options)]
@@ -146,6 +149,16 @@ def test_parts_read_only_the_files_that_hold_their_items(
                 ).fetchall()
                 assert {f for (f,) in holding} <= set(reads[table])  # all it needs,
                 assert 0 < len(reads[table]) <= 3  # of more than six files
+
+
+def test_parts_share_the_work_and_none_passes_the_block_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_coco_write, "MAX_PART_BLOCKS", 100)
+    work = [50] * 20 + [1] * 300  # busy blocks first: half the work is in 13 blocks
+    assert _coco_write._part_starts(work, 2) == [0, 13, 113, 213, 313]
+    assert _coco_write._part_starts(work, 1) == [0, 100, 200, 300]
+    assert _coco_write._part_starts([], 2) == [0]
 
 
 _FEW_FILES = """
