@@ -160,6 +160,8 @@ class Staging:
             if chosen is not None and numbered > last:
                 return
             if sizes is not None:
+                if stop is not None and seen >= stop:
+                    return
                 file_rows, file_groups = sizes[i]
                 here = range(numbered, numbered + file_groups)
                 if seen + file_rows <= start or (chosen is not None and chosen.isdisjoint(here)):

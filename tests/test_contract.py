@@ -193,13 +193,16 @@ def test_staging_scan_reads_what_duckdb_reads_in_the_same_order(tmp_path: Path) 
     )
     assert all(pa.types.is_dictionary(t.schema.field("label").type) for t in picked)
     assert pa.concat_tables(picked).to_pylist() == [r for r in rows if r["item_id"] in ("i2", "i5")]
-    # A task's copy knows the files' sizes: it opens none before the rows it wants.
+    # A task's copy knows the files' sizes: it opens none before or after the rows it wants.
     copy = pickle.loads(pickle.dumps(staging))
-    (part_dir / "part-00002.parquet").unlink()
 
     def copied(**kwargs) -> list[dict]:
         return pa.concat_tables(copy.scan("annotations", columns, **kwargs)).to_pylist()
 
+    (part_dir / "part-00010.parquet").rename(tmp_path / "away.parquet")
+    assert copied(rows=(2, 20)) == rows[2:20]
+    (tmp_path / "away.parquet").rename(part_dir / "part-00010.parquet")
+    (part_dir / "part-00002.parquet").unlink()
     assert copied(groups=[4]) == rows[20:26]
     assert copied(rows=(25, 30)) == rows[25:30]
 
