@@ -227,16 +227,29 @@ class Staging:
         """The part file of each row group (numbered as `scan` numbers them), as the
         table's `filename` column names it: a query that filters on those names has
         DuckDB open only those files. None if a file's name is not found there."""
+        files: list[str] = []
+        for name, (rows, groups) in zip(self._names(table), self._sizes(table), strict=True):
+            if name is None and rows:
+                return None
+            files += [name or ""] * groups
+        return files
+
+    def first_rows(self, table: str) -> dict[str, int]:
+        """The row of the whole table (source order, as `scan` counts) where each part
+        file starts, by the name the `filename` column gives the file."""
+        starts, seen = {}, 0
+        for name, (rows, _) in zip(self._names(table), self._sizes(table), strict=True):
+            if name is not None:
+                starts[name] = seen
+            seen += rows
+        return starts
+
+    def _names(self, table: str) -> list[str | None]:
+        """Each part file as the table's `filename` column names it (None: no row does)."""
         # DuckDB names a file by its URL (s3://bucket/key), fsspec by its path.
         named = self.con.execute(f"SELECT DISTINCT filename FROM {table}").fetchall()
         by_path = {name.split("://", 1)[-1]: name for (name,) in named}
-        files: list[str] = []
-        for path, meta in zip(self._parts(table), self._footers(table), strict=True):
-            name = by_path.get(path.split("://", 1)[-1])
-            if name is None and meta.num_rows:
-                return None
-            files += [name or path] * meta.num_row_groups
-        return files
+        return [by_path.get(path.split("://", 1)[-1]) for path in self._parts(table)]
 
     def _footers(self, table: str) -> Iterator[Any]:
         """The footers of the table's part files, in `_parts` order, one at a time."""
