@@ -530,16 +530,16 @@ def _write_all(
     opts = write_options or WriteOptions(workers=0)  # 0: as many as the executor has
     if opts.workers < 1:
         opts = dataclasses.replace(opts, workers=ex.workers)
+    for table in DATA_TABLES:  # its files, listed and counted once, go with every task
+        staging.count_rows(table)
     # Nothing else runs while the write is planned: its queries may use every core.
-    planning = Staging(staging.url, staging.memory_limit, threads=ex.workers)
+    planning = staging.view(threads=ex.workers)
     if plan_here:
         wtasks = plan_write(target.name, planning, opts)
     else:
         wtasks = ex.call(plan_write, target.name, planning, opts)
     small = report.counts["annotations"]["read"] < INLINE_WRITE_ANNOTATIONS
     place = "inline" if small and not ex.started else "auto"
-    for table in DATA_TABLES:  # its files, listed and counted once, go with every task
-        staging.count_rows(table)
     calls = [(t, staging, output) for t in wtasks]
     for res in ex.map(run_write_task, calls, progress, "write", place):
         report.counts["items"]["written"] += res.items

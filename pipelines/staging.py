@@ -79,6 +79,13 @@ class Staging:
         self.__init__(**state)
         self._part_files, self._file_sizes = known
 
+    def view(self, threads: int | None = None) -> Staging:
+        """Another view of the same staging, with a DuckDB connection of its own (on
+        `threads`), that knows what this one knows of the files."""
+        other = Staging(self.url, self.memory_limit, self.threads if threads is None else threads)
+        other._part_files, other._file_sizes = self._part_files, self._file_sizes
+        return other
+
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:

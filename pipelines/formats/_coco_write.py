@@ -92,7 +92,7 @@ class SubsetPlan:
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     # Planning counts over whole tables; a connection of its own, closed at the end,
     # hands that memory back before the tasks run (DuckDB keeps it while open).
-    planner = Staging(staging.url, staging.memory_limit, staging.threads)
+    planner = staging.view()
     try:
         with ThreadPoolExecutor(len(_SPANNED)) as pool:
             # Found while DuckDB plans, for the subsets split into parts.
