@@ -65,29 +65,34 @@ def _window_spans(
     """`ItemSpans.spans` for the items `ids` (rows from `start` of the items table).
 
     Item ids are read dictionary-encoded: an item's id is looked up once per row
-    group that holds it, not once per row (annotations of 1 GB: 0.30 → 0.25 s).
+    group that holds it, not once per row (annotations of 1 GB: 0.30 → 0.25 s). A
+    row group's span comes from its dictionaries alone, not from which of their
+    entries its rows use (vertices of 1 GB: 0.61 → 0.2 s): Parquet writes a column
+    chunk's dictionary from its own values, and an entry no row used would only widen
+    the span, making a run read a row group more, never one less.
     """
     spans: list[tuple[int, int] | None] = []
-    pending: list[list[pa.DictionaryArray]] = []  # per row group, its chunks
+    pending: list[int] = []  # per row group, its dictionaries' entries
+    dictionaries: list[pa.Array] = []
 
     def place() -> None:
         # One lookup for many row groups: each call hashes all of `ids` again.
-        joined = pa.chunked_array([c.dictionary for part in pending for c in part], pa.string())
-        positions, offset = pc.index_in(joined, value_set=ids), 0
-        for part in pending:
-            found = []
-            for chunk in part:
-                pos = positions.slice(offset, len(chunk.dictionary))
-                offset += len(chunk.dictionary)
-                found.append(pos.take(pc.unique(chunk.indices)))  # the values it uses
-            extremes = pc.min_max(pa.chunked_array(found, pa.int32())).values()
-            low, high = (v.as_py() for v in extremes)
-            spans.append(None if low is None else (start + low, start + high))
+        joined = pa.chunked_array(dictionaries, pa.string())
+        positions = pc.index_in(joined, value_set=ids).fill_null(-1).to_numpy()
+        for stop, size in zip(np.cumsum(pending).tolist(), pending, strict=True):
+            found = positions[stop - size : stop]
+            found = found[found >= 0]
+            spans.append(
+                (start + int(found.min()), start + int(found.max())) if len(found) else None
+            )
         pending.clear()
+        dictionaries.clear()
 
     for part in staging.scan(table, ["item_id"], dictionary=["item_id"]):
-        pending.append(part.column("item_id").chunks)
-        if sum(len(c.dictionary) for p in pending for c in p) >= _LOOKUP_ROWS:
+        chunks = [c.dictionary for c in part.column("item_id").chunks]
+        dictionaries.extend(chunks)
+        pending.append(sum(len(c) for c in chunks))
+        if sum(pending) >= _LOOKUP_ROWS:
             place()
     if pending:
         place()
