@@ -31,7 +31,7 @@ from pipelines.formats.base import ReadOptions, ReadTask, WriteOptions, WriteRes
 from pipelines.formats.parquet import COMPRESSION, TRANSIENT_COMPRESSION, PartWriter
 from pipelines.schema import DATA_TABLES, TABLES, Batch, box_stated
 from pipelines.staging import Staging
-from pipelines.storage import Output, Source, fs_for
+from pipelines.storage import Output, Source, copy_stream, fs_for
 
 Progress = Callable[[int, int, str], None]
 """Called as progress(done, total, what) after each task."""
@@ -582,7 +582,7 @@ def _copy_tree(src_url: str, dst_url: str) -> None:
         target = f"{dst.rstrip('/')}/{rel}"
         dst_fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         with src_fs.open(path, "rb") as fi, dst_fs.open(target, "wb") as fo:
-            shutil.copyfileobj(fi, fo, 1 << 20)
+            copy_stream(fi, fo)
 
 
 def _dataset_name(sources: Sequence[str]) -> str:

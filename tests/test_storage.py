@@ -188,3 +188,40 @@ def test_yolo_from_staging_on_s3(s3: fsspec.AbstractFileSystem, tmp_path: Path) 
 
     assert any(name.endswith(".txt") and data for name, data in files(local).items())
     assert files(remote) == files(local)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_copy_stream_appends_the_rest_of_a_file_after_what_was_buffered(
+    tmp_path: Path, monkeypatch, kernel: bool
+) -> None:
+    """Between local files the kernel copies; where it cannot, Python's buffers do, from
+    where the source was: the same bytes either way, in order with buffered writes."""
+    from pipelines import storage
+
+    if not kernel:
+
+        def refused(*args):
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(storage.os, "copy_file_range", refused, raising=False)
+    body = os.urandom(3 << 20)
+    (tmp_path / "src").write_bytes(b"skip" + body)
+    fs = fsspec.filesystem("file")
+    with fs.open(str(tmp_path / "src"), "rb") as src, open(tmp_path / "dst", "wb") as dst:
+        src.read(4)
+        dst.write(b"head,")
+        storage.copy_stream(src, dst)
+        dst.write(b",tail")
+    assert (tmp_path / "dst").read_bytes() == b"head," + body + b",tail"
+
+
+def test_copy_stream_reads_an_archived_file_through_python(tmp_path: Path) -> None:
+    from pipelines import storage
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("m.txt", b"x" * 100_000)
+    out, source = tmp_path / "out", Source(str(archive))
+    with source.open("m.txt") as src, open(out, "wb") as dst:
+        storage.copy_stream(src, dst)  # the member's bytes, not the archive's
+    assert out.read_bytes() == b"x" * 100_000

@@ -13,13 +13,10 @@ Dask): they share nothing but that storage.
 from __future__ import annotations
 
 import posixpath
-import shutil
 from collections.abc import Sequence
 from typing import IO
 
-from pipelines.storage import Output
-
-_COPY_BLOCK = 1 << 20
+from pipelines.storage import Output, copy_stream
 
 
 class Piece:
@@ -86,4 +83,4 @@ class Fragments:
                 f.write(piece.sep)
             first = False
             with fs.open(path, "rb") as src:
-                shutil.copyfileobj(src, f, _COPY_BLOCK)
+                copy_stream(src, f)

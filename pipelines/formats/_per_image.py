@@ -16,7 +16,6 @@ import hashlib
 import math
 import posixpath
 import re
-import shutil
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -32,7 +31,7 @@ from pipelines.errors import ParseError
 from pipelines.formats.base import ReadOptions, WriteOptions, WriteResult, WriteTask
 from pipelines.images import IMAGE_SUFFIXES, image_size
 from pipelines.staging import ItemGroup, Staging
-from pipelines.storage import Output, Source
+from pipelines.storage import Output, Source, copy_stream
 
 MAX_FILES_PER_TASK = 2_000
 SHARED = -1
@@ -340,7 +339,7 @@ class MediaCopier:
             return
         try:
             with self._open(media_uri) as src, out.open(rel) as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+                copy_stream(src, dst)
         except (OSError, ValueError) as exc:
             if server and _unreachable(exc):
                 self._unreachable.add(server)
