@@ -60,9 +60,9 @@ def planner(fmt: str, default_layout: str) -> Callable[[Staging, WriteOptions], 
         # Past `items_fit`, DuckDB answers: one query at a time on its connection.
         threads = max(1, options.workers) if staging.items_fit() else 1
         with ThreadPoolExecutor(threads) as pool:
-            names = pool.submit(per_image.class_names, staging, FAMILY, "class_id")
-            collisions = pool.submit(per_image.colliding_stems, staging, per_subset=True)
             spans = pool.submit(item_spans, staging, "annotations") if task == "detect" else None
+            collisions = pool.submit(per_image.colliding_stems, staging, per_subset=True)
+            names = pool.submit(per_image.class_names, staging, FAMILY, "class_id")
             settings: dict[str, Any] = {"_layout": layout, "_task": task}
             if task == "pose":
                 settings["_kpt"] = _kpt_count(staging)
