@@ -52,8 +52,9 @@ MMAP_THRESHOLD = 128 * 1024
 TOP_PAD = 8 << 20
 
 
-def map_large_blocks() -> None:
-    """Blocks of 128 KB and more in mappings of their own, given back when freed.
+def map_large_blocks(threshold: int = MMAP_THRESHOLD) -> None:
+    """Blocks of `threshold` (128 KB) and more in mappings of their own, given back
+    when freed.
 
     glibc starts so, but raises the threshold to the size of each such block
     freed (up to 32 MB); after the first decoded row groups, Arrow's buffers came
@@ -63,7 +64,7 @@ def map_large_blocks() -> None:
     MALLOC_MMAP_THRESHOLD_ wins.
     """
     if _MALLOPT is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        _MALLOPT(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        _MALLOPT(_M_MMAP_THRESHOLD, threshold)
 
 
 def pad_heap_top() -> None:
