@@ -250,16 +250,17 @@ def test_fail_policy_stops_at_the_same_record(tmp_path: Path, monkeypatch) -> No
 
 
 def test_image_ids_compare_as_text() -> None:
-    raw = [7, 12, -3, "5", "007", "abc", "1.0", None, 2**70]
+    raw = [7, 12, -3, 7, "5", "007", "abc", "1.0", None, 2**70]
     ints = [v for v in raw if type(v) is int and abs(v) < 2**63]
     texts = {str(v) for v in raw if not (type(v) is int and abs(v) < 2**63)}
-    ids = _coco_fast.ImageIds([np.array(ints, dtype=np.int64)], texts)
+    ids = _coco_fast.ImageIds(np.array(ints, dtype=np.int64), texts)
     reference = {str(v) for v in raw}
     for text in ["7", "12", "-3", "5", "007", "7.0", "abc", "1.0", "None", "8", "-0", "0", ""]:
         assert (text in ids) == (text in reference), text
     probe = [7, 5, 8, 12, -3, 0, 2**62]
     expected = [str(v) in reference for v in probe]
     assert ids.has_ints(np.array(probe, dtype=np.int64)).tolist() == expected
+    assert ids.ints.tolist() == [-3, 5, 7, 12]  # sorted, each once
 
 
 _CVAT_ATTRIBUTES = [

@@ -250,8 +250,10 @@ def _image_index(task: ReadTask) -> ImageIds:
                 ints.append(np.array(found, dtype=np.int64))
                 del chunk, found
         _IMAGE_IDS.clear()  # one file at a time: a worker never holds two indexes
-        _IMAGE_IDS[key] = ImageIds(ints, texts)
-        del ints, texts
+        ids = np.concatenate(ints) if ints else np.array([], dtype=np.int64)
+        del ints  # each chunk's array freed before the index sorts the joined one
+        _IMAGE_IDS[key] = ImageIds(ids, texts)
+        del ids, texts
         memory.trim()  # the parsed images were freed among live objects
     return _IMAGE_IDS[key]
 
