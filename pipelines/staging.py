@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import posixpath
 import tempfile
+import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,9 @@ class Staging:
         self.memory_limit = memory_limit
         self.threads = threads
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._owner = 0  # the thread that opened `_con`
+        self._cursors: dict[int, duckdb.DuckDBPyConnection] = {}  # other threads'
+        self._lock = threading.Lock()
         # Staging is read-only while it is read: each table is listed, and its footers
         # read, once per instance (planning asked for the item count five times).
         self._part_files: dict[str, list[str]] = {}
@@ -86,11 +90,31 @@ class Staging:
         other._part_files, other._file_sizes = self._part_files, self._file_sizes
         return other
 
+    def close(self) -> None:
+        """Close the DuckDB connections, if any were opened: what their queries held goes
+        back (a later query opens another)."""
+        with self._lock:
+            for cursor in self._cursors.values():
+                cursor.close()
+            self._cursors.clear()
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
-            self._con = self._connect()
-        return self._con
+        """The calling thread's connection. A connection runs one query at a time, and
+        planning queries from threads: each thread after the first gets a cursor of its
+        own on the same database."""
+        me = threading.get_ident()
+        with self._lock:
+            if self._con is None:
+                self._con, self._owner = self._connect(), me
+            if me == self._owner:
+                return self._con
+            if me not in self._cursors:
+                self._cursors[me] = self._con.cursor()
+            return self._cursors[me]
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         import duckdb  # on first use: reading into staging never queries it

@@ -190,6 +190,21 @@ def test_planning_a_detect_write_needs_no_duckdb(tmp_path: Path) -> None:
     assert not formats.get("yolo").write_queries
 
 
+def test_planning_closes_the_connection_it_queried_through(tmp_path: Path, monkeypatch) -> None:
+    """Past `IN_MEMORY_ITEMS` planning asks DuckDB; the connection is closed with the
+    plan made, so the process that runs the tasks next does not hold what it used."""
+    staged = tmp_path / "staged"
+    assert convert([str(PEER / SOURCES[0])], "parquet", str(staged), workers=1).ok
+    monkeypatch.setattr(staging_module, "IN_MEMORY_ITEMS", 0)
+    staging = Staging(str(staged))
+    opened: list[Staging] = []
+    connect = Staging._connect
+    monkeypatch.setattr(Staging, "_connect", lambda self: opened.append(self) or connect(self))
+    tasks = runner.plan_write("yolo", staging, WriteOptions(workers=2))
+    assert len(tasks) > 1 and opened == [staging]  # DuckDB answered, on one database
+    assert staging._con is None
+
+
 @pytest.mark.parametrize("source", [SOURCES[0], SOURCES[2], SOURCES[5]])
 def test_planning_past_the_in_memory_limit_writes_the_same(
     source: str, tmp_path: Path, monkeypatch

@@ -122,7 +122,7 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
                 opts = dataclasses.replace(options, extra={**options.extra, _PLAN: plan})
                 tasks += [WriteTask("coco", subset, k, parts, opts) for k in range(parts)]
     finally:
-        planner.con.close()
+        planner.close()
     return tasks
 
 
