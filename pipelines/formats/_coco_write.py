@@ -95,34 +95,30 @@ class SubsetPlan:
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    # Planning counts over whole tables; a connection of its own, closed at the end,
-    # hands that memory back before the tasks run (DuckDB keeps it while open).
-    planner = staging.view()
-    try:
-        with ThreadPoolExecutor(len(_SPANNED)) as pool:
-            # Found while DuckDB plans, for the subsets split into parts.
-            big = planner.count_rows("items") > MAX_PART_BLOCKS * BLOCK_ITEMS
-            spanned = _SPANNED if options.workers > 1 or big else ()
-            spans = {t: pool.submit(item_spans, planner, t) for t in spanned}
-            head = b"".join(
-                orjson.dumps(k) + b":" + orjson.dumps(v) + b"," for k, v in _head(planner).items()
-            )
-            categories = _categories(planner)
-            cat_ids = {c["name"]: c["id"] for c in categories}
-            tasks = []
-            found: dict[str, tuple[ItemSpans, list[str] | None]] = {}
-            for subset in planner.subsets():
-                plan = _plan_subset(planner, subset, options.workers, head, categories, cat_ids)
-                parts = len(plan.bounds) - 1
-                if parts > 1 and spans:
-                    found = found or {
-                        t: (future.result(), planner.group_files(t)) for t, future in spans.items()
-                    }
-                    plan = dataclasses.replace(plan, reads=_part_reads(planner, plan, found))
-                opts = dataclasses.replace(options, extra={**options.extra, _PLAN: plan})
-                tasks += [WriteTask("coco", subset, k, parts, opts) for k in range(parts)]
-    finally:
-        planner.close()
+    # Planning counts over whole tables; the runner closes its connection once the plan
+    # is made, which hands that memory back before the tasks run.
+    with ThreadPoolExecutor(len(_SPANNED)) as pool:
+        # Found while DuckDB plans, for the subsets split into parts.
+        big = staging.count_rows("items") > MAX_PART_BLOCKS * BLOCK_ITEMS
+        spanned = _SPANNED if options.workers > 1 or big else ()
+        spans = {t: pool.submit(item_spans, staging, t) for t in spanned}
+        head = b"".join(
+            orjson.dumps(k) + b":" + orjson.dumps(v) + b"," for k, v in _head(staging).items()
+        )
+        categories = _categories(staging)
+        cat_ids = {c["name"]: c["id"] for c in categories}
+        tasks = []
+        found: dict[str, tuple[ItemSpans, list[str] | None]] = {}
+        for subset in staging.subsets():
+            plan = _plan_subset(staging, subset, options.workers, head, categories, cat_ids)
+            parts = len(plan.bounds) - 1
+            if parts > 1 and spans:
+                found = found or {
+                    t: (future.result(), staging.group_files(t)) for t, future in spans.items()
+                }
+                plan = dataclasses.replace(plan, reads=_part_reads(staging, plan, found))
+            opts = dataclasses.replace(options, extra={**options.extra, _PLAN: plan})
+            tasks += [WriteTask("coco", subset, k, parts, opts) for k in range(parts)]
     return tasks
 
 
