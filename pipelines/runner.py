@@ -213,7 +213,7 @@ def staged_counts(staging: Staging) -> dict[str, int]:
 def run_write_task(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     fmt = formats.get(task.format)
     assert fmt.write is not None
-    memory.map_large_blocks()
+    memory.map_large_blocks(fmt.mapped_blocks)
     memory.pad_heap_top()
     return fmt.write(task, staging, out)
 

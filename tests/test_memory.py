@@ -114,3 +114,27 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_a_padded_heap_keeps_its_top_between_batches() -> None:
     # Unpadded, each batch's pages go back to the system and are faulted in again.
     assert _glibc_run(_CHURN, "padded") * 4 < _glibc_run(_CHURN, "default")
+
+
+@pytest.mark.parametrize(("target", "threshold"), [("coco", 4 << 20), ("yolo", 128 * 1024)])
+def test_write_tasks_map_blocks_from_their_formats_size(
+    tmp_path, monkeypatch, target: str, threshold: int
+) -> None:
+    """Each write task sets glibc's mmap threshold to its format's `mapped_blocks`."""
+    from pipelines import runner
+    from pipelines.formats.base import WriteOptions
+    from pipelines.staging import Staging
+    from pipelines.storage import Output
+    from tests.conftest import PEER
+
+    staged = tmp_path / "staged"
+    source = PEER / "coco_instances" / "coco_instances"
+    assert runner.convert([str(source)], "parquet", str(staged), workers=1).ok
+    staging = Staging(str(staged))
+    tasks = runner.plan_write(target, staging.view(), WriteOptions(workers=1))
+    seen: list[int] = []
+    monkeypatch.setattr(memory, "map_large_blocks", lambda size=0: seen.append(size))
+    out = Output(str(tmp_path / "out"))
+    for task in tasks:
+        runner.run_write_task(task, staging, out)
+    assert seen and set(seen) == {threshold}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.builder import DEFAULT_BATCH_ROWS, BatchBuilder
+from pipelines.memory import MMAP_THRESHOLD
 from pipelines.schema import Batch
 from pipelines.storage import Source
 
@@ -123,6 +124,9 @@ class Format:
     """Whether writing queries staging through DuckDB, which a local pool then imports
     before its first task. False where the usual write reads staging with pyarrow
     alone (DuckDB, ~20 MB, is then imported only by a path that needs it)."""
+    mapped_blocks: int = MMAP_THRESHOLD
+    """Write tasks give blocks of this size and more mappings of their own
+    (`memory.map_large_blocks`)."""
     boxes_suffice: Callable[[WriteOptions], bool] = lambda options: False
     """Whether a write with these options reads a shape's vertices only when the shape
     states no box (`ReadOptions.boxed_vertices`)."""

@@ -39,7 +39,7 @@ from pipelines.formats._coco_fast import (
     attribute_values,
     image_segments,
 )
-from pipelines.formats._coco_write import plan_write, write
+from pipelines.formats._coco_write import BLOCK_MAPPING, plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
 from pipelines.masks import from_uncompressed
 from pipelines.schema import Batch
@@ -421,4 +421,5 @@ FORMAT = Format(
     read=read,
     plan_write=plan_write,
     write=write,
+    mapped_blocks=BLOCK_MAPPING,
 )
