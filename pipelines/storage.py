@@ -226,7 +226,7 @@ class Output:
                 self.fs.rm(self.tmp, recursive=True)
 
 
-COPY_BLOCK = 1 << 20
+_COPY_BLOCK = 1 << 20
 
 
 def copy_stream(src: IO[bytes], dst: IO[bytes]) -> None:
@@ -235,7 +235,7 @@ def copy_stream(src: IO[bytes], dst: IO[bytes]) -> None:
     them): 900 MB on tmpfs in 0.39 s, against 0.52 s through Python's buffers."""
     src_fd, dst_fd = _plain_fd(src), _plain_fd(dst)
     if src_fd is None or dst_fd is None:
-        shutil.copyfileobj(src, dst, COPY_BLOCK)
+        shutil.copyfileobj(src, dst, _COPY_BLOCK)
         return
     offset = src.tell()
     dst.flush()  # what `dst` buffered goes first; the kernel then writes at its offset
@@ -244,7 +244,7 @@ def copy_stream(src: IO[bytes], dst: IO[bytes]) -> None:
             offset += copied
     except (AttributeError, OSError):  # no such call here, or not between these files
         src.seek(offset)
-        shutil.copyfileobj(src, dst, COPY_BLOCK)
+        shutil.copyfileobj(src, dst, _COPY_BLOCK)
 
 
 def _plain_fd(f: IO[bytes]) -> int | None:
