@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 
 
@@ -39,9 +38,11 @@ def use_system_allocator() -> None:
 
 
 def _libc(function: str):
-    name = ctypes.util.find_library("c")
+    """The C library's `function` as this process links it, or None where it has none
+    (macOS, musl). Looked up among the symbols already loaded, not by name:
+    `ctypes.util.find_library` runs `ldconfig` in a subprocess, in every process."""
     with contextlib.suppress(OSError, AttributeError):
-        return getattr(ctypes.CDLL(name), function) if name else None
+        return getattr(ctypes.CDLL(None), function)
     return None
 
 
