@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines import formats, memory
+from pipelines import executor, memory
 from pipelines.config import RunConfig
 from pipelines.errors import LabelflowError
-from pipelines.runner import Report
-from pipelines.storage import Source
+
+if TYPE_CHECKING:
+    from pipelines.runner import Report
+
+# The engine (pyarrow, the formats) is imported in the commands that use it: a run
+# starts its pool's forkserver before that (`_run`).
 
 app = typer.Typer(
     help="Streaming ETL for data-labeling exports: any format → four Arrow tables → "
@@ -36,6 +40,8 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 @app.command("formats")
 def list_formats() -> None:
     """Every format, and whether labelflow reads and writes it."""
+    from pipelines import formats
+
     table = Table("format", "read", "write", "description")
     for name, fmt in formats.available().items():
         if isinstance(fmt, str):
@@ -52,6 +58,9 @@ def detect(
     paths: Annotated[list[str], typer.Argument(help="Files, folders, zips or URLs")],
 ) -> None:
     """Which format each source is, and why."""
+    from pipelines import formats
+    from pipelines.storage import Source
+
     code = 0
     for path in paths:
         try:
@@ -137,6 +146,7 @@ def run(
 
 
 def _run(config: RunConfig, quiet: bool) -> None:
+    executor.prepare(config.executor, config.workers, config.sources)
     memory.use_system_allocator()  # this process is ours: it may run tasks inline
     show = not quiet and sys.stderr.isatty()
     try:

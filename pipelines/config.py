@@ -14,14 +14,16 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pipelines.errors import LabelflowError
-from pipelines.formats.base import WriteOptions
-from pipelines.runner import Progress, Report, convert
 from pipelines.storage import fs_for
+
+if TYPE_CHECKING:
+    from pipelines.executor import Progress
+    from pipelines.runner import Report
 
 
 @dataclass
@@ -82,6 +84,11 @@ class RunConfig:
         return cls.from_dict(data, url)
 
     def run(self, progress: Progress | None = None) -> Report:
+        # The engine is imported here, not with the config: the command line starts
+        # the pool's forkserver first (`executor.prepare`).
+        from pipelines.formats.base import WriteOptions
+        from pipelines.runner import convert
+
         return convert(
             self.sources,
             self.to,

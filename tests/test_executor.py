@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import runner
-from pipelines.runner import Executor, convert
+from pipelines import executor, runner
+from pipelines.executor import Executor
+from pipelines.runner import convert
 from tests.conftest import PEER
 
 
@@ -109,7 +110,7 @@ def test_a_big_source_file_starts_the_pool_before_it_is_planned(
     big: int, first: str, tmp_path: Path, monkeypatch
 ) -> None:
     events: list[str] = []
-    monkeypatch.setattr(runner, "WARM_NOW_BYTES", big)
+    monkeypatch.setattr(executor, "WARM_NOW_BYTES", big)
     real_warm, real_plan = Executor.warm_now, runner.plan
 
     def warm(self) -> None:
@@ -125,3 +126,46 @@ def test_a_big_source_file_starts_the_pool_before_it_is_planned(
     source = PEER / "coco_instances" / "coco_instances" / "annotations" / "instances_val.json"
     assert convert([str(source)], "parquet", str(tmp_path / "out"), workers=2).ok
     assert events[0] == first
+
+
+def _run_python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_command_line_starts_the_forkserver_before_it_imports_the_engine(
+    tmp_path: Path,
+) -> None:
+    """The forkserver imports the engine while the CLI process does the same: this
+    holds only while importing the CLI imports neither pyarrow nor the runner."""
+    code = (
+        "import sys\n"
+        "from multiprocessing import forkserver\n"
+        "from pipelines import cli, executor\n"
+        "heavy = [m for m in ('pyarrow', 'pipelines.runner') if m in sys.modules]\n"
+        f"executor.prepare('local', 1, [{str(tmp_path)!r}])\n"
+        "alone = forkserver._forkserver._forkserver_pid\n"
+        f"executor.prepare('local', 2, [{str(tmp_path / 'missing.json')!r}])\n"
+        "small = forkserver._forkserver._forkserver_pid\n"
+        f"executor.prepare('local', 2, [{str(tmp_path)!r}])\n"
+        "print(heavy, alone, small, forkserver._forkserver._forkserver_pid is not None)\n"
+    )
+    assert _run_python(code) == "[] None None True"
+
+
+def _imported(name: str) -> bool:
+    return name in sys.modules
+
+
+def test_workers_import_what_a_forkserver_started_earlier_did_not_preload() -> None:
+    code = (
+        "from pipelines import executor\n"
+        "from tests.test_executor import _imported\n"
+        "executor.prepare('local', 2, ['.'])\n"
+        "ex = executor.Executor('local', 2, preload=['duckdb'])\n"
+        "ex.warm_now()\n"
+        "print(ex.call(_imported, 'duckdb'))\n"
+        "ex.close()\n"
+    )
+    assert _run_python(code) == "True"

@@ -1,0 +1,249 @@
+"""Where a run's tasks execute: inline, on a local pool of worker processes, or on
+a Dask cluster.
+
+A local pool forks its workers from a `forkserver` that has imported the engine
+once (threads would serialize on the GIL; `fork` after DuckDB's or Polars'
+threads have started is unsafe). This module imports neither pyarrow nor the
+engine, so the command line can start that forkserver (`prepare`) before it
+imports them itself: the two imports then overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from pipelines import memory
+from pipelines.storage import Source
+
+Progress = Callable[[int, int, str], None]
+"""Called as progress(done, total, what) after each task."""
+
+ENGINE = ("__main__", "pipelines.runner")
+"""What the forkserver imports before it forks a worker: the caller's main module
+first (every worker would otherwise import the CLI's typer and rich again after the
+fork), then the engine."""
+
+WARM_NOW_BYTES = 32 << 20
+"""A single source file this large starts the local pool at once, not `WARM_AFTER_S`
+later: framing 200 MB of COCO takes 0.25 s, the pool's start 0.5 s."""
+
+
+def big_file(url: str) -> bool:
+    with contextlib.suppress(Exception):  # a missing source is reported by planning
+        source = Source(url)
+        return not source.is_dir and source.size() >= WARM_NOW_BYTES
+    return False
+
+
+def prepare(kind: str, workers: int | None, sources: Sequence[str]) -> None:
+    """Start the forkserver of a local pool now, if the run is likely to have one.
+
+    For a caller that has not imported the engine yet (the command line): the
+    forkserver's imports and the caller's then run side by side, where the pool
+    started after them. Likely: a big source file, or a folder (a staged dataset is
+    written by the pool; a folder export starts it `WARM_AFTER_S` in unless the run
+    ends first). A small file starts nothing.
+    """
+    if kind != "local" or _worker_count(workers) < 2 or not any(map(_pool_likely, sources)):
+        return
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(ENGINE))
+    forkserver.ensure_running()
+
+
+def _pool_likely(url: str) -> bool:
+    with contextlib.suppress(Exception):  # a missing source is reported by planning
+        source = Source(url)
+        return source.is_dir or source.size() >= WARM_NOW_BYTES
+    return False
+
+
+def _worker_count(workers: int | None) -> int:
+    return max(1, workers or os.cpu_count() or 1)
+
+
+def _adopt_environment(env: dict[str, str]) -> None:
+    """Workers see the caller's environment as it is now (credentials, endpoints).
+
+    A forkserver keeps the environment it started with; fsspec reads its
+    FSSPEC_* settings at import, so they are re-read here.
+    """
+    import fsspec.config
+
+    os.environ.clear()
+    os.environ.update(env)
+    fsspec.config.conf.clear()
+    fsspec.config.set_conf_env(fsspec.config.conf)
+
+
+def _start_worker(env: dict[str, str], modules: Sequence[str]) -> None:
+    _adopt_environment(env)
+    # What a forkserver started earlier (`prepare`, another run) did not preload.
+    for name in modules:
+        importlib.import_module(name)
+    memory.use_system_allocator()
+    # Everything imported so far lives as long as the worker: keep it out of the
+    # cyclic collector's passes (each full pass would otherwise walk all of it).
+    gc.freeze()
+
+
+def _ready() -> None:
+    """A task that does nothing: submitting it makes the pool start a worker."""
+
+
+WARM_AFTER_S = 0.25
+"""Start a local pool this long after the executor is made unless it is used or closed
+before: planning a big source (framing a large JSON file) takes longer, and the
+forkserver imports the engine (about a second) meanwhile; a small run that ends
+up inline never pays for a pool."""
+
+
+class Executor:
+    """Runs task functions: inline, on a local process pool, or on a Dask cluster."""
+
+    def __init__(
+        self,
+        kind: str = "local",
+        workers: int | None = None,
+        scheduler: str | None = None,
+        preload: Sequence[str] = (),
+    ):
+        """`preload`: modules a local pool's workers import before their first task,
+        beside the engine (e.g. duckdb when the run writes from staging): in the
+        forkserver when this pool starts it, else in each worker."""
+        self.kind = kind
+        self.preload = [*ENGINE, *preload]
+        self.workers = _worker_count(workers)
+        self.scheduler = scheduler
+        self._pool: Any = None
+        self._warming: threading.Thread | None = None
+        self._settled = threading.Event()
+        self._hurry = threading.Event()
+        self._wanted = False
+        self._lock = threading.Lock()
+        if kind == "local" and self.workers > 1:
+            self._warming = threading.Thread(target=self._warm, daemon=True)
+            self._warming.start()
+
+    def _local_pool(self) -> Any:
+        with self._lock:
+            return self._pool or self._new_pool()
+
+    def _new_pool(self) -> Any:
+        if self._pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(self.preload)  # unless it runs already (`prepare`)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=ctx,
+                initializer=_start_worker,
+                initargs=(dict(os.environ), self.preload),
+            )
+        return self._pool
+
+    def warm_now(self) -> None:
+        """Start the local pool now: the caller knows the run will use it."""
+        self._wanted = True
+        self._hurry.set()
+
+    def _warm(self) -> None:
+        self._hurry.wait(WARM_AFTER_S)
+        if self._settled.is_set():
+            return
+        with contextlib.suppress(Exception):  # a pool closed meanwhile: nothing to warm
+            pool = self._local_pool()
+            for fut in [pool.submit(_ready) for _ in range(self.workers)]:
+                fut.result()
+
+    @property
+    def started(self) -> bool:
+        """Whether the run has a pool of workers, or asked for one."""
+        return self._pool is not None or self._wanted
+
+    def call(self, fn: Callable, *args: Any) -> Any:
+        """One call: on a worker if the run has a pool (what it imports stays there),
+        else inline; a run too small for a pool does not start one for this."""
+        return next(iter(self.map(fn, [args], None, "", "pool" if self.started else "inline")))
+
+    def map(
+        self,
+        fn: Callable,
+        calls: list[tuple],
+        progress: Progress | None,
+        what: str,
+        place: str = "auto",
+    ) -> Iterable:
+        """`place`: "auto" runs a single call inline and more on the pool; "pool" and
+        "inline" say where, whatever the number (one worker is always inline)."""
+        total = len(calls)
+        if self._pool is None:
+            self._settled.set()  # inline, or a pool made now: no warming needed any more
+            self._hurry.set()
+        if self.kind == "dask":
+            yield from self._dask(fn, calls, progress, what)
+            return
+        if self.workers == 1 or place == "inline" or (total <= 1 and place == "auto"):
+            for i, args in enumerate(calls):
+                yield fn(*args)
+                if progress:
+                    progress(i + 1, total, what)
+            return
+        from concurrent.futures import as_completed, wait
+
+        pool = self._local_pool()
+        futures: list[Any] = [pool.submit(fn, *args) for args in calls]
+        order = {fut: i for i, fut in enumerate(futures)}
+        done: set[int] = set()
+        first = 0  # the first result not yet handed out
+        # In submission order, each as soon as it and those before it are done, and
+        # let go of: a big write's results (the files of every task) would otherwise
+        # pile up in this process until the last task ends (35 MB on 1 GB → YOLO).
+        try:
+            for n, fut in enumerate(as_completed(futures), 1):
+                if progress:
+                    progress(n, total, what)
+                done.add(order.pop(fut))
+                while first in done:
+                    done.discard(first)
+                    result, futures[first] = futures[first].result(), None
+                    first += 1
+                    yield result
+        finally:  # stopped early (a failure): no task may outlive the call
+            rest = [f for f in futures if f is not None and not f.cancel()]
+            wait(rest)
+
+    def _dask(self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str):
+        from distributed import Client, as_completed
+
+        if self._pool is None:
+            self._pool = (
+                Client(self.scheduler)
+                if self.scheduler
+                else Client(n_workers=self.workers, threads_per_worker=1, processes=True)
+            )
+        futures = [self._pool.submit(fn, *args, pure=False) for args in calls]
+        for i, _ in enumerate(as_completed(futures)):
+            if progress:
+                progress(i + 1, len(calls), what)
+        yield from self._pool.gather(futures)
+
+    def close(self) -> None:
+        self._settled.set()
+        self._hurry.set()
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
+        if self._pool is not None:
+            (self._pool.shutdown if hasattr(self._pool, "shutdown") else self._pool.close)()
+            self._pool = None
