@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -25,6 +29,34 @@ def test_formats_lists_every_registered_format() -> None:
     assert result.exit_code == 0
     for name in formats.names():
         assert name in result.output
+
+
+def _executable(*args: str) -> subprocess.CompletedProcess:
+    """The installed `labelflow` command (its quick exit included), output piped."""
+    command = shutil.which("labelflow", path=str(Path(sys.executable).parent))
+    assert command is not None
+    return subprocess.run([command, *args], capture_output=True, text=True)
+
+
+def test_the_executable_exits_with_its_commands_code_and_all_its_output(
+    tmp_path: Path,
+) -> None:
+    """It leaves without the interpreter's teardown: piped output (block-buffered)
+    must still all arrive, and each command's exit code must come through."""
+    listed = _executable("formats")
+    assert listed.returncode == 0, listed.stderr
+    for name in formats.names():
+        assert name in listed.stdout
+    done = _executable("convert", str(EXAMPLE), "--to", "yolo", "--out", str(tmp_path / "y"))
+    assert done.returncode == 0, done.stderr
+    # The summary's last line (its time) is there: nothing was left in the buffer.
+    assert re.fullmatch(r"[\d.]+ s, [\d.]+ MB/s", done.stdout.splitlines()[-1])
+    assert (tmp_path / "y" / "obj.names").exists()
+    missing = _executable("convert", str(tmp_path / "nope.json"), "--to", "parquet",
+                          "--out", str(tmp_path / "p"))  # fmt: skip
+    assert missing.returncode == 1
+    assert "nope.json" in missing.stderr
+    assert _executable("convert").returncode == 2  # usage: typer's own code
 
 
 def test_detect_names_format_and_reason() -> None:

@@ -55,7 +55,7 @@ def test_the_executable_settles_arrows_allocator_before_pyarrow_loads(chosen, ex
         "sys.argv = ['labelflow', 'formats']\n"
         "from pipelines import entry\n"
         "assert 'pyarrow' not in sys.modules\n"
-        "try:\n    entry.main()\nexcept SystemExit:\n    pass\n"
+        "assert entry.run() == 0\n"
         "import pyarrow as pa\n"
         "print(pa.default_memory_pool().backend_name, file=sys.stderr)\n"
     )
