@@ -35,6 +35,41 @@ def to_uncompressed(counts: str, height: int, width: int) -> list[int]:
     return runs(flat)
 
 
+def string_runs(counts: str) -> np.ndarray:
+    """COCO's compressed RLE string → its run lengths (pycocotools' `rleFrString`),
+    the whole string at once in numpy: 5 bits a character, 0x20 = more characters
+    follow, 0x10 on a number's last character = negative; from the fourth run on,
+    each is stored as its difference from the run two before it. The same loop in
+    Python took 0.26 ms a mask (staging 200 MB → COCO, 5,608 masks: 1.46 s).
+
+    Raises ValueError naming the place: a character outside the codec's alphabet,
+    a string that ends inside a number, a negative run length.
+    """
+    c = np.frombuffer(counts.encode("latin-1", "replace"), np.uint8).astype(np.int64) - 48
+    if not len(c):
+        return c
+    bad = np.flatnonzero((c < 0) | (c >= 64))
+    if len(bad):
+        p = int(bad[0])
+        msg = f"character {counts[p]!r} at {p} is not in the codec's alphabet"
+        raise ValueError(msg)
+    last = (c & 0x20) == 0  # a number's last character
+    if not last[-1]:
+        raise ValueError("the string ends inside a number")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    shift = 5 * (np.arange(len(c)) - np.repeat(starts, ends - starts + 1))
+    values = np.bitwise_or.reduceat((c & 0x1F) << shift, starts)
+    values -= np.where(c[ends] & 0x10, 1 << (shift[ends] + 5), 0)
+    values[3::2] += np.cumsum(values[1::2])[:-1] if len(values) > 3 else 0
+    values[4::2] += np.cumsum(values[2::2])[:-1] if len(values) > 4 else 0
+    negative = np.flatnonzero(values < 0)
+    if len(negative):
+        msg = f"negative run length at {int(ends[negative[0]]) + 1}"
+        raise ValueError(msg)
+    return values
+
+
 def runs(flat: np.ndarray) -> list[int]:
     """Run lengths of a 0/1 vector, starting with a (possibly empty) run of zeros."""
     flat = np.asarray(flat, dtype=np.uint8)

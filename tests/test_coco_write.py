@@ -14,7 +14,7 @@ from pipelines import jsonframe
 from pipelines.formats import _coco_write, coco
 from pipelines.formats._fragments import Fragments, Piece
 from pipelines.formats.base import WriteOptions
-from pipelines.masks import encode, from_uncompressed, to_uncompressed
+from pipelines.masks import encode, from_uncompressed, string_runs, to_uncompressed
 from pipelines.runner import convert
 from pipelines.staging import Staging
 from pipelines.storage import Output
@@ -248,6 +248,27 @@ def test_uncompressed_runs_read_from_the_string_match_painting_the_mask() -> Non
     for runs, h, w in (([2, 0, 3, 1], 2, 3), ([1, 2], 2, 3)):
         counts = from_uncompressed(runs, h, w)
         assert _coco_write._uncompressed(counts, h, w) == to_uncompressed(counts, h, w)
+
+
+def test_string_runs_decode_what_pycocotools_encodes_and_name_bad_places() -> None:
+    """Run lengths from the string alone, checked against pycocotools' own
+    decoding: long runs (several characters a number), deltas of either sign."""
+    rng = np.random.default_rng(11)
+    for h, w, blocks in ((1, 1, 0), (7, 5, 3), (300, 400, 40), (480, 640, 200)):
+        mask = np.zeros((h, w), bool)
+        for _ in range(blocks):
+            y, x = rng.integers(0, h), rng.integers(0, w)
+            mask[y : y + rng.integers(1, 60), x : x + rng.integers(1, 60)] = True
+        counts = encode(mask)
+        assert string_runs(counts).tolist() == to_uncompressed(counts, h, w)
+    assert string_runs("").tolist() == []
+    for bad, reason in (
+        ("0a", "the string ends inside a number"),
+        ("00 0", "character ' ' at 2 is not in the codec's alphabet"),
+        ("1O1", "negative run length at 2"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            string_runs(bad)
 
 
 def test_writers_are_planned_for_the_run_s_workers(tmp_path: Path) -> None:

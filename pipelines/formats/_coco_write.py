@@ -19,6 +19,7 @@ appearance.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -41,7 +42,7 @@ from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.jsonframe import paused_gc
 from pipelines.masks import area as rle_area
 from pipelines.masks import bbox as rle_bbox
-from pipelines.masks import to_uncompressed
+from pipelines.masks import string_runs, to_uncompressed
 from pipelines.staging import Staging
 from pipelines.storage import Output
 
@@ -680,26 +681,8 @@ def _uncompressed(counts: str, height: int, width: int) -> list[int]:
     """`masks.to_uncompressed` without painting the mask: the run lengths the string
     encodes, when they are already the runs the painted mask would give (they cover
     it exactly and none after the first is empty); otherwise the painted way."""
-    lengths = _rle_lengths(counts)
-    if sum(lengths) == height * width > 0 and all(lengths[1:]):
-        return lengths
+    with contextlib.suppress(ValueError):  # not a string pycocotools wrote: paint it
+        lengths = string_runs(counts)
+        if lengths.sum() == height * width > 0 and lengths[1:].all():
+            return lengths.tolist()
     return to_uncompressed(counts, height, width)
-
-
-def _rle_lengths(counts: str) -> list[int]:
-    """COCO's compressed RLE string → its run lengths (pycocotools' rleFrString)."""
-    lengths: list[int] = []
-    value = shift = 0
-    for char in counts.encode("ascii"):
-        c = char - 48
-        value |= (c & 0x1F) << shift
-        shift += 5
-        if c & 0x20:
-            continue
-        if c & 0x10:
-            value -= 1 << shift  # the sign bit of the last 5-bit group
-        if len(lengths) > 2:
-            value += lengths[-2]
-        lengths.append(value)
-        value = shift = 0
-    return lengths

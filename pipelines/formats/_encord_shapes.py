@@ -358,7 +358,7 @@ def bitmask_columns(bm: Any) -> dict[str, Any]:
             raise Reject(f"bitmask.{name} must be a non-negative integer, got {bm.get(name)!r}")
         dims[name] = v
     try:
-        sub = masks.from_runs(_string_counts(rle), dims["height"], dims["width"], order="C")
+        sub = masks.from_runs(masks.string_runs(rle), dims["height"], dims["width"], order="C")
     except ValueError as exc:
         raise Reject(f"bitmask rleString cannot be decoded: {exc}") from None
     h, w = dims["top"] + dims["height"], dims["left"] + dims["width"]
@@ -375,33 +375,6 @@ def bitmask_columns(bm: Any) -> dict[str, Any]:
         "bbox_h": bh,
         "area": masks.area(counts, h, w),
     }
-
-
-def _string_counts(s: str) -> list[int]:
-    """COCO's compressed-RLE string → run lengths (LEB128-like, deltas after the second)."""
-    counts: list[int] = []
-    p, n = 0, len(s)
-    while p < n:
-        x = k = 0
-        more = True
-        while more:
-            if p >= n:
-                raise ValueError("the string ends inside a number")
-            c = ord(s[p]) - 48
-            if not 0 <= c < 64:
-                raise ValueError(f"character {s[p]!r} at {p} is not in the codec's alphabet")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        if x < 0:
-            raise ValueError(f"negative run length at {p}")
-        counts.append(x)
-    return counts
 
 
 def bitmask_from_mask(counts: str, height: int, width: int) -> dict[str, Any]:
