@@ -17,7 +17,8 @@ tools are the medians of their ratios within each round.
 
 Peers run from their own virtualenvs (`bench/setup_venvs.sh`, run for you on
 first use), never from the project's; labelflow runs from the project's
-`.venv`. Corpora are generated on first use (`bench/make_coco.py`,
+`.venv`, its bytecode compiled first as pip compiles an installed package's (and
+the peers'). Corpora are generated on first use (`bench/make_coco.py`,
 `bench/make_itag.py`, `bench/make_encord.py`) into `--data`. Results are appended to
 `--work`/results.jsonl; `report` turns them into `--work`/summary.md and
 `--work`/scaling.png.
@@ -311,6 +312,15 @@ def cmd_writers(env: Env, args: argparse.Namespace) -> None:
     run_rounds(env, "writers", args.corpus, corpus, facts, tools, args.runs, env.out)
 
 
+def _compile_labelflow(env: Env) -> None:
+    """An editable install compiles nothing, and under PYTHONDONTWRITEBYTECODE (set on
+    this machine) Python never caches what it compiles: every labelflow process
+    compiled the project's modules again, 0.2 s of a run on the small corpus
+    (0.90 → 0.70 s). The peers' pip installs carry their bytecode."""
+    folders = [str(ROOT / name) for name in ("pipelines", "transforms")]
+    subprocess.run([env.lf_py, "-m", "compileall", "-q", *folders], check=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("suite", choices=["coco", "disk", "jsonl", "encord", "writers", "report"])
@@ -337,6 +347,7 @@ def main() -> None:
 
         report.main(env.work)
         return
+    _compile_labelflow(env)
     suites = {"coco": cmd_coco, "disk": cmd_disk, "jsonl": cmd_jsonl, "encord": cmd_encord,
               "writers": cmd_writers}  # fmt: skip
     suites[args.suite](env, args)
