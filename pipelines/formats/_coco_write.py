@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import os
 import tempfile
@@ -441,32 +442,40 @@ class _Buckets:
 
 
 class _Geometry:
-    """A block's vertices as flat lists, looked up by annotation row."""
+    """A block's vertices, looked up by annotation row."""
 
     def __init__(self, points: pa.Table, rows: np.ndarray) -> None:
         n = int(rows[-1]) + 1 if len(rows) else 0
+        self._points = points
         self._start = np.searchsorted(rows, np.arange(n + 1), side="left").tolist()
         # Nulls come out of numpy as NaN, which orjson writes as null, as it writes None.
         self.x = points.column("x").to_numpy(zero_copy_only=False)
         self.y = points.column("y").to_numpy(zero_copy_only=False)
-        xy = np.empty(2 * len(self.x))
-        xy[0::2], xy[1::2] = self.x, self.y
-        self.xy = xy.tolist()
+        # Polygons stay numpy slices of this (`_PartWriter._write`): orjson writes a
+        # float64 array as it writes the list of its floats, without making them.
+        self.xy = np.empty(2 * len(self.x))
+        self.xy[0::2], self.xy[1::2] = self.x, self.y
         # A polygon's parts: runs of one (row, part).
         part = points.column("part").to_numpy()
         change = np.flatnonzero((np.diff(rows) != 0) | (np.diff(part) != 0)) + 1
         starts = np.concatenate(([0], change)) if len(rows) else np.array([], np.int64)
         self._runs = [*starts.tolist(), len(rows)]
         self._run_of = np.searchsorted(starts, self._start).tolist()
-        self.idx = points.column("idx").to_pylist()
-        self.visibility = points.column("visibility").to_pylist()
+
+    @functools.cached_property
+    def idx(self) -> list[int | None]:
+        return self._points.column("idx").to_pylist()  # keypoints only
+
+    @functools.cached_property
+    def visibility(self) -> list[int | None]:
+        return self._points.column("visibility").to_pylist()
 
     def _range(self, row: int) -> tuple[int, int]:
         if row + 1 >= len(self._start):
             return 0, 0
         return self._start[row], self._start[row + 1]
 
-    def polygon(self, row: int) -> list[list[float]]:
+    def polygon(self, row: int) -> list[np.ndarray]:
         if row + 1 >= len(self._start):
             return []
         runs, r0, r1 = self._runs, self._run_of[row], self._run_of[row + 1]
@@ -515,7 +524,8 @@ class _PartWriter:
         if not values:
             return
         # One dumps per block; its brackets dropped, blocks are joined with commas.
-        f.write((b"," if self._started[piece] else b"") + orjson.dumps(values)[1:-1])
+        text = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
+        f.write((b"," if self._started[piece] else b"") + text[1:-1])
         self._started[piece] = True
 
 
