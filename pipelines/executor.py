@@ -35,10 +35,18 @@ later: framing 200 MB of COCO takes 0.25 s, the pool's start 0.5 s."""
 
 
 def big_file(url: str) -> bool:
-    with contextlib.suppress(Exception):  # a missing source is reported by planning
+    return _sized(url) == "big"
+
+
+def _sized(url: str) -> str:
+    """The source as far as starting a pool goes: "big" (a file of `WARM_NOW_BYTES` or
+    more), "small", "folder", or "unknown" (missing: planning reports it)."""
+    with contextlib.suppress(Exception):
         source = Source(url)
-        return not source.is_dir and source.size() >= WARM_NOW_BYTES
-    return False
+        if source.is_dir:
+            return "folder"
+        return "big" if source.size() >= WARM_NOW_BYTES else "small"
+    return "unknown"
 
 
 def prepare(kind: str, workers: int | None, sources: Sequence[str]) -> None:
@@ -50,20 +58,15 @@ def prepare(kind: str, workers: int | None, sources: Sequence[str]) -> None:
     written by the pool; a folder export starts it `WARM_AFTER_S` in unless the run
     ends first). A small file starts nothing.
     """
-    if kind != "local" or _worker_count(workers) < 2 or not any(map(_pool_likely, sources)):
+    if kind != "local" or _worker_count(workers) < 2:
+        return
+    if not any(_sized(url) in ("big", "folder") for url in sources):
         return
     import multiprocessing
     from multiprocessing import forkserver
 
     multiprocessing.get_context("forkserver").set_forkserver_preload(list(ENGINE))
     forkserver.ensure_running()
-
-
-def _pool_likely(url: str) -> bool:
-    with contextlib.suppress(Exception):  # a missing source is reported by planning
-        source = Source(url)
-        return source.is_dir or source.size() >= WARM_NOW_BYTES
-    return False
 
 
 def _worker_count(workers: int | None) -> int:
