@@ -427,3 +427,35 @@ def test_repeated_ids_and_names_stay_unique_across_parts(tmp_path: Path, monkeyp
     names = [i.get("name") for i in written]
     assert len(written) == 7 and len(set(ids)) == 7 and len(set(names)) == 7
     assert not list(out.rglob(".annotations.xml.parts"))
+
+
+def test_a_mask_s_box_found_from_its_rle_is_the_one_its_pixels_give() -> None:
+    """The stated box when it holds every set pixel (whole pixels, inside the image),
+    else the tight box of the set pixels, as the decoded image would give them."""
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 30, size=2))
+        full = np.zeros((h, w), np.uint8)
+        y0, x0 = int(rng.integers(0, h)), int(rng.integers(0, w))
+        full[y0 : y0 + int(rng.integers(1, 8)), x0 : x0 + int(rng.integers(1, 8))] = 1
+        full &= (rng.random((h, w)) < 0.7).astype(np.uint8)
+        rows, cols = np.nonzero(full)
+        tight = None
+        if rows.size:
+            x0, y0 = cols.min(), rows.min()
+            tight = (x0, y0, cols.max() - x0 + 1, rows.max() - y0 + 1)
+        x, y = int(rng.integers(-2, w)), int(rng.integers(-2, h))
+        bw, bh = int(rng.integers(0, w + 2)), int(rng.integers(0, h + 2))
+        if tight is not None and rng.random() < 0.4:  # a box around the pixels
+            x, y = int(rng.integers(0, tight[0] + 1)), int(rng.integers(0, tight[1] + 1))
+            bw = int(rng.integers(tight[0] + tight[2] - x, w - x + 2))
+            bh = int(rng.integers(tight[1] + tight[3] - y, h - y + 2))
+        stated = [(x, y, bw, bh), (x + 0.5, y, bw, bh), (None,) * 4][int(rng.integers(0, 3))]
+        ann = dict(zip(("bbox_x", "bbox_y", "bbox_w", "bbox_h"), stated, strict=True))
+        ann["mask"] = masks.encode(full)
+        whole = None not in stated and all(float(v).is_integer() for v in stated)
+        inside = whole and x >= 0 and y >= 0 and bw > 0 and bh > 0 and x + bw <= w and y + bh <= h
+        holds = inside and full[y : y + bh, x : x + bw].sum() == full.sum()
+        expected = None if tight is None else ((x, y, bw, bh) if holds else tight)
+        got = _cvat_write._mask_box(ann, h, w)
+        assert got == (None if expected is None else tuple(int(v) for v in expected)), ann
