@@ -45,7 +45,11 @@ def string_runs(counts: str) -> np.ndarray:
     Raises ValueError naming the place: a character outside the codec's alphabet,
     a string that ends inside a number, a negative run length.
     """
-    c = np.frombuffer(counts.encode("latin-1", "replace"), np.uint8).astype(np.int64) - 48
+    if not counts.isascii():
+        p = next(i for i, char in enumerate(counts) if not char.isascii())
+        msg = f"character {counts[p]!r} at {p} is not in the codec's alphabet"
+        raise ValueError(msg)
+    c = np.frombuffer(counts.encode("ascii"), np.uint8).astype(np.int64) - 48
     if not len(c):
         return c
     bad = np.flatnonzero((c < 0) | (c >= 64))

@@ -265,6 +265,7 @@ def test_string_runs_decode_what_pycocotools_encodes_and_name_bad_places() -> No
     for bad, reason in (
         ("0a", "the string ends inside a number"),
         ("00 0", "character ' ' at 2 is not in the codec's alphabet"),
+        ("0€0", "character '€' at 1 is not in the codec's alphabet"),
         ("1O1", "negative run length at 2"),
     ):
         with pytest.raises(ValueError, match=reason):
