@@ -56,11 +56,13 @@ def prepare(kind: str, workers: int | None, sources: Sequence[str]) -> None:
     forkserver's imports and the caller's then run side by side, where the pool
     started after them. Likely: a big source file, or a folder (a staged dataset is
     written by the pool; a folder export starts it `WARM_AFTER_S` in unless the run
-    ends first). A small file starts nothing.
+    ends first). A small file starts nothing. Remote sources are not asked: a
+    request each would delay the start for what the runner decides anyway.
     """
     if kind != "local" or _worker_count(workers) < 2:
         return
-    if not any(_sized(url) in ("big", "folder") for url in sources):
+    local = [url for url in sources if "://" not in url or url.startswith("file://")]
+    if not any(_sized(url) in ("big", "folder") for url in local):
         return
     import multiprocessing
     from multiprocessing import forkserver

@@ -169,3 +169,12 @@ def test_workers_import_what_a_forkserver_started_earlier_did_not_preload() -> N
         "ex.close()\n"
     )
     assert _run_python(code) == "True"
+
+
+def test_preparing_a_pool_asks_nothing_of_remote_sources(monkeypatch) -> None:
+    """A request per remote source would delay the run's start; the runner decides
+    for them as before."""
+    asked: list[str] = []
+    monkeypatch.setattr(executor, "Source", lambda url: asked.append(url))
+    executor.prepare("local", 2, ["s3://bucket/export.json", "gs://bucket/folder/"])
+    assert asked == []
