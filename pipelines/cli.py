@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines import executor, memory
+from pipelines import memory
 from pipelines.config import RunConfig
 from pipelines.errors import LabelflowError
+from pipelines.executor import prepare as prepare_pool
 
 if TYPE_CHECKING:
     from pipelines.runner import Report
@@ -146,7 +147,7 @@ def run(
 
 
 def _run(config: RunConfig, quiet: bool) -> None:
-    executor.prepare(config.executor, config.workers, config.sources)
+    prepare_pool(config.executor, config.workers, config.sources)
     memory.use_system_allocator()  # this process is ours: it may run tasks inline
     show = not quiet and sys.stderr.isatty()
     try:
