@@ -27,7 +27,7 @@ from pipelines.executor import Executor, Progress, big_file
 from pipelines.formats.base import ReadOptions, ReadTask, WriteOptions, WriteResult, WriteTask
 from pipelines.formats.parquet import COMPRESSION, TRANSIENT_COMPRESSION, PartWriter
 from pipelines.schema import DATA_TABLES, TABLES, Batch, box_stated
-from pipelines.staging import Staging
+from pipelines.staging import PLAN_MEMORY_LIMIT, Staging
 from pipelines.storage import Output, Source, copy_stream, fs_for
 
 
@@ -344,7 +344,7 @@ def _write_all(
     for table in DATA_TABLES:  # its files, listed and counted once, go with every task
         staging.count_rows(table)
     # Nothing else runs while the write is planned: its queries may use every core.
-    planning = staging.view(threads=ex.workers)
+    planning = staging.view(threads=ex.workers, memory_limit=PLAN_MEMORY_LIMIT)
     if plan_here:
         wtasks = plan_write(target.name, planning, opts)
     else:

@@ -48,3 +48,44 @@ def test_close_lets_go_of_every_connection_and_a_query_opens_one_again(tmp_path:
     staging.close()
     assert staging._con is None and not staging._cursors
     assert staging.con.execute("SELECT count(*) FROM items").fetchone()[0] == 5000
+
+
+def test_a_write_is_planned_within_the_planning_limit_and_written_within_the_usual(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Planning's whole-table queries get `PLAN_MEMORY_LIMIT`; the write tasks keep
+    `MEMORY_LIMIT` for their joins."""
+    from pipelines import runner, staging
+    from tests.conftest import PEER
+
+    limits: dict[str, str] = {}
+    real_plan, real_write = runner.plan_write, runner.run_write_task
+
+    def setting(view: Staging) -> str:
+        return view.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    def plan_write(fmt, view, options):
+        limits["plan"] = setting(view)
+        return real_plan(fmt, view, options)
+
+    def run_write_task(task, view, out):
+        limits["write"] = setting(view)
+        return real_write(task, view, out)
+
+    monkeypatch.setattr(runner, "plan_write", plan_write)
+    monkeypatch.setattr(runner, "run_write_task", run_write_task)
+    source = PEER / "coco_instances" / "coco_instances"
+    assert runner.convert([str(source)], "cvat", str(tmp_path / "cvat"), workers=1).ok
+    assert limits == {
+        "plan": _as_duckdb_states(staging.PLAN_MEMORY_LIMIT),
+        "write": _as_duckdb_states(staging.MEMORY_LIMIT),
+    }
+
+
+def _as_duckdb_states(limit: str) -> str:
+    """How DuckDB states a memory limit once set."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{limit}'")
+    return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
