@@ -17,7 +17,9 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.schema import TABLES, conform
 from pipelines.storage import fs_for
@@ -45,6 +47,9 @@ class ItemGroup:
     points: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     attributes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """owner_id → attribute rows; the item's own attributes are under its item_id."""
+    point_text: dict[str, dict[int, str]] = field(default_factory=dict)
+    """With `iter_items(point_text=...)`: annotation id → part → the texts of its
+    vertices, in order, joined with ';'."""
 
 
 MEMORY_LIMIT = "256MB"
@@ -352,6 +357,8 @@ class Staging:
         point_columns: Sequence[str] | None = None,
         with_attributes: bool = True,
         positions: tuple[int, int] | None = None,
+        point_text: str | None = None,
+        point_kinds: Sequence[str] | None = None,
     ) -> Iterator[ItemGroup]:
         """Items in source order with their annotations, points and attributes.
 
@@ -360,6 +367,11 @@ class Staging:
         can run one task per shard; `positions` (first, last) keeps the items
         after the first-th and through the last-th of those, a run in source
         order. Only the listed columns are fetched.
+
+        `point_text`, an SQL expression over a vertex `p` (its text as the writer
+        spells it), fills `ItemGroup.point_text` a row per polygon part instead of
+        a dict per vertex; `point_kinds` then keeps vertex rows (`points`) for the
+        annotations of those kinds only.
         """
         con = self.con
         conds, params = [], []
@@ -392,12 +404,29 @@ class Staging:
             "ORDER BY s._pos, a.filename, a.file_row_number"
         )
         p_cols = _select(point_columns, "p")
+        kinds = (
+            ""
+            if point_kinds is None
+            else "WHERE EXISTS (SELECT 1 FROM annotations a WHERE a.ann_id = p.ann_id AND "
+            f"a.item_id = p.item_id AND a.kind IN ({_listed(point_kinds)}))"
+        )
         pts = (
             self._rows(
                 f"SELECT {p_cols}, p.ann_id AS _ann, s._pos FROM points p "
-                "JOIN _sel s USING (item_id) ORDER BY s._pos, p.ann_id, p.part, p.idx"
+                f"JOIN _sel s USING (item_id) {kinds} ORDER BY s._pos, p.ann_id, p.part, p.idx"
             )
             if point_columns != ()
+            else iter(())
+        )
+        # In the order of the vertex stream above; a vertex without a part belongs to
+        # part 0 (`_merge` puts it after part 0's own).
+        texts = (
+            self._runs(
+                f"SELECT s._pos, p.ann_id AS _ann, coalesce(p.part, 0) AS part, {point_text} "
+                "AS text FROM points p JOIN _sel s USING (item_id) "
+                "ORDER BY s._pos, p.ann_id, p.part, p.idx"
+            )
+            if point_text
             else iter(())
         )
         attrs = (
@@ -408,13 +437,32 @@ class Staging:
             if with_attributes
             else iter(())
         )
-        yield from _merge(items, anns, pts, attrs)
+        yield from _merge(items, anns, pts, attrs, texts)
 
     def _rows(self, sql: str) -> Iterator[dict[str, Any]]:
         # Each stream gets its own cursor: a new query on a connection ends the previous one.
         reader = self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS)
         for batch in reader:
             yield from batch.to_pylist()
+
+    def _runs(self, sql: str) -> Iterator[dict[str, Any]]:
+        """The rows of `sql` (_pos, _ann, part, text; sorted so), one per run of equal
+        (_pos, _ann, part) in a fetched batch, their texts joined with ';' by Arrow
+        (`_merge` joins a run cut by a batch's end). In DuckDB, an ordered
+        `string_agg` per group ran out of its memory on 200 MB."""
+        reader = self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS)
+        for batch in reader:
+            pos, part = batch.column("_pos").to_numpy(), batch.column("part").to_numpy()
+            ann = batch.column("_ann")
+            change = (pos[1:] != pos[:-1]) | (part[1:] != part[:-1])
+            change |= pc.not_equal(ann.slice(1), ann.slice(0, len(ann) - 1)).to_numpy(False)
+            starts = np.concatenate(([0], np.flatnonzero(change) + 1)).astype(np.int32)
+            offsets = pa.array(np.append(starts, len(batch)).astype(np.int32))
+            texts = pc.binary_join(pa.ListArray.from_arrays(offsets, batch.column("text")), ";")
+            rows = batch.select(["_pos", "_ann", "part"]).take(starts).to_pylist()
+            for row, text in zip(rows, texts.to_pylist(), strict=True):
+                row["text"] = text
+                yield row
 
 
 _LABEL = ("label", "label_id")  # repeating strings: grouped by their codes, half the time
@@ -435,9 +483,13 @@ def _select(columns: Sequence[str] | None, alias: str) -> str:
     return ", ".join(f"{alias}.{c}" for c in columns)
 
 
-def _merge(items, anns, pts, attrs) -> Iterator[ItemGroup]:
-    """Zip four streams sorted by item position into one group per item."""
-    streams = [anns, pts, attrs]
+def _listed(values: Sequence[str]) -> str:
+    return ", ".join("'{}'".format(v.replace("'", "''")) for v in values)
+
+
+def _merge(items, anns, pts, attrs, texts) -> Iterator[ItemGroup]:
+    """Zip five streams sorted by item position into one group per item."""
+    streams = [anns, pts, attrs, texts]
     heads = [next(s, None) for s in streams]
     for item in items:
         pos = item.pop("_pos")
@@ -457,4 +509,11 @@ def _merge(items, anns, pts, attrs) -> Iterator[ItemGroup]:
             del row["_pos"]
             group.attributes.setdefault(row["owner_id"], []).append(row)
             heads[2] = next(attrs, None)
+        while heads[3] is not None and heads[3]["_pos"] == pos:
+            # One part may come as several runs (cut by a batch's end, or vertices
+            # without a part after the part-0 ones): joined in the order they come.
+            row = heads[3]
+            rings, part = group.point_text.setdefault(row["_ann"], {}), row["part"]
+            rings[part] = f"{rings[part]};{row['text']}" if part in rings else row["text"]
+            heads[3] = next(texts, None)
         yield group

@@ -459,3 +459,25 @@ def test_a_mask_s_box_found_from_its_rle_is_the_one_its_pixels_give() -> None:
         expected = None if tight is None else ((x, y, bw, bh) if holds else tight)
         got = _cvat_write._mask_box(ann, h, w)
         assert got == (None if expected is None else tuple(int(v) for v in expected)), ann
+
+
+def test_vertex_text_from_duckdb_is_what_the_writer_formats() -> None:
+    """`num_sql` (vertices, formatted by DuckDB) and `_num` (boxes, in Python) must
+    spell every number alike: on every magnitude, at the rounding edges, and -0,
+    NaN and the infinities."""
+    import duckdb
+    import pyarrow as pa
+
+    rng = np.random.default_rng(9)
+    edges = [0.0, -0.0, 5e-7, -5e-7, np.nextafter(-5e-7, -1), np.nextafter(-5e-7, 1), -4.9e-7,
+             1234.5678905, 0.1234565, 1e15, np.nan, np.inf, -np.inf]  # fmt: skip
+    values = np.concatenate([
+        rng.random(50_000) * 4000,
+        np.round(rng.random(20_000) * 4000, 2),
+        rng.integers(-5000, 5000, 20_000).astype(float),
+        10.0 ** rng.uniform(-9, 15, 20_000) * rng.choice([-1, 1], 20_000),
+        edges,
+    ])  # fmt: skip
+    vertices = pa.table({"x": values})  # noqa: F841 - DuckDB reads it by name
+    got = [r[0] for r in duckdb.sql(f"SELECT {_cvat_write.num_sql('x')} FROM vertices").fetchall()]
+    assert got == [_cvat_write._num(v) for v in values.tolist()]

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.staging import Staging
@@ -89,3 +90,48 @@ def _as_duckdb_states(limit: str) -> str:
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{limit}'")
     return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+
+def test_point_text_joins_each_part_s_vertices_as_the_vertex_rows_give_them(
+    tmp_path: Path,
+) -> None:
+    """A row per part (`point_text`) against the vertex rows: a polygon longer than
+    a fetched batch, several parts, and vertices without a part (they go with part
+    0, after its own)."""
+    import json
+
+    from pipelines import runner
+
+    ring = [float(v) for v in range(40_000)]  # 20,000 vertices: across fetched batches
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 50_000, "height": 50_000}],
+        "categories": [{"id": 1, "name": "c"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [ring], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "iscrowd": 0,
+             "segmentation": [[0, 0, 5, 0, 5, 5], [9, 9, 12, 9, 12, 12], [1, 1, 2, 2, 3, 1]]},
+        ],
+    }  # fmt: skip
+    source = tmp_path / "coco.json"
+    source.write_text(json.dumps(coco))
+    staged = tmp_path / "staged"
+    assert runner.convert([str(source)], "parquet", str(staged), workers=1).ok
+    # Some vertices of the second annotation lose their part.
+    for path in (staged / "points").rglob("*.parquet"):
+        points = pq.read_table(path)
+        lose = pc.and_(pc.is_in(points["idx"], pa.array([0, 1])), pc.equal(points["part"], 2))
+        part = pc.if_else(lose, pa.scalar(None, points["part"].type), points["part"])
+        pq.write_table(points.set_column(points.schema.get_field_index("part"), "part", part), path)
+    text = "CAST(p.x AS VARCHAR) || ',' || CAST(p.y AS VARCHAR)"
+    staging = Staging(str(staged))
+    [by_vertex] = staging.iter_items(point_columns=("part", "x", "y"))
+    [by_part] = staging.iter_items(point_columns=(), point_text=text)
+    expected: dict[str, dict[int, str]] = {}
+    for ann, vertices in by_vertex.points.items():
+        parts: dict[int, list[str]] = {}
+        for v in vertices:  # in order: part (nulls last), then index
+            parts.setdefault(v["part"] or 0, []).append(f"{v['x']},{v['y']}")
+        expected[ann] = {k: ";".join(texts) for k, texts in parts.items()}
+    assert by_part.point_text == expected
+    assert [len(t.split(";")) for t in expected[next(iter(expected))].values()] == [20_000]
+    assert list(by_part.points) == []
