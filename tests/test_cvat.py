@@ -481,3 +481,14 @@ def test_vertex_text_from_duckdb_is_what_the_writer_formats() -> None:
     vertices = pa.table({"x": values})  # noqa: F841 - DuckDB reads it by name
     got = [r[0] for r in duckdb.sql(f"SELECT {_cvat_write.num_sql('x')} FROM vertices").fetchall()]
     assert got == [_cvat_write._num(v) for v in values.tolist()]
+
+
+def test_a_mask_decoded_in_its_box_is_the_box_of_the_decoded_image() -> None:
+    rng = np.random.default_rng(13)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 40, size=2))
+        counts = masks.encode(rng.random((h, w)) < rng.random())
+        left, top = int(rng.integers(0, w)), int(rng.integers(0, h))
+        box = (left, top, int(rng.integers(1, w - left + 1)), int(rng.integers(1, h - top + 1)))
+        whole = masks.decode(counts, h, w)[top : top + box[3], left : left + box[2]]
+        assert np.array_equal(masks.decode_box(counts, h, w, box), whole), (h, w, box)

@@ -314,7 +314,7 @@ class _Shapes:
             self.result.lose("empty masks skipped")
             return []
         left, top, bw, bh = box
-        crop = masks.decode(ann["mask"], h, w)[top : top + bh, left : left + bw]
+        crop = masks.decode_box(ann["mask"], h, w, box)
         runs = masks.runs(crop.ravel(order="C"))
         a.update(
             rle=", ".join(str(r) for r in runs),
