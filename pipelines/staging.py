@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.errors import LabelflowError
 from pipelines.schema import TABLES, conform
 from pipelines.storage import fs_for
 
@@ -455,11 +456,16 @@ class Staging:
             pos, part = batch.column("_pos").to_numpy(), batch.column("part").to_numpy()
             ann = batch.column("_ann")
             change = (pos[1:] != pos[:-1]) | (part[1:] != part[:-1])
-            change |= pc.not_equal(ann.slice(1), ann.slice(0, len(ann) - 1)).to_numpy(False)
+            differs = pc.not_equal(ann.slice(1), ann.slice(0, len(ann) - 1))
+            change |= differs.fill_null(True).to_numpy(zero_copy_only=False)
             starts = np.concatenate(([0], np.flatnonzero(change) + 1)).astype(np.int32)
             offsets = pa.array(np.append(starts, len(batch)).astype(np.int32))
             texts = pc.binary_join(pa.ListArray.from_arrays(offsets, batch.column("text")), ";")
             rows = batch.select(["_pos", "_ann", "part"]).take(starts).to_pylist()
+            if texts.null_count:  # a vertex without coordinates: no text to give it
+                ann_id = rows[int(texts.is_null().to_numpy(False).argmax())]["_ann"]
+                msg = f"{self.url}: annotation {ann_id!r} has a vertex without coordinates"
+                raise LabelflowError(msg)
             for row, text in zip(rows, texts.to_pylist(), strict=True):
                 row["text"] = text
                 yield row

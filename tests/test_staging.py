@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 
 from pipelines.staging import Staging
 
@@ -135,3 +136,22 @@ def test_point_text_joins_each_part_s_vertices_as_the_vertex_rows_give_them(
     assert by_part.point_text == expected
     assert [len(t.split(";")) for t in expected[next(iter(expected))].values()] == [20_000]
     assert list(by_part.points) == []
+
+
+def test_a_vertex_without_coordinates_is_named_not_written_as_text(tmp_path: Path) -> None:
+    from pipelines import runner
+    from pipelines.errors import LabelflowError
+    from tests.conftest import ROOT
+
+    source = ROOT / "tests/fixtures/example/annotations/instances_demo.json"
+    staged = tmp_path / "staged"
+    assert runner.convert([str(source)], "parquet", str(staged), workers=1).ok
+    path = next((staged / "points").rglob("*.parquet"))
+    points = pq.read_table(path)
+    x = points["x"].to_pylist()
+    x[3] = None
+    pq.write_table(points.set_column(points.schema.get_field_index("x"), "x", pa.array(x)), path)
+    owner = points["ann_id"][3].as_py()
+    texts = Staging(str(staged)).iter_items(point_columns=(), point_text="CAST(p.x AS VARCHAR)")
+    with pytest.raises(LabelflowError, match=f"annotation '{owner}' has a vertex without"):
+        list(texts)
