@@ -369,10 +369,11 @@ class Staging:
         after the first-th and through the last-th of those, a run in source
         order. Only the listed columns are fetched.
 
-        `point_text`, an SQL expression over a vertex `p` (its text as the writer
-        spells it), fills `ItemGroup.point_text` a row per polygon part instead of
-        a dict per vertex; `point_kinds` then keeps vertex rows (`points`) for the
-        annotations of those kinds only.
+        `point_text`, an SQL expression over a vertex `p` and its item's size
+        (`s.width`, `s.height`), spells a vertex as the writer does; it fills
+        `ItemGroup.point_text`, a row per polygon part instead of a dict per vertex.
+        `point_kinds` then keeps vertex rows (`points`) for the annotations of those
+        kinds only.
         """
         con = self.con
         conds, params = [], []
@@ -391,8 +392,9 @@ class Staging:
             else f"WHERE _pos > {int(positions[0])} AND _pos <= {int(positions[1])}"
         )
         con.execute(
-            "CREATE OR REPLACE TABLE _sel AS SELECT * FROM (SELECT item_id, row_number() OVER "
-            f"(ORDER BY filename, file_row_number) AS _pos FROM items {where}) {run}",
+            "CREATE OR REPLACE TABLE _sel AS SELECT * FROM (SELECT item_id, width, height, "
+            "row_number() OVER (ORDER BY filename, file_row_number) AS _pos FROM items "
+            f"{where}) {run}",
             params,
         )
         items = self._rows(

@@ -417,3 +417,32 @@ def test_a_server_that_cannot_be_reached_is_asked_once_per_task(
         "images not copied: not found": 1,
     }
     assert asked == [items[0]["media_uri"], items[3]["media_uri"]]
+
+
+def test_segment_vertex_text_from_duckdb_is_what_the_writer_formats() -> None:
+    """A segment polygon's vertices are spelled by DuckDB (`_SEGMENT_TEXT`), boxes'
+    corners in Python (`_coords`): alike on every magnitude, at the rounding edges,
+    -0, NaN and the infinities; empty for an item without a size."""
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+
+    from pipelines.formats import _yolo_write
+
+    rng = np.random.default_rng(17)
+    n = 60_000
+    xs = np.concatenate([rng.random(n) * 4000, [0.0, -0.0, 5e-7, -5e-7, 1.5e-6, np.nan, np.inf]])
+    ys = np.concatenate([np.round(rng.random(n) * 3000, 2), [-0.0, 0.0, -5e-7, 2.5e-6, 1, 2, 3]])
+    sizes = rng.integers(1, 5000, len(xs))
+    widths, heights = sizes.copy(), sizes[::-1].copy()
+    widths[:50], heights[50:100] = 0, 0  # no size: no lines
+    vertices = pa.table({"x": xs, "y": ys, "width": widths, "height": heights})  # noqa: F841
+    sql = _yolo_write._SEGMENT_TEXT.replace("p.", "v.").replace("s.", "v.")
+    got = [r[0] for r in duckdb.sql(f"SELECT {sql} FROM vertices v").fetchall()]
+    expected = [
+        _yolo_write._coords([(x, y)], float(w), float(h)) if w and h else ""
+        for x, y, w, h in zip(
+            xs.tolist(), ys.tolist(), widths.tolist(), heights.tolist(), strict=True
+        )
+    ]
+    assert got == expected

@@ -36,7 +36,8 @@ from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
 from pipelines.formats._item_spans import item_spans
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
-from pipelines.staging import Staging
+from pipelines.schema import KINDS
+from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output
 
 LAYOUTS = ("yolo", "ultralytics")
@@ -265,7 +266,7 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         label_dir, image_dir = _dirs(layout, item.get("subset"))
         text = []
         for ann in group.annotations:
-            written = lines.lines(ann, group.points.get(ann["ann_id"], []), item, result)
+            written = lines.lines(ann, group, result)
             if written:
                 text += written
                 result.annotations += 1
@@ -291,13 +292,26 @@ def _item_groups(staging: Staging, task: WriteTask):
     need_points = task.options.extra["_task"] in ("segment", "pose") or bool(
         staging.scalar("SELECT count(*) FROM annotations WHERE bbox_x IS NULL OR bbox_w IS NULL")
     )
+    segment = task.options.extra["_task"] == "segment"
     return staging.iter_items(
         shard=task.shard,
         shards=task.shards,
         ann_columns=_ANN_COLUMNS,
         point_columns=None if need_points else (),
         with_attributes=False,
+        # Polygons of a segment dataset come a line's text per part (`_Lines._polygon`).
+        point_text=_SEGMENT_TEXT if segment else None,
+        point_kinds=tuple(k for k in KINDS if k != "polygon") if segment else None,
     )
+
+
+_SEGMENT_TEXT = (
+    "CASE WHEN s.width <> 0 AND s.height <> 0 THEN printf('%.6f', p.x / s.width) || ' ' || "
+    "printf('%.6f', p.y / s.height) ELSE '' END"
+)
+"""A vertex of a segment line as `_coords` spells it (a test compares them); an item
+without a size has no lines (`_has_size`). Formatting every vertex in Python, from a
+dict per vertex, was most of a segment write."""
 
 
 def corners(x: float, y: float, w: float, h: float, angle: float) -> list[tuple[float, float]]:
@@ -320,8 +334,14 @@ class _Lines:
         self.kpt = kpt
 
     def lines(
-        self, ann: dict[str, Any], pts: list[dict[str, Any]], item: dict, result: WriteResult
+        self,
+        ann: dict[str, Any],
+        group: ItemGroup,
+        result: WriteResult,
     ) -> list[str]:
+        """`group`: the item with the annotation's vertices (`points`, or for a segment
+        dataset's polygons their parts' text, `point_text`)."""
+        pts, polygons, item = group.points.get(ann["ann_id"], []), group.point_text, group.item
         kind = ann["kind"]
         if not per_image.writable(ann, result, "YOLO"):
             return []
@@ -329,8 +349,11 @@ class _Lines:
             plural = per_image.PLURAL[kind]
             result.lose(f"{plural} not written: a pose dataset holds keypoints only")
             return []
+        rings = (
+            polygons.get(ann["ann_id"]) if self.task == "segment" and kind == "polygon" else None
+        )
         box = per_image.pixel_box(ann, pts)
-        if box is None:
+        if box is None and not rings:
             result.lose("annotations without geometry skipped")
             return []
         if ann.get("confidence") is not None:
@@ -339,8 +362,8 @@ class _Lines:
         cls = str(self.classes[ann["label"]])
         if self.task == "pose":
             return [f"{cls} {_centre(box, w, h)} {self._keypoints(pts, w, h)}"]
-        if self.task == "segment" and kind == "polygon" and pts:
-            return self._polygon(cls, pts, w, h, result)
+        if rings:
+            return self._polygon(cls, rings, result)
         if kind == "rotated_bbox" and self.task in ("segment", "obb"):
             quad = corners(*box, ann.get("angle_deg") or 0.0)
             return [f"{cls} {_coords(quad, w, h)}"]
@@ -349,13 +372,13 @@ class _Lines:
             return [f"{cls} {_centre(box, w, h)}"]
         return [f"{cls} {_coords(corners(*box, 0.0), w, h)}"]
 
-    def _polygon(self, cls: str, pts: list[dict], w: float, h: float, result: WriteResult) -> list:
-        parts: dict[int, list[tuple[float, float]]] = {}
-        for p in pts:
-            parts.setdefault(p.get("part") or 0, []).append((p["x"], p["y"]))
-        if len(parts) > 1:
+    def _polygon(self, cls: str, rings: dict[int, str], result: WriteResult) -> list:
+        if len(rings) > 1:
             result.lose("multi-part polygons written as one polygon per part")
-        return [f"{cls} {_coords(ring, w, h)}" for ring in parts.values() if len(ring) >= 3]
+        # A ring's vertices are joined with ';' (`Staging.iter_items`), a line's with ' '.
+        return [
+            f"{cls} {ring.replace(';', ' ')}" for ring in rings.values() if ring.count(";") >= 2
+        ]
 
     def _keypoints(self, pts: list[dict], w: float, h: float) -> str:
         by_idx = {p["idx"]: p for p in pts}
