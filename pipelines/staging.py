@@ -51,6 +51,9 @@ class ItemGroup:
     point_text: dict[str, dict[int, str]] = field(default_factory=dict)
     """With `iter_items(point_text=...)`: annotation id → part → the texts of its
     vertices, in order, joined with ';'."""
+    point_xy: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    """With `iter_items(point_xy=True)`: annotation id → part → its vertices' x, y
+    interleaved, in order (orjson writes a float64 array as the list of its floats)."""
 
 
 MEMORY_LIMIT = "256MB"
@@ -359,6 +362,7 @@ class Staging:
         with_attributes: bool = True,
         positions: tuple[int, int] | None = None,
         point_text: str | None = None,
+        point_xy: bool = False,
         point_kinds: Sequence[str] | None = None,
     ) -> Iterator[ItemGroup]:
         """Items in source order with their annotations, points and attributes.
@@ -371,9 +375,9 @@ class Staging:
 
         `point_text`, an SQL expression over a vertex `p` and its item's size
         (`s.width`, `s.height`), spells a vertex as the writer does; it fills
-        `ItemGroup.point_text`, a row per polygon part instead of a dict per vertex.
-        `point_kinds` then keeps vertex rows (`points`) for the annotations of those
-        kinds only.
+        `ItemGroup.point_text`, a row per polygon part instead of a dict per vertex;
+        `point_xy` fills `ItemGroup.point_xy` with arrays the same way. `point_kinds`
+        then keeps vertex rows (`points`) for the annotations of those kinds only.
         """
         con = self.con
         conds, params = [], []
@@ -423,13 +427,14 @@ class Staging:
         )
         # In the order of the vertex stream above; a vertex without a part belongs to
         # part 0 (`_merge` puts it after part 0's own).
-        texts = (
+        values = f"{point_text} AS text" if point_text else "p.x, p.y"
+        parts = (
             self._runs(
-                f"SELECT s._pos, p.ann_id AS _ann, coalesce(p.part, 0) AS part, {point_text} "
-                "AS text FROM points p JOIN _sel s USING (item_id) "
+                f"SELECT s._pos, p.ann_id AS _ann, coalesce(p.part, 0) AS part, {values} "
+                "FROM points p JOIN _sel s USING (item_id) "
                 "ORDER BY s._pos, p.ann_id, p.part, p.idx"
             )
-            if point_text
+            if point_text or point_xy
             else iter(())
         )
         attrs = (
@@ -440,7 +445,7 @@ class Staging:
             if with_attributes
             else iter(())
         )
-        yield from _merge(items, anns, pts, attrs, texts)
+        yield from _merge(items, anns, pts, attrs, parts)
 
     def _rows(self, sql: str) -> Iterator[dict[str, Any]]:
         # Each stream gets its own cursor: a new query on a connection ends the previous one.
@@ -449,10 +454,11 @@ class Staging:
             yield from batch.to_pylist()
 
     def _runs(self, sql: str) -> Iterator[dict[str, Any]]:
-        """The rows of `sql` (_pos, _ann, part, text; sorted so), one per run of equal
-        (_pos, _ann, part) in a fetched batch, their texts joined with ';' by Arrow
-        (`_merge` joins a run cut by a batch's end). In DuckDB, an ordered
-        `string_agg` per group ran out of its memory on 200 MB."""
+        """The rows of `sql` (_pos, _ann, part, then text, or x and y; sorted so), one
+        per run of equal (_pos, _ann, part) in a fetched batch: its texts joined with
+        ';' by Arrow, or its x, y interleaved in one array (`_merge` joins a run cut
+        by a batch's end). In DuckDB, an ordered `string_agg` per group ran out of
+        its memory on 200 MB."""
         reader = self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS)
         for batch in reader:
             pos, part = batch.column("_pos").to_numpy(), batch.column("part").to_numpy()
@@ -461,15 +467,25 @@ class Staging:
             differs = pc.not_equal(ann.slice(1), ann.slice(0, len(ann) - 1))
             change |= differs.fill_null(True).to_numpy(zero_copy_only=False)
             starts = np.concatenate(([0], np.flatnonzero(change) + 1)).astype(np.int32)
-            offsets = pa.array(np.append(starts, len(batch)).astype(np.int32))
-            texts = pc.binary_join(pa.ListArray.from_arrays(offsets, batch.column("text")), ";")
+            bounds = np.append(starts, len(batch)).astype(np.int32)
             rows = batch.select(["_pos", "_ann", "part"]).take(starts).to_pylist()
-            if texts.null_count:  # a vertex without coordinates: no text to give it
-                ann_id = rows[int(texts.is_null().to_numpy(False).argmax())]["_ann"]
-                msg = f"{self.url}: annotation {ann_id!r} has a vertex without coordinates"
-                raise LabelflowError(msg)
-            for row, text in zip(rows, texts.to_pylist(), strict=True):
-                row["text"] = text
+            if "text" in batch.schema.names:
+                runs = pa.ListArray.from_arrays(pa.array(bounds), batch.column("text"))
+                texts = pc.binary_join(runs, ";")
+                if texts.null_count:  # a vertex without coordinates: no text to give it
+                    ann_id = rows[int(texts.is_null().to_numpy(False).argmax())]["_ann"]
+                    msg = f"{self.url}: annotation {ann_id!r} has a vertex without coordinates"
+                    raise LabelflowError(msg)
+                for row, text in zip(rows, texts.to_pylist(), strict=True):
+                    row["text"] = text
+                    yield row
+                continue
+            # Nulls come out as NaN, which orjson writes as null, as it writes None.
+            xy = np.empty(2 * len(batch))
+            xy[0::2] = batch.column("x").to_numpy(zero_copy_only=False)
+            xy[1::2] = batch.column("y").to_numpy(zero_copy_only=False)
+            for row, start, end in zip(rows, bounds[:-1], bounds[1:], strict=True):
+                row["xy"] = xy[2 * start : 2 * end]
                 yield row
 
 
@@ -495,9 +511,9 @@ def _listed(values: Sequence[str]) -> str:
     return ", ".join("'{}'".format(v.replace("'", "''")) for v in values)
 
 
-def _merge(items, anns, pts, attrs, texts) -> Iterator[ItemGroup]:
+def _merge(items, anns, pts, attrs, parts) -> Iterator[ItemGroup]:
     """Zip five streams sorted by item position into one group per item."""
-    streams = [anns, pts, attrs, texts]
+    streams = [anns, pts, attrs, parts]
     heads = [next(s, None) for s in streams]
     for item in items:
         pos = item.pop("_pos")
@@ -521,7 +537,13 @@ def _merge(items, anns, pts, attrs, texts) -> Iterator[ItemGroup]:
             # One part may come as several runs (cut by a batch's end, or vertices
             # without a part after the part-0 ones): joined in the order they come.
             row = heads[3]
-            rings, part = group.point_text.setdefault(row["_ann"], {}), row["part"]
-            rings[part] = f"{rings[part]};{row['text']}" if part in rings else row["text"]
-            heads[3] = next(texts, None)
+            part = row["part"]
+            if "text" in row:
+                rings = group.point_text.setdefault(row["_ann"], {})
+                rings[part] = f"{rings[part]};{row['text']}" if part in rings else row["text"]
+            else:
+                arrays = group.point_xy.setdefault(row["_ann"], {})
+                xy = row["xy"]
+                arrays[part] = np.concatenate((arrays[part], xy)) if part in arrays else xy
+            heads[3] = next(parts, None)
         yield group

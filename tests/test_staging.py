@@ -136,6 +136,19 @@ def test_point_text_joins_each_part_s_vertices_as_the_vertex_rows_give_them(
     assert by_part.point_text == expected
     assert [len(t.split(";")) for t in expected[next(iter(expected))].values()] == [20_000]
     assert list(by_part.points) == []
+    # The same parts as arrays, x and y interleaved.
+    [by_array] = staging.iter_items(point_columns=(), point_xy=True)
+    arrays = {
+        ann: {
+            k: [float(v) for t in text.split(";") for v in t.split(",")]
+            for k, text in parts.items()
+        }
+        for ann, parts in expected.items()
+    }
+    got = {
+        ann: {k: a.tolist() for k, a in parts.items()} for ann, parts in by_array.point_xy.items()
+    }
+    assert got == arrays
 
 
 def test_a_vertex_without_coordinates_is_named_not_written_as_text(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import orjson
 from pipelines.builder import parse_attribute
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.grouping import IntGroups, int_like
+from pipelines.schema import KINDS
 from pipelines.skeleton import point_owner
 from pipelines.staging import ItemGroup, Staging
 
@@ -27,6 +28,9 @@ LAYOUT_SOURCES = ("cvat_xml",)
 """Attribute sources that record another format's layout, not the annotation's meaning
 (besides any source ending in `_layout`)."""
 POINT_COLUMNS = ("part", "idx", "x", "y", "name", "visibility")
+_PARTS = ("polygon", "polyline")
+"""Shapes whose vertices come as one array per part (`ItemGroup.point_xy`), not a dict
+per vertex: staging 200 MB → Datumaro, see `write`."""
 _SHAPES_WITH_Z = ("bbox", "polygon", "polyline", "points", "mask", "skeleton", "ellipse")
 
 
@@ -240,10 +244,8 @@ class _Items:
         if kind == "ellipse":
             x, y, w, h = box
             return [{"type": "ellipse", "points": [x, y, x + w, y + h]}]
-        if kind in ("polygon", "polyline"):
-            parts: dict[int, list[float]] = {}
-            for p in pts:
-                parts.setdefault(p["part"] or 0, []).extend((p["x"], p["y"]))
+        if kind in _PARTS:
+            parts = g.point_xy.get(ann["ann_id"], {})
             if not parts:
                 lose(f"{kind}s without points not written")
                 return None
@@ -333,9 +335,13 @@ def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
         f.write(orjson.dumps(head)[:-1] + b',"items":[')
         sep = b"\n"
         for g in staging.iter_items(
-            subset=task.subset, all_subsets=False, point_columns=POINT_COLUMNS
+            subset=task.subset,
+            all_subsets=False,
+            point_columns=POINT_COLUMNS,
+            point_xy=True,
+            point_kinds=tuple(k for k in KINDS if k not in _PARTS),
         ):
-            f.write(sep + orjson.dumps(items.item(g)))
+            f.write(sep + orjson.dumps(items.item(g), option=orjson.OPT_SERIALIZE_NUMPY))
             sep = b",\n"
             result.items += 1
         f.write(b"\n]}\n")
