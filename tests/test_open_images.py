@@ -160,3 +160,19 @@ def test_polygons_become_masks_with_a_new_box_id(tmp_path: Path) -> None:
     assert rows.splitlines()[1] == "p_cat_00000000.png,p,cat,00000000,,,,,,"
     mask = png(tmp_path / "out" / "masks" / "c" / "p_cat_00000000.png")
     assert mask.astype(int).tolist() == [[1, 1, 0, 0]] * 2
+
+
+def test_a_boolean_mask_is_written_as_a_one_bit_png_of_its_pixels() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipelines.formats import _label_masks
+
+    rng = np.random.default_rng(21)
+    for shape in ((1, 1), (7, 13), (64, 9), (120, 333)):
+        mask = rng.random(shape) < 0.4
+        img = Image.open(io.BytesIO(_label_masks.png(mask)))
+        assert img.mode == "1"
+        assert np.array_equal(np.asarray(img), mask)
