@@ -415,7 +415,7 @@ class Staging:
             ""
             if point_kinds is None
             else "WHERE EXISTS (SELECT 1 FROM annotations a WHERE a.ann_id = p.ann_id AND "
-            f"a.item_id = p.item_id AND a.kind IN ({_listed(point_kinds)}))"
+            f"a.item_id = p.item_id AND a.kind IN ({sql_strings(point_kinds)}))"
         )
         pts = (
             self._rows(
@@ -507,7 +507,8 @@ def _select(columns: Sequence[str] | None, alias: str) -> str:
     return ", ".join(f"{alias}.{c}" for c in columns)
 
 
-def _listed(values: Sequence[str]) -> str:
+def sql_strings(values: Collection[str]) -> str:
+    """Values as a list of SQL string literals, for `IN (...)`."""
     return ", ".join("'{}'".format(v.replace("'", "''")) for v in values)
 
 

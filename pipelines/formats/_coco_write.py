@@ -44,7 +44,7 @@ from pipelines.jsonframe import paused_gc
 from pipelines.masks import area as rle_area
 from pipelines.masks import bbox as rle_bbox
 from pipelines.masks import string_runs, to_uncompressed
-from pipelines.staging import Staging
+from pipelines.staging import Staging, sql_strings
 from pipelines.storage import Output
 
 _DIRECT = ("bbox", "polygon", "mask", "keypoints", "caption")
@@ -193,9 +193,7 @@ def _plan_subset(
     )
     # Per item: its annotation rows (the work) and, for numbering, the annotations it
     # writes, counted as `_annotations` does: kept rows, merged by key.
-    kept = "NOT coalesce(a.outside, false) AND a.kind IN ({})".format(
-        ", ".join(f"'{k}'" for k in _DIRECT + _AS_BOX)
-    )
+    kept = f"NOT coalesce(a.outside, false) AND a.kind IN ({sql_strings(_DIRECT + _AS_BOX)})"
     key = (
         "CASE WHEN coalesce(a.group_id, '') <> '' THEN {'g': a.group_id, 'n': a.native_id} "
         "ELSE {'g': NULL, 'n': a.ann_id} END"
@@ -367,7 +365,7 @@ def _read(table: str, reads: dict[str, tuple[str, ...]]) -> str:
     """The table, or the rows of only the files `reads` names for it."""
     if table not in reads:
         return table
-    names = ", ".join("'{}'".format(name.replace("'", "''")) for name in reads[table])
+    names = sql_strings(reads[table])
     return f"(SELECT * FROM {table} WHERE filename IN ({names or 'NULL'}))"
 
 

@@ -26,7 +26,7 @@ from pipelines.formats import _per_image as per_image
 from pipelines.formats._item_spans import ItemSpans
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.schema import BOX, TABLES, box_stated
-from pipelines.staging import Staging
+from pipelines.staging import Staging, sql_strings
 from pipelines.storage import Output
 
 ITEMS_PER_BATCH = 8_192
@@ -91,7 +91,7 @@ def _eligible(staging: Staging) -> bool:
         con = staging.con
         if con.execute("SELECT count(*) - count(DISTINCT item_id) FROM items").fetchone()[0]:
             return False
-        kinds = ", ".join(f"'{k}'" for k in sorted(per_image.BOXABLE))
+        kinds = sql_strings(sorted(per_image.BOXABLE))
         return not con.execute(_DERIVED.format(kinds=kinds)).fetchone()[0]
     parts = list(staging.scan("items", ["item_id", "width", "height"]))
     if not parts:
