@@ -96,7 +96,7 @@ def _as_duckdb_states(limit: str) -> str:
 def test_point_text_joins_each_part_s_vertices_as_the_vertex_rows_give_them(
     tmp_path: Path,
 ) -> None:
-    """A row per part (`point_text`) against the vertex rows: a polygon longer than
+    """A row per part (`part_kinds`) against the vertex rows: a polygon longer than
     a fetched batch, several parts, and vertices without a part (they go with part
     0, after its own)."""
     import json
@@ -126,18 +126,20 @@ def test_point_text_joins_each_part_s_vertices_as_the_vertex_rows_give_them(
     text = "CAST(p.x AS VARCHAR) || ',' || CAST(p.y AS VARCHAR)"
     staging = Staging(str(staged))
     [by_vertex] = staging.iter_items(point_columns=("part", "x", "y"))
-    [by_part] = staging.iter_items(point_columns=(), point_text=text)
+    [by_part] = staging.iter_items(point_columns=(), part_kinds=("polygon",), point_text=text)
     expected: dict[str, dict[int, str]] = {}
     for ann, vertices in by_vertex.points.items():
         parts: dict[int, list[str]] = {}
         for v in vertices:  # in order: part (nulls last), then index
             parts.setdefault(v["part"] or 0, []).append(f"{v['x']},{v['y']}")
         expected[ann] = {k: ";".join(texts) for k, texts in parts.items()}
-    assert by_part.point_text == expected
+    assert by_part.parts == expected
     assert [len(t.split(";")) for t in expected[next(iter(expected))].values()] == [20_000]
     assert list(by_part.points) == []
+    [split] = staging.iter_items(point_columns=("part",), part_kinds=("polygon",))
+    assert split.points == {}  # a vertex of a part kind comes as a part, not as a row
     # The same parts as arrays, x and y interleaved.
-    [by_array] = staging.iter_items(point_columns=(), point_xy=True)
+    [by_array] = staging.iter_items(point_columns=(), part_kinds=("polygon",))
     arrays = {
         ann: {
             k: [float(v) for t in text.split(";") for v in t.split(",")]
@@ -145,9 +147,7 @@ def test_point_text_joins_each_part_s_vertices_as_the_vertex_rows_give_them(
         }
         for ann, parts in expected.items()
     }
-    got = {
-        ann: {k: a.tolist() for k, a in parts.items()} for ann, parts in by_array.point_xy.items()
-    }
+    got = {ann: {k: a.tolist() for k, a in parts.items()} for ann, parts in by_array.parts.items()}
     assert got == arrays
 
 
@@ -165,6 +165,8 @@ def test_a_vertex_without_coordinates_is_named_not_written_as_text(tmp_path: Pat
     x[3] = None
     pq.write_table(points.set_column(points.schema.get_field_index("x"), "x", pa.array(x)), path)
     owner = points["ann_id"][3].as_py()
-    texts = Staging(str(staged)).iter_items(point_columns=(), point_text="CAST(p.x AS VARCHAR)")
+    texts = Staging(str(staged)).iter_items(
+        point_columns=(), part_kinds=("polygon",), point_text="CAST(p.x AS VARCHAR)"
+    )
     with pytest.raises(LabelflowError, match=f"annotation '{owner}' has a vertex without"):
         list(texts)

@@ -52,10 +52,10 @@ def num_sql(column: str) -> str:
 
 _POINTS = {
     "point_columns": ("part", "idx", "x", "y", "name", "visibility"),
-    "point_kinds": ("keypoints", "cuboid_2d"),
+    "part_kinds": ("polygon", "polyline", "points", "point"),
     "point_text": f"{num_sql('p.x')} || ',' || {num_sql('p.y')}",
 }
-"""Skeletons and cuboids read their vertices one by one; every other shape its parts'
+"""Skeletons and cuboids read their vertices one by one; the other shapes their parts'
 "x,y;x,y..." as DuckDB formats and joins them: a dict and two formatted numbers
 per vertex were half the writer's time (staging 200 MB → CVAT XML)."""
 
@@ -230,7 +230,7 @@ class _Shapes:
     def shapes(self, ann: dict, group: ItemGroup, groups: IntGroups) -> list[Shape]:
         kind = ann.get("kind")
         pts = group.points.get(ann["ann_id"], [])
-        rings = group.point_text.get(ann["ann_id"], {})
+        rings = group.parts.get(ann["ann_id"], {})
         attrs = group.attributes.get(ann["ann_id"], [])
         a, user = self.common(ann, attrs, groups.of(ann.get("group_id")))
         box = [ann.get(k) for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")]

@@ -18,7 +18,6 @@ import orjson
 from pipelines.builder import parse_attribute
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.grouping import IntGroups, int_like
-from pipelines.schema import KINDS
 from pipelines.skeleton import point_owner
 from pipelines.staging import ItemGroup, Staging
 
@@ -29,7 +28,7 @@ LAYOUT_SOURCES = ("cvat_xml",)
 (besides any source ending in `_layout`)."""
 POINT_COLUMNS = ("part", "idx", "x", "y", "name", "visibility")
 _PARTS = ("polygon", "polyline")
-"""Shapes whose vertices come as one array per part (`ItemGroup.point_xy`), not a dict
+"""Shapes whose vertices come as one array per part (`ItemGroup.parts`), not a dict
 per vertex: staging 200 MB → Datumaro, see `write`."""
 _SHAPES_WITH_Z = ("bbox", "polygon", "polyline", "points", "mask", "skeleton", "ellipse")
 
@@ -245,7 +244,7 @@ class _Items:
             x, y, w, h = box
             return [{"type": "ellipse", "points": [x, y, x + w, y + h]}]
         if kind in _PARTS:
-            parts = g.point_xy.get(ann["ann_id"], {})
+            parts = g.parts.get(ann["ann_id"], {})
             if not parts:
                 lose(f"{kind}s without points not written")
                 return None
@@ -338,8 +337,7 @@ def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
             subset=task.subset,
             all_subsets=False,
             point_columns=POINT_COLUMNS,
-            point_xy=True,
-            point_kinds=tuple(k for k in KINDS if k not in _PARTS),
+            part_kinds=_PARTS,
         ):
             f.write(sep + orjson.dumps(items.item(g), option=orjson.OPT_SERIALIZE_NUMPY))
             sep = b",\n"

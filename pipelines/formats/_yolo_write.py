@@ -36,7 +36,6 @@ from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
 from pipelines.formats._item_spans import item_spans
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
-from pipelines.schema import KINDS
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output
 
@@ -300,8 +299,8 @@ def _item_groups(staging: Staging, task: WriteTask):
         point_columns=None if need_points else (),
         with_attributes=False,
         # Polygons of a segment dataset come a line's text per part (`_Lines._polygon`).
-        point_text=_SEGMENT_TEXT if segment else None,
-        point_kinds=tuple(k for k in KINDS if k != "polygon") if segment else None,
+        part_kinds=("polygon",) if segment else (),
+        point_text=_SEGMENT_TEXT,
     )
 
 
@@ -340,8 +339,8 @@ class _Lines:
         result: WriteResult,
     ) -> list[str]:
         """`group`: the item with the annotation's vertices (`points`, or for a segment
-        dataset's polygons their parts' text, `point_text`)."""
-        pts, polygons, item = group.points.get(ann["ann_id"], []), group.point_text, group.item
+        dataset's polygons their parts' text, `parts`)."""
+        pts, polygons, item = group.points.get(ann["ann_id"], []), group.parts, group.item
         kind = ann["kind"]
         if not per_image.writable(ann, result, "YOLO"):
             return []
