@@ -14,6 +14,8 @@ import contextlib
 import gc
 import importlib
 import os
+import select
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -89,8 +91,10 @@ def _adopt_environment(env: dict[str, str]) -> None:
     fsspec.config.set_conf_env(fsspec.config.conf)
 
 
-def _start_worker(env: dict[str, str], modules: Sequence[str]) -> None:
+def _start_worker(env: dict[str, str], modules: Sequence[str], temp: str, caller: int) -> None:
     _adopt_environment(env)
+    tempfile.tempdir = temp  # the caller's: it removes its own temporary folder
+    _end_with(caller)
     # What a forkserver started earlier (`prepare`, another run) did not preload.
     for name in modules:
         importlib.import_module(name)
@@ -98,6 +102,24 @@ def _start_worker(env: dict[str, str], modules: Sequence[str]) -> None:
     # Everything imported so far lives as long as the worker: keep it out of the
     # cyclic collector's passes (each full pass would otherwise walk all of it).
     gc.freeze()
+
+
+def _end_with(caller: int) -> None:
+    """End this worker as soon as the process that made its pool is gone, even killed
+    outright (SIGKILL, the OOM killer): the pool's queues would keep it, and its
+    forkserver, waiting for tasks forever."""
+    try:
+        gone = os.pidfd_open(caller)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfds (not Linux 5.3+): nothing to watch with
+        return
+
+    def watch() -> None:
+        select.select([gone], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end-with-caller", daemon=True).start()
 
 
 def _ready() -> None:
@@ -153,7 +175,7 @@ class Executor:
                 max_workers=self.workers,
                 mp_context=ctx,
                 initializer=_start_worker,
-                initargs=(dict(os.environ), self.preload),
+                initargs=(dict(os.environ), self.preload, tempfile.gettempdir(), os.getpid()),
             )
         return self._pool
 
@@ -224,6 +246,9 @@ class Executor:
                     result, futures[first] = futures[first].result(), None
                     first += 1
                     yield result
+        except (KeyboardInterrupt, SystemExit):  # a stop (Ctrl-C, a signal): not after the tasks
+            self.stop()
+            raise
         finally:  # stopped early (a failure): no task may outlive the call
             rest = [f for f in futures if f is not None and not f.cancel()]
             wait(rest)
@@ -242,6 +267,19 @@ class Executor:
             if progress:
                 progress(i + 1, len(calls), what)
         yield from self._pool.gather(futures)
+
+    def stop(self) -> None:
+        """End a local pool's workers now, in the middle of their tasks (which fail):
+        the run is being stopped, and its caller removes what they were writing."""
+        pool = self._pool
+        if self.kind != "local" or pool is None:
+            return
+        # The pool's own table of its workers (what Python 3.14's terminate_workers uses).
+        workers = list((getattr(pool, "_processes", None) or {}).values())
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            proc.join()
 
     def close(self) -> None:
         self._settled.set()

@@ -12,6 +12,8 @@ import os
 import posixpath
 import re
 import shutil
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -190,6 +192,10 @@ class Output:
             os.close(fd)
 
     def commit(self) -> None:
+        with _stops_deferred():
+            self._commit()
+
+    def _commit(self) -> None:
         local = _is_local(self.fs)
         if not self.fs.exists(self.tmp):
             self.fs.makedirs(self.tmp, exist_ok=True)
@@ -224,6 +230,30 @@ class Output:
         if self.fs.exists(self.tmp):
             with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(self.tmp, recursive=True)
+
+
+@contextlib.contextmanager
+def _stops_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and stop signals until the block ends, then act on the first one as
+    it would have been: stopped half-way, a commit would leave neither the old output
+    nor the new one in place. Only the main thread receives Python's signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    kept = {}
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        handler = signal.getsignal(signum)
+        if handler not in (None, signal.SIG_IGN):  # None: set outside Python, left alone
+            kept[signum] = handler
+            signal.signal(signum, lambda n, _f: held.append(n))
+    try:
+        yield
+    finally:
+        for signum, handler in kept.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])
 
 
 _COPY_BLOCK = 1 << 20
