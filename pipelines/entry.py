@@ -13,10 +13,10 @@ import traceback
 
 from pipelines import memory
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-"""What schedulers and terminals send to end a process (Airflow and Kubernetes
-SIGTERM, a closed terminal SIGHUP). Ctrl-C (SIGINT) already ends a run as an
-exception; these would end it on the spot, leaving its temporary files behind."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What people, schedulers and terminals send to end a process: Ctrl-C, Airflow's
+and Kubernetes' SIGTERM, a closed terminal's SIGHUP. The last two would otherwise
+end it on the spot, leaving its workers and temporary files behind."""
 
 
 def main() -> None:

@@ -73,17 +73,19 @@ def _wait_until_gone(group: int) -> list[int]:
     return left
 
 
-def test_sigterm_stops_the_run_and_leaves_nothing_behind(
-    slow_sources: list[str], tmp_path: Path
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_run_and_leaves_nothing_behind(
+    signum: signal.Signals, slow_sources: list[str], tmp_path: Path
 ) -> None:
     """Airflow, Kubernetes and `timeout` send SIGTERM to the command alone: it ends its
-    workers, keeps the previous output and removes its temporary files."""
+    workers, keeps the previous output and removes its temporary files. So does
+    Ctrl-C, were it sent to the command alone."""
     out, temp = tmp_path / "out", tmp_path / "tmp"
     run = _start(slow_sources, out, temp)
-    os.kill(run.pid, signal.SIGTERM)
+    os.kill(run.pid, signum)
     _, stderr = run.communicate(timeout=30)
-    assert run.returncode == 128 + signal.SIGTERM, stderr
-    assert "SIGTERM received, stopping" in stderr
+    assert run.returncode == 128 + signum, stderr
+    assert f"{signum.name} received, stopping" in stderr
     assert _wait_until_gone(run.pid) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tmp"]
     assert [p.name for p in out.iterdir()] == ["kept.txt"]
