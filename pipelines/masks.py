@@ -6,6 +6,9 @@ size of the whole image the mask covers.
 
 from __future__ import annotations
 
+import functools
+import struct
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -149,6 +152,68 @@ def encode_placed(sub: np.ndarray, left: int, top: int, height: int, width: int)
     if len(counts) > 1 and counts[-1] == 0:  # set to the last pixel: no zeros after
         counts.pop()
     return from_uncompressed(counts, height, width), int((ends - starts).sum())
+
+
+def png(counts: str, height: int, width: int) -> bytes:
+    """A mask as a 1-bit PNG of the whole image (what PIL writes for a boolean array,
+    pixel for pixel), made from the rows the mask covers alone: the rows above and
+    below it are zeros, compressed once per width (`_zero_rows`). Decoding,
+    transposing and compressing every pixel of the image took 1.8 ms a mask on images
+    up to 1080p, where most of a mask is nothing."""
+    stride = 1 + (width + 7) // 8  # each row: its filter byte (0, none), then its bits
+    left, top, bw, bh = (int(v) for v in bbox(counts, height, width))
+    check = _adler_zeros(1, top * stride)
+    middle = b""
+    if bh:
+        pixels = np.zeros((bh, width), dtype=bool)
+        pixels[:, left : left + bw] = decode_box(counts, height, width, (left, top, bw, bh))
+        rows = np.zeros((bh, stride), dtype=np.uint8)
+        rows[:, 1:] = np.packbits(pixels, axis=1)
+        raw = rows.tobytes()
+        deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        middle = deflate.compress(raw) + deflate.flush(zlib.Z_FULL_FLUSH)
+        check = zlib.adler32(raw, check)
+    check = _adler_zeros(check, (height - top - bh) * stride)
+    stream = b"".join(
+        (_zero_rows(top, stride), middle, _zero_rows(height - top - bh, stride), _LAST_BLOCK)
+    )
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)),
+            _chunk(b"IDAT", b"\x78\x9c" + stream + struct.pack(">I", check)),
+            _chunk(b"IEND", b""),
+        )
+    )
+
+
+_LAST_BLOCK = b"\x03\x00"
+"""An empty final deflate block (fixed codes, the end-of-block code alone)."""
+
+
+def _zero_rows(rows: int, stride: int) -> bytes:
+    """`rows` rows of `stride` zero bytes as raw deflate: a piece of 2**k rows for each
+    bit set in `rows`, each compressed on its own and once per stride."""
+    return b"".join(_zero_piece(1 << k, stride) for k in range(rows.bit_length()) if rows >> k & 1)
+
+
+@functools.lru_cache(maxsize=1024)
+def _zero_piece(rows: int, stride: int) -> bytes:
+    """Deflate blocks that start afresh and end on a byte, not final: such pieces follow
+    one another in one stream, each compressed on its own."""
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return deflate.compress(bytes(rows * stride)) + deflate.flush(zlib.Z_FULL_FLUSH)
+
+
+def _adler_zeros(check: int, n: int) -> int:
+    """Adler-32 `check` carried over `n` zero bytes, without them: each adds the first
+    sum (unchanged) to the second."""
+    first, second = check & 0xFFFF, check >> 16
+    return (((second + n * first) % 65521) << 16) | first
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def area(counts: str, height: int, width: int) -> float:

@@ -162,17 +162,28 @@ def test_polygons_become_masks_with_a_new_box_id(tmp_path: Path) -> None:
     assert mask.astype(int).tolist() == [[1, 1, 0, 0]] * 2
 
 
-def test_a_boolean_mask_is_written_as_a_one_bit_png_of_its_pixels() -> None:
+def test_a_mask_is_written_as_a_one_bit_png_of_the_whole_image() -> None:
+    """`masks.png` builds the PNG from the rows the mask covers: its pixels are those
+    of the whole decoded mask, wherever the mask lies, whatever the width."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    from pipelines.formats import _label_masks
+    from pipelines import masks
 
     rng = np.random.default_rng(21)
-    for shape in ((1, 1), (7, 13), (64, 9), (120, 333)):
-        mask = rng.random(shape) < 0.4
-        img = Image.open(io.BytesIO(_label_masks.png(mask)))
-        assert img.mode == "1"
-        assert np.array_equal(np.asarray(img), mask)
+    for height, width in ((1, 1), (7, 13), (64, 9), (120, 333), (40, 16)):
+        whole = np.ones((height, width), dtype=bool)
+        corner = np.zeros((height, width), dtype=bool)
+        corner[-1, -1] = True
+        shapes = [np.zeros((height, width), dtype=bool), whole, corner]
+        for _ in range(6):
+            top, left = rng.integers(0, height), rng.integers(0, width)
+            mask = np.zeros((height, width), dtype=bool)
+            mask[top:, left:] = rng.random((height - top, width - left)) < 0.4
+            shapes.append(mask)
+        for mask in shapes:
+            img = Image.open(io.BytesIO(masks.png(masks.encode(mask), height, width)))
+            assert (img.mode, img.size) == ("1", (width, height))
+            assert np.array_equal(np.asarray(img), mask)

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from pipelines import masks
 from pipelines.builder import parse_attribute
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
@@ -244,8 +245,8 @@ class _Subset:
             self.result.lose("masks of items without a size skipped")
             return
         w, h = size
-        m = lm.pixels(a, group.points.get(a["ann_id"], []), h, w, self.result, "Open Images")
-        if m is None:
+        counts = lm.coverage(a, group.points.get(a["ann_id"], []), h, w, self.result, "Open Images")
+        if counts is None:
             return
         name = attrs.get("mask_path")
         if not isinstance(name, str) or "/" in name or not name.endswith(".png"):
@@ -253,7 +254,7 @@ class _Subset:
         while name in self.mask_names:
             name = name[: -len(".png")] + "_.png"
         self.mask_names.add(name)
-        per_image.put(self.out, f"masks/{self.subset}/{name}", lm.png(m), self.result)
+        per_image.put(self.out, f"masks/{self.subset}/{name}", masks.png(counts, h, w), self.result)
         row = {"MaskPath": name, "ImageID": iid, "LabelName": a["label"]}
         row |= {"BoxID": attrs["box_id"], "Clicks": attrs.get("clicks", "")}
         iou = attrs.get("predicted_iou")
