@@ -7,10 +7,15 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from pipelines import formats
-from pipelines.formats.base import ReadOptions
+from pipelines.formats import _open_images_write
+from pipelines.formats.base import ReadOptions, WriteOptions
 from pipelines.runner import convert
-from pipelines.storage import Source
+from pipelines.staging import Staging
+from pipelines.storage import Output, Source
+from tests.conftest import ROOT
 from tests.mask_formats import attrs, pixels, png, write
 from tests.rows import by_id, read
 
@@ -187,3 +192,36 @@ def test_a_mask_is_written_as_a_one_bit_png_of_the_whole_image() -> None:
             img = Image.open(io.BytesIO(masks.png(masks.encode(mask), height, width)))
             assert (img.mode, img.size) == ("1", (width, height))
             assert np.array_equal(np.asarray(img), mask)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root`, hidden ones included, by relative path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _write_inline(staged: Path, out: Path) -> list[int]:
+    """The writer's tasks run one after another in this process; their part counts."""
+    staging, output = Staging(str(staged)), Output(str(out))
+    tasks = _open_images_write.plan_write(staging, WriteOptions(workers=2))
+    for task in tasks:
+        _open_images_write.write(task, staging, output)
+    output.commit()
+    return [task.shards for task in tasks]
+
+
+@pytest.mark.parametrize("source", ["peer", "example"])
+def test_a_subset_written_in_parts_is_the_subset_written_whole(
+    source: str, peer: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Each part writes its masks and its rows of the CSVs; joined, they are the files
+    one task writes, and no fragment is left behind."""
+    if source == "peer":
+        read(peer / "open_images" / "v6", tmp_path / "staged")
+    else:
+        example = ROOT / "tests/fixtures/example/annotations/instances_demo.json"
+        convert([str(example)], "parquet", str(tmp_path / "staged"))
+    assert set(_write_inline(tmp_path / "staged", tmp_path / "whole")) == {1}
+    monkeypatch.setattr(_open_images_write, "PART_ITEMS", 1)
+    parts = _write_inline(tmp_path / "staged", tmp_path / "parts")
+    assert max(parts) == (2 if source == "peer" else 8)  # a part an item, or four a worker
+    assert _tree(tmp_path / "parts") == _tree(tmp_path / "whole")

@@ -63,14 +63,17 @@ class Fragments:
 
     def join(self, layout: Sequence[bytes | Piece]) -> None:
         """Write the file as `layout` says (literal bytes and pieces), then drop the fragments."""
-        fs = self.out.fs
         with self.out.open(self.name) as f:
             for entry in layout:
                 if isinstance(entry, Piece):
                     self._copy_piece(entry, f)
                 else:
                     f.write(entry)
-        fs.rm(self.out.path(self.dir), recursive=True)
+        self.drop()
+
+    def drop(self) -> None:
+        """Delete the fragments (joined, or not wanted after all)."""
+        self.out.fs.rm(self.out.path(self.dir), recursive=True)
 
     def _copy_piece(self, piece: Piece, f: IO[bytes]) -> None:
         fs = self.out.fs

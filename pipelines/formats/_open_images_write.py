@@ -9,14 +9,17 @@
     annotations/<subset>-annotations-object-segmentation.csv
     masks/<subset>/<MaskPath>                           1-bit PNGs at the image size
 
-One task writes the dataset-wide files, one per subset writes that subset's CSVs and
-masks (a CSV is written whole by one task). ImageIDs are an Open Images source's own
-ids, else the image file name without extension (made unique). Boxes need the image
-size to be normalized: boxes and masks of items without one are skipped and counted.
+One task writes the dataset-wide files; a subset is written in parts, runs of its
+items in source order, each writing its masks and its rows of the subset's CSVs as
+fragments that the last part to finish joins (`_fragments`). ImageIDs are an Open
+Images source's own ids, else the image file name without extension (made unique).
+Boxes need the image size to be normalized: boxes and masks of items without one are
+skipped and counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
@@ -29,6 +32,7 @@ from pipelines import masks
 from pipelines.builder import parse_attribute
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
+from pipelines.formats._fragments import Fragments, Piece
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output
@@ -51,6 +55,16 @@ FLAGS = (("IsTruncated", "truncated"), ("IsGroupOf", "is_group_of"),
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _KINDS = ("tag", "bbox", "rotated_bbox", "mask", "polygon", "ellipse")
 """What the CSVs hold: image-level labels, boxes, masks (polygons and ellipses rasterized)."""
+_CSVS = {
+    "images": "-images-with-rotation.csv",
+    "labels": "-annotations-human-imagelabels.csv",
+    "boxes": "-annotations-bbox.csv",
+    "masks": "-annotations-object-segmentation.csv",
+}
+"""Each subset's CSVs: the images list always, the others when they have rows."""
+PART_ITEMS = 1000
+"""A subset is split into about four parts per worker, none of fewer items: a part
+queries staging for its run of items, and masks make items costly enough to share."""
 
 
 # -- planning ------------------------------------------------------------------------------
@@ -68,10 +82,19 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     for label, _ in staging.labels():
         labels.setdefault(label, {})
     clicks = bool(staging.scalar("SELECT count(*) > 0 FROM attributes WHERE key = ?", [CLICKS[0]]))
-    opts = replace(options, extra={**options.extra, "_labels": labels, "_clicks": clicks})
-    return [WriteTask(NAME, shard=per_image.SHARED, options=opts)] + [
-        WriteTask(NAME, subset=s, options=opts) for s in staging.subsets()
-    ]
+    collisions = sorted(per_image.colliding_stems(staging, per_subset=False))
+    extra = {"_labels": labels, "_clicks": clicks, "_collisions": collisions}
+    opts = replace(options, extra={**options.extra, **extra})
+    tasks = [WriteTask(NAME, shard=per_image.SHARED, options=opts)]
+    for subset in staging.subsets():
+        items = staging.scalar(
+            "SELECT count(*) FROM items WHERE subset IS NOT DISTINCT FROM ?", [subset]
+        )
+        parts = max(1, min(4 * options.workers, items // PART_ITEMS))
+        extra = {**opts.extra, "_items": items}
+        part_opts = replace(opts, extra=extra)
+        tasks += [WriteTask(NAME, subset, k, parts, part_opts) for k in range(parts)]
+    return tasks
 
 
 def image_id(item: dict[str, Any], collisions: set) -> str:
@@ -84,7 +107,11 @@ def image_id(item: dict[str, Any], collisions: set) -> str:
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     if task.shard == per_image.SHARED:
         return _write_shared(task, staging, out)
-    return _Subset(task, staging, out).write()
+    return _Part(task, staging, out).write()
+
+
+def _collisions(task: WriteTask) -> set[tuple[str | None, str]]:
+    return {tuple(key) for key in task.options.extra["_collisions"]}
 
 
 def _csv_text(rows: list[tuple] | list[list]) -> bytes:
@@ -103,7 +130,7 @@ def _write_shared(task: WriteTask, staging: Staging, out: Output) -> WriteResult
         per_image.put(
             out, "annotations/bbox_labels_600_hierarchy.json", _hierarchy(parents), result
         )
-    collisions = per_image.colliding_stems(staging, per_subset=False)
+    collisions = _collisions(task)
     lines = []
     for item_id, file_name, native_id, fmt, w, h in staging.con.execute(
         "SELECT item_id, file_name, native_id, source_format, width, height FROM items "
@@ -134,36 +161,62 @@ def _hierarchy(parents: dict[str, str]) -> bytes:
     return orjson.dumps(root, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-# -- one subset --------------------------------------------------------------------------------
+# -- a part of a subset ----------------------------------------------------------------------
 
 
-class _Subset:
+class _Part:
+    """A run of a subset's items: their masks, and their rows of the subset's CSVs."""
+
     def __init__(self, task: WriteTask, staging: Staging, out: Output) -> None:
         self.task, self.staging, self.out = task, staging, out
         self.subset = task.subset or DEFAULT_SUBSET
         self.result = WriteResult()
-        self.collisions = per_image.colliding_stems(staging, per_subset=False)
+        self.collisions = _collisions(task)
         self.clicks = task.options.extra["_clicks"]
-        self.tables: dict[str, list] = {"images": [], "labels": [], "boxes": [], "masks": []}
-        self.mask_names: set[str] = set()
+        self.fields = {"images": IMAGE_FIELDS, "labels": LABEL_FIELDS, "masks": MASK_FIELDS}
+        self.fields["boxes"] = BOX_FIELDS + (CLICKS if self.clicks else ())
+        self.rows = dict.fromkeys(_CSVS, 0)
+        self.writers: dict[str, Any] = {}  # csv writers of this part's fragments
+        self.mask_names: set[str] = set()  # unique within the part; see `_mask`
 
     def write(self) -> WriteResult:
-        for group in self.staging.iter_items(
-            subset=self.task.subset, all_subsets=False, point_columns=("part", "idx", "x", "y")
-        ):
-            self._item(group)
-        prefix = f"annotations/{self.subset}"
-        box_fields = BOX_FIELDS + (CLICKS if self.clicks else ())
-        for key, suffix, fields in (
-            ("images", "-images-with-rotation.csv", IMAGE_FIELDS),
-            ("labels", "-annotations-human-imagelabels.csv", LABEL_FIELDS),
-            ("boxes", "-annotations-bbox.csv", box_fields),
-            ("masks", "-annotations-object-segmentation.csv", MASK_FIELDS),
-        ):
-            if key == "images" or self.tables[key]:
-                rows = [fields] + [[r.get(f, "") for f in fields] for r in self.tables[key]]
-                per_image.put(self.out, prefix + suffix, _csv_text(rows), self.result)
+        task, prefix = self.task, f"annotations/{self.subset}"
+        items = task.options.extra["_items"]
+        run = (items * task.shard // task.shards, items * (task.shard + 1) // task.shards)
+        fragments = {
+            key: Fragments(self.out, prefix + suffix, task.shards) for key, suffix in _CSVS.items()
+        }
+        with contextlib.ExitStack() as stack:
+            self.writers = {
+                key: csv.writer(
+                    stack.enter_context(
+                        io.TextIOWrapper(f.open("rows", task.shard), encoding="utf-8", newline="")
+                    ),
+                    lineterminator="\n",
+                )
+                for key, f in fragments.items()
+            }
+            for group in self.staging.iter_items(
+                subset=task.subset,
+                all_subsets=False,
+                positions=run,
+                point_columns=("part", "idx", "x", "y"),
+            ):
+                self._item(group)
+        for key, f in fragments.items():
+            done = f.finish(task.shard, b"1" if self.rows[key] else b"")
+            if done is None:
+                continue
+            if key == "images" or any(done):
+                f.join([_csv_text([self.fields[key]]), Piece("rows")])
+                self.result.files.append(f.name)
+            else:
+                f.drop()
         return self.result
+
+    def _row(self, key: str, row: dict[str, Any]) -> None:
+        self.writers[key].writerow([row.get(f, "") for f in self.fields[key]])
+        self.rows[key] += 1
 
     def _item(self, group: ItemGroup) -> None:
         item, result = group.item, self.result
@@ -172,13 +225,13 @@ class _Subset:
         meta = orjson.loads(item["metadata"]) if item.get("metadata") else {}
         own = item.get("source_format") == SOURCE
         desc = {k: v for k, v in meta.items() if own and k in IMAGE_FIELDS}
-        self.tables["images"].append(desc | {"ImageID": iid, "Subset": self.subset})
+        self._row("images", desc | {"ImageID": iid, "Subset": self.subset})
         size = (item.get("width"), item.get("height"))
         size = size if all(size) else None
         boxes = {}
         box_ids = {self._attrs(group, a).get("box_id") for a in group.annotations}
         next_box = 0
-        masks = []
+        shaped = []
         for a in group.annotations:  # boxes first: masks refer to them
             kind = a["kind"]
             if kind not in _KINDS:
@@ -192,8 +245,8 @@ class _Subset:
                 if box:
                     boxes[a["ann_id"]] = box
             else:
-                masks.append(a)
-        for a in masks:
+                shaped.append(a)
+        for a in shaped:
             attrs = self._attrs(group, a)
             if "box_id" not in attrs:
                 while format(next_box, "08x") in box_ids:
@@ -213,7 +266,7 @@ class _Subset:
         confidence = a.get("confidence")
         row = {"ImageID": iid, "Source": attrs.get("source", ""), "LabelName": a["label"]}
         row["Confidence"] = _num(confidence if confidence is not None else 1)
-        self.tables["labels"].append(row)
+        self._row("labels", row)
         self.result.annotations += 1
 
     def _box(self, iid: str, a: dict, attrs: dict, size: tuple | None) -> tuple | None:
@@ -234,7 +287,7 @@ class _Subset:
             row[column] = _flag(attrs.get(key))
         for column in CLICKS if self.clicks else ():
             row[column] = attrs.get(column, "")
-        self.tables["boxes"].append(row)
+        self._row("boxes", row)
         self.result.annotations += 1
         return box
 
@@ -268,7 +321,7 @@ class _Subset:
             row |= {
                 k: _num(v) if isinstance(v, float) else v for k, v in zip(names, box, strict=True)
             }
-        self.tables["masks"].append(row)
+        self._row("masks", row)
         self.result.annotations += 1
 
 
