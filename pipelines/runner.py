@@ -201,9 +201,9 @@ def run_write_task(task: WriteTask, staging: Staging, out: Output) -> WriteResul
 
 
 INLINE_WRITE_ANNOTATIONS = 100_000
-"""A write of fewer annotations runs in this process when the read started no pool:
-starting one (~0.5 s) costs more than a second worker saves (COCO → YOLO, 28k
-annotations, 2 workers: 1.21 → 0.9 s)."""
+"""A write of fewer annotations (weighed by `Format.annotation_weight`) runs in this
+process when the read started no pool: starting one (~0.5 s) costs more than a second
+worker saves (COCO → YOLO, 28k annotations, 2 workers: 1.21 → 0.9 s)."""
 
 
 def convert(
@@ -349,7 +349,8 @@ def _write_all(
         wtasks = plan_write(target.name, planning, opts)
     else:
         wtasks = ex.call(plan_write, target.name, planning, opts)
-    small = report.counts["annotations"]["read"] < INLINE_WRITE_ANNOTATIONS
+    weight = report.counts["annotations"]["read"] * target.annotation_weight
+    small = weight < INLINE_WRITE_ANNOTATIONS
     place = "inline" if small and not ex.started else "auto"
     calls = [(t, staging, output) for t in wtasks]
     for res in ex.map(run_write_task, calls, progress, "write", place):

@@ -58,6 +58,20 @@ def test_a_small_run_writes_without_starting_a_pool(tmp_path: Path, monkeypatch)
     assert report.files > 0
 
 
+def test_a_small_run_to_a_costly_writer_writes_on_the_pool(tmp_path: Path, monkeypatch) -> None:
+    """The same annotations drawn as image-size masks (Open Images) weigh 25 times as
+    much: the pool's start is worth it."""
+    started = []
+    real = Executor._new_pool
+    monkeypatch.setattr(Executor, "_new_pool", lambda self: started.append(1) or real(self))
+    monkeypatch.setattr(runner, "INLINE_WRITE_ANNOTATIONS", 40)
+    source = PEER / "coco_instances" / "coco_instances" / "annotations" / "instances_val.json"
+    report = convert([str(source)], "open_images", str(tmp_path / "oi"), workers=2)
+    assert report.ok, report.failures
+    assert report.counts["annotations"]["read"] < 40 <= 25 * report.counts["annotations"]["read"]
+    assert started
+
+
 def _sleep_then_touch(path: str, seconds: float) -> str:
     time.sleep(seconds)
     Path(path).touch()

@@ -127,6 +127,10 @@ class Format:
     mapped_blocks: int = MMAP_THRESHOLD
     """Write tasks give blocks of this size and more mappings of their own
     (`memory.map_large_blocks`)."""
+    annotation_weight: int = 1
+    """What writing an annotation costs, in annotations of the usual writer (a YOLO
+    line, ~10 µs): a run that started no pool writes inline only while annotations
+    × weight stay under `runner.INLINE_WRITE_ANNOTATIONS`."""
     boxes_suffice: Callable[[WriteOptions], bool] = lambda options: False
     """Whether a write with these options reads a shape's vertices only when the shape
     states no box (`ReadOptions.boxed_vertices`)."""

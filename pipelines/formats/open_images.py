@@ -527,4 +527,5 @@ FORMAT = Format(
     read=read,
     plan_write=_open_images_write.plan_write,
     write=_open_images_write.write,
+    annotation_weight=25,  # a mask PNG at the image size: 0.26 ms (28k masks of 10 MB: 7.3 s)
 )
