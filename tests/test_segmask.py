@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import formats
+from pipelines import formats, masks
+from pipelines.formats import _label_masks
 from pipelines.formats import _voc_masks as vm
 from pipelines.runner import convert
 from pipelines.storage import Source
@@ -119,3 +120,21 @@ def test_rgb_object_png_with_void_border(tmp_path: Path) -> None:
     [inst] = t["annotations"]
     assert (inst["native_id"], inst["label"], pixels(inst)) == ("1", None, [[1, 0, 0, 0]])
     assert not t["rejects"]
+
+
+def test_a_shape_paints_the_pixels_of_its_whole_mask_through_its_box() -> None:
+    """`place` decodes a mask in its box alone; painting through `on` sets exactly the
+    pixels of the mask decoded whole, wherever it lies (edges, empty, whole image)."""
+    rng = np.random.default_rng(7)
+    for height, width in ((1, 1), (9, 14), (50, 33)):
+        cases = [np.zeros((height, width), bool), np.ones((height, width), bool)]
+        for _ in range(8):
+            top, left = rng.integers(0, height), rng.integers(0, width)
+            mask = np.zeros((height, width), bool)
+            mask[top:, left:] = rng.random((height - top, width - left)) < 0.5
+            cases.append(mask)
+        for mask in cases:
+            shape = _label_masks.place({}, masks.encode(mask), height, width)
+            canvas = np.zeros((height, width), np.int32)
+            shape.on(canvas)[shape.mask] = 3
+            assert np.array_equal(canvas == 3, mask)

@@ -207,32 +207,33 @@ def _segmentation(group: ItemGroup, out: Output, base: str, result: WriteResult)
         return
     h, w = size
     drawn = lm.shapes(group, h, w, result, "ICDAR text segmentation")
-    attrs = {a["ann_id"]: _icdar_attrs(group, a) for a, _ in drawn}
-    drawn.sort(key=lambda am: _index(attrs[am[0]["ann_id"]].get("index")))
+    attrs = {shape.ann["ann_id"]: _icdar_attrs(group, shape.ann) for shape in drawn}
+    drawn.sort(key=lambda shape: _index(attrs[shape.ann["ann_id"]].get("index")))
     canvas = np.full((h, w, 3), 255, dtype=np.uint8)
     painted = np.zeros((h, w), dtype=bool)
     used = {WHITE}
     palette = (c for c in classes.voc_palette()[1:] if c != WHITE)
     lines: list[str] = []
     previous: Any = ()
-    for a, m in drawn:
+    for shape in drawn:
+        a = shape.ann
         given = attrs[a["ann_id"]]
         color = _color(given.get("color"))
         if color is None or color in used:
             color = next((c for c in palette if c not in used), None)
-        if color is None or not m.any():
+        if color is None or not shape.mask.any():
             result.lose("characters without pixels (or beyond 254 colours) skipped")
             continue
         used.add(color)
-        if painted[m].any():
+        if shape.on(painted)[shape.mask].any():
             result.lose("characters partly hidden by an overlapping character")
-        canvas[m] = color
-        painted |= m
+        shape.on(canvas)[shape.mask] = color
+        shape.on(painted)[shape.mask] = True
         group_id = a.get("group_id")
         if lines and (group_id is None or group_id != previous):
             lines.append("")
         previous = group_id
-        lines.append(_character_line(a, m, color, given, group))
+        lines.append(_character_line(shape, color, given, group))
         result.annotations += 1
     per_image.put(out, f"{base}.txt", "".join(f"{line}\n" for line in lines), result)
     per_image.put(out, f"{base}.bmp", lm.png(canvas, fmt="BMP"), result)
@@ -259,11 +260,11 @@ def _color(value: Any) -> tuple[int, int, int] | None:
     return None
 
 
-def _character_line(
-    a: dict[str, Any], m: np.ndarray, color: tuple, given: dict[str, Any], group: ItemGroup
-) -> str:
-    ys, xs = np.nonzero(m)
-    left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+def _character_line(shape: lm.Drawn, color: tuple, given: dict[str, Any], group: ItemGroup) -> str:
+    a = shape.ann
+    ys, xs = np.nonzero(shape.mask)
+    left, top = shape.left + int(xs.min()), shape.top + int(ys.min())
+    right, bottom = shape.left + int(xs.max()) + 1, shape.top + int(ys.max()) + 1
     center = given.get("center")
     if not isinstance(center, str) or len(center.split()) != 2:
         center = f"{(left + right) // 2} {(top + bottom) // 2}"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -205,12 +205,13 @@ def draw_instances(
     Instance numbers are those of `number_instances` (None for a crowd region).
     """
     h, w = size
-    ids = np.zeros((h, w), dtype=np.int64)
+    ids = np.zeros((h, w), dtype=np.int32)
     drawn = shapes(group, h, w, result, target, kinds=kinds)
-    for _, m, cls, number in number_instances(drawn, class_of, limit, result):
-        if ids[m].any():
+    for shape, cls, number in number_instances(drawn, class_of, limit, result):
+        under = shape.on(ids)
+        if under[shape.mask].any():
             result.lose("masks partly hidden by an overlapping mask")
-        ids[m] = code(cls, number)
+        under[shape.mask] = code(cls, number)
         result.annotations += 1
     return ids
 
@@ -222,8 +223,8 @@ def shapes(
     result: WriteResult,
     target: str,
     kinds: Sequence[str] | None = None,
-) -> list[tuple[dict[str, Any], np.ndarray]]:
-    """The item's annotations that cover pixels, in drawing order, with boolean masks.
+) -> list[Drawn]:
+    """The item's annotations that cover pixels, in drawing order.
 
     Order: z_order, then source order. Only `kinds` are drawn when given; tags and
     captions never are (the caller decides about them); everything else without
@@ -239,23 +240,34 @@ def shapes(
     )
     out = []
     for ann in order:
-        m = pixels(ann, group.points.get(ann["ann_id"], []), height, width, result, target)
-        if m is not None:
-            out.append((ann, m))
+        counts = coverage(ann, group.points.get(ann["ann_id"], []), height, width, result, target)
+        if counts is not None:
+            out.append(place(ann, counts, height, width))
     return out
 
 
-def pixels(
-    ann: dict[str, Any],
-    points: list[dict[str, Any]],
-    height: int,
-    width: int,
-    result: WriteResult,
-    target: str,
-) -> np.ndarray | None:
-    """A boolean height × width mask of one annotation, or None (its loss counted)."""
-    counts = coverage(ann, points, height, width, result, target)
-    return None if counts is None else masks.decode(counts, height, width).astype(bool)
+class Drawn(NamedTuple):
+    """An annotation's pixels: `mask` over the box of its image at (`top`, `left`).
+    Drawing in the box alone: a whole-image mask per annotation, and painting through
+    it, was most of a mask writer's time (Cityscapes, 1,000 images: 47 s)."""
+
+    ann: dict[str, Any]
+    top: int
+    left: int
+    mask: np.ndarray
+
+    def on(self, image: np.ndarray) -> np.ndarray:
+        """The part of `image` (of the annotation's image size) under the box: a view."""
+        height, width = self.mask.shape
+        return image[self.top : self.top + height, self.left : self.left + width]
+
+
+def place(ann: dict[str, Any], counts: str, height: int, width: int) -> Drawn:
+    """The pixels of `counts` (COCO RLE over a height × width image), decoded in their
+    box alone."""
+    left, top, w, h = (int(v) for v in masks.bbox(counts, height, width))
+    box = masks.decode_box(counts, height, width, (left, top, w, h))
+    return Drawn(ann, top, left, box.astype(bool))
 
 
 def coverage(
@@ -311,26 +323,27 @@ def outline(ann: dict[str, Any]) -> list[float]:
 
 
 def number_instances(
-    drawn: list[tuple[dict[str, Any], np.ndarray]],
+    drawn: list[Drawn],
     class_of: dict[str, int],
     limit: int,
     result: WriteResult,
-) -> list[tuple[dict[str, Any], np.ndarray, int, int | None]]:
-    """(annotation, mask, class, instance) for labelled shapes; crowd shapes get None.
+) -> list[tuple[Drawn, int, int | None]]:
+    """(shape, class, instance) for labelled shapes; crowd shapes get None.
 
     A shape keeps a numeric `track_id` as its instance number when that number is free
     within its class and at most `limit`; the others take the lowest free numbers.
     """
     out = []
     used: dict[int, set[int]] = {}
-    for ann, m in drawn:
+    for shape in drawn:
+        ann = shape.ann
         cls = class_of.get(ann.get("label") or "")
         if cls is None:
             result.lose("masks without a label in the class table skipped")
             continue
         taken = used.setdefault(cls, set())
         if ann.get("iscrowd"):
-            out.append((ann, m, cls, None))
+            out.append((shape, cls, None))
             continue
         track = str(ann.get("track_id") or "")
         number = int(track) if track.isdigit() and 1 <= int(track) <= limit else None
@@ -340,7 +353,7 @@ def number_instances(
             result.lose(f"instances beyond {limit} of a class in one image skipped")
             continue
         taken.add(number)
-        out.append((ann, m, cls, number))
+        out.append((shape, cls, number))
     return out
 
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from pipelines.errors import ParseError
 from pipelines.formats.base import WriteResult
+
+if TYPE_CHECKING:
+    from pipelines.formats._label_masks import Drawn
 
 VOID = 255
 
@@ -168,7 +171,7 @@ def segments(cls: np.ndarray | None, obj: np.ndarray | None) -> Iterator[Segment
 
 
 def draw(
-    shapes: Iterable[tuple[dict[str, Any], np.ndarray]],
+    shapes: Iterable[Drawn],
     height: int,
     width: int,
     class_index: dict[str, int],
@@ -185,7 +188,8 @@ def draw(
     cls = np.zeros((height, width), dtype=np.uint8)
     used = set(objects.values())
     next_free = len(objects) + 1
-    for a, m in shapes:
+    for shape in shapes:
+        a = shape.ann
         label = a.get("label")
         if label not in class_index or class_index[label] >= VOID:
             result.lose("unlabelled annotations skipped")
@@ -199,7 +203,7 @@ def draw(
         if inst >= VOID:
             result.lose("masks beyond 254 instances per image skipped")
             continue
-        obj[m] = inst
-        cls[m] = class_index[label]
+        shape.on(obj)[shape.mask] = inst
+        shape.on(cls)[shape.mask] = class_index[label]
         result.annotations += 1
     return obj, cls

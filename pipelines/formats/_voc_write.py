@@ -20,9 +20,9 @@ import numpy as np
 import orjson
 from lxml import etree
 
-from pipelines import masks
 from pipelines.builder import parse_attribute
 from pipelines.formats import _image_sets as image_sets
+from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _voc_masks as vm
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
@@ -351,5 +351,5 @@ class _Document:
             if (a["mask_h"], a["mask_w"]) != (h, w):
                 self.result.lose("masks of another size than the image's first mask skipped")
                 continue
-            shapes.append((a, masks.decode(a["mask"], h, w).astype(bool)))
+            shapes.append(lm.place(a, a["mask"], h, w))
         return vm.draw(shapes, h, w, class_index, objects, self.result)

@@ -308,17 +308,18 @@ def _draw(
     h, w = size
     indices = np.zeros((h, w), dtype=np.int64)
     drawn: set[int] = set()
-    for ann, m in lm.shapes(group, h, w, result, "CamVid"):
-        cls = class_of.get(ann.get("label") or "")
+    for shape in lm.shapes(group, h, w, result, "CamVid"):
+        cls = class_of.get(shape.ann.get("label") or "")
         if cls is None:
             result.lose("masks without a label (or of the background label) skipped")
             continue
+        under = shape.on(indices)
         if cls in drawn:
             result.lose("masks of one class merged into one class mask")
-        elif indices[m].any():
+        elif under[shape.mask].any():
             result.lose("masks partly hidden by an overlapping mask")
         drawn.add(cls)
-        indices[m] = cls
+        under[shape.mask] = cls
         result.annotations += 1
     return indices
 
