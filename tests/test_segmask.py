@@ -138,3 +138,14 @@ def test_a_shape_paints_the_pixels_of_its_whole_mask_through_its_box() -> None:
             canvas = np.zeros((height, width), np.int32)
             shape.on(canvas)[shape.mask] = 3
             assert np.array_equal(canvas == 3, mask)
+
+
+def test_an_index_image_is_painted_in_its_colours_above_256_indices_too() -> None:
+    """`paint` goes through a PIL palette up to 256 indices, through numpy beyond."""
+    rng = np.random.default_rng(3)
+    for top in (0, 7, 255, 256, 900):
+        indices = rng.integers(0, top + 1, (23, 31))
+        colors = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(min(top + 1, 40))]
+        expected = np.zeros((top + 2, 3), np.uint8)  # beyond the colours: black
+        expected[: len(colors)] = colors
+        assert np.array_equal(_label_masks.paint(indices, colors), expected[indices])

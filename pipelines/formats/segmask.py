@@ -281,4 +281,5 @@ FORMAT = Format(
     read=read,
     plan_write=plan_write,
     write=write,
+    annotation_weight=lm.DRAWN_WEIGHT,
 )
