@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipelines import masks
+from pipelines.formats import mots
+from pipelines.formats.base import WriteResult
 from pipelines.runner import convert
 from tests.conftest import FIXTURES
 from tests.rows import read
@@ -123,3 +126,17 @@ def test_pngs_that_are_not_instance_masks_are_rejected(tmp_path: Path) -> None:
         ),
     }
     assert [a["label"] for a in t["annotations"]] == ["car"]
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "w", "h"),
+    [(1, 1, 3, 2), (-2, -1, 4, 3), (4, 3, 9, 9), (6, 5, 2, 2), (-5, -5, 2, 2), (0, 0, 6, 5)],
+)
+def test_a_box_covers_its_rounded_corners_cut_to_the_frame(x, y, w, h) -> None:
+    frame = np.zeros((5, 6), dtype=np.uint16)
+    ann = {"kind": "bbox", "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h}
+    shape = mots._shape(ann, [], 5, 6, WriteResult())
+    shape.on(frame)[shape.mask] = 1
+    expected = np.zeros((5, 6), dtype=np.uint16)
+    expected[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)] = 1
+    assert np.array_equal(frame, expected)

@@ -26,6 +26,7 @@ from pycocotools import mask as cocomask
 
 from pipelines import masks
 from pipelines.builder import BatchBuilder
+from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
 from pipelines.formats._mot import (
     LABELS_FILE,
@@ -284,8 +285,8 @@ def _canvas(
     used: set[int] = set()
     order = sorted(group.annotations, key=lambda a: a.get("z_order") or 0)
     for ann in order:
-        drawn = _pixels(ann, group.points.get(ann["ann_id"], []), h, w, result)
-        if drawn is None:
+        shape = _shape(ann, group.points.get(ann["ann_id"], []), h, w, result)
+        if shape is None:
             continue
         cls = classes.get(ann["label"]) if ann.get("label") is not None else None
         if cls is None or cls > _MAX_CLASS:
@@ -296,9 +297,10 @@ def _canvas(
             result.lose("masks beyond 999 instances of a class skipped")
             continue
         used.add(value)
-        if canvas[drawn].any():
+        under = shape.on(canvas)
+        if under[shape.mask].any():
             result.lose("masks partly hidden by an overlapping instance")
-        canvas[drawn] = value
+        under[shape.mask] = value
         result.annotations += 1
     return canvas
 
@@ -313,10 +315,11 @@ def _value(cls: int, track: int | None, used: set[int]) -> int | None:
     return None
 
 
-def _pixels(
+def _shape(
     ann: dict[str, Any], points: list[dict[str, Any]], h: int, w: int, result: WriteResult
-) -> np.ndarray | None:
-    """A boolean h × w mask of the annotation, or None (and its lossiness) if it has none."""
+) -> lm.Drawn | None:
+    """The annotation's pixels on an h × w frame, or None (and its lossiness) if it has
+    none."""
     kind = ann["kind"]
     if ann.get("outside"):
         result.lose("track frames outside the image skipped")
@@ -325,7 +328,7 @@ def _pixels(
         if (ann["mask_h"], ann["mask_w"]) != (h, w):
             result.lose("masks whose size differs from the frame skipped")
             return None
-        return masks.decode(ann["mask"], h, w).astype(bool)
+        return lm.place(ann, ann["mask"], h, w)
     if kind == "polygon" and points:
         rings: dict[int, list[float]] = {}
         for p in points:
@@ -334,14 +337,14 @@ def _pixels(
         if polys:
             rle = cocomask.merge(cocomask.frPyObjects(polys, h, w))
             result.lose("polygons written as masks")
-            return cocomask.decode(rle).astype(bool)
+            return lm.place(ann, rle["counts"].decode("ascii"), h, w)
     if kind == "bbox" and ann.get("bbox_w") is not None:
         x0, y0 = round(ann["bbox_x"]), round(ann["bbox_y"])
         x1, y1 = round(ann["bbox_x"] + ann["bbox_w"]), round(ann["bbox_y"] + ann["bbox_h"])
-        drawn = np.zeros((h, w), dtype=bool)
-        drawn[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
+        top, left = min(max(0, y0), h), min(max(0, x0), w)
+        box = np.ones((max(0, min(y1, h) - top), max(0, min(x1, w) - left)), dtype=bool)
         result.lose("boxes written as masks")
-        return drawn
+        return lm.Drawn(ann, top, left, box)
     result.lose(f"{kind} annotations skipped (MOTS holds masks)")
     return None
 
