@@ -225,3 +225,24 @@ def test_a_subset_written_in_parts_is_the_subset_written_whole(
     parts = _write_inline(tmp_path / "staged", tmp_path / "parts")
     assert max(parts) == (2 if source == "peer" else 8)  # a part an item, or four a worker
     assert _tree(tmp_path / "parts") == _tree(tmp_path / "whole")
+
+
+def test_items_in_different_parts_never_share_a_mask_name(tmp_path: Path, monkeypatch) -> None:
+    """`img 1` and `img_1` would both name their mask `img_1_...`: written by two parts,
+    one would replace the other. A name cut from an ImageID carries its digest."""
+    square = [[0, 0, 2, 0, 2, 2, 0, 2]]
+    coco = {
+        "images": [{"id": i, "file_name": name, "width": 4, "height": 2}
+                   for i, name in ((1, "img 1.jpg"), (2, "img_1.jpg"))],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 2, 2],
+                         "segmentation": square} for i in (1, 2)],
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    convert([str(tmp_path / "c.json")], "parquet", str(tmp_path / "staged"))
+    monkeypatch.setattr(_open_images_write, "PART_ITEMS", 1)
+    assert max(_write_inline(tmp_path / "staged", tmp_path / "out")) == 2
+    rows = tmp_path / "out" / "annotations" / "c-annotations-object-segmentation.csv"
+    names = [line.split(",")[0] for line in rows.read_text().splitlines()[1:]]
+    assert names[1] == "img_1_cat_00000000.png" and names[0].startswith("img_1_")
+    assert sorted(p.name for p in (tmp_path / "out" / "masks" / "c").iterdir()) == sorted(names)

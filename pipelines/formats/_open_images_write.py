@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import re
 from dataclasses import replace
@@ -177,7 +178,7 @@ class _Part:
         self.fields["boxes"] = BOX_FIELDS + (CLICKS if self.clicks else ())
         self.rows = dict.fromkeys(_CSVS, 0)
         self.writers: dict[str, Any] = {}  # csv writers of this part's fragments
-        self.mask_names: set[str] = set()  # unique within the part; see `_mask`
+        self.mask_names: set[str] = set()
 
     def write(self) -> WriteResult:
         task, prefix = self.task, f"annotations/{self.subset}"
@@ -301,10 +302,8 @@ class _Part:
         counts = lm.coverage(a, group.points.get(a["ann_id"], []), h, w, self.result, "Open Images")
         if counts is None:
             return
-        name = attrs.get("mask_path")
-        if not isinstance(name, str) or "/" in name or not name.endswith(".png"):
-            name = f"{_UNSAFE.sub('_', iid)}_{_UNSAFE.sub('_', a['label'])}_{attrs['box_id']}.png"
-        while name in self.mask_names:
+        name = _mask_name(iid, a["label"], attrs["box_id"], attrs.get("mask_path"))
+        while name in self.mask_names:  # the same name twice within one item
             name = name[: -len(".png")] + "_.png"
         self.mask_names.add(name)
         per_image.put(self.out, f"masks/{self.subset}/{name}", masks.png(counts, h, w), self.result)
@@ -323,6 +322,20 @@ class _Part:
             }
         self._row("masks", row)
         self.result.annotations += 1
+
+
+def _mask_name(iid: str, label: str, box_id: str, given: Any) -> str:
+    """A mask's file name: the source's own where it starts with the ImageID (as Open
+    Images' do), else `<ImageID>_<label>_<BoxID>.png`. Either way no two items share
+    one, which matters as parts write their masks apart: an ImageID with characters a
+    file name cannot hold (replaced by `_`) gets a digest of itself."""
+    own = isinstance(given, str) and given.startswith(f"{iid}_") and given.endswith(".png")
+    if own and "/" not in given:
+        return given
+    safe = _UNSAFE.sub("_", iid)
+    if safe != iid:
+        safe = f"{safe}_{hashlib.sha1(iid.encode()).hexdigest()[:8]}"
+    return f"{safe}_{_UNSAFE.sub('_', label)}_{box_id}.png"
 
 
 def _num(value: float) -> str:
