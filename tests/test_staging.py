@@ -170,3 +170,39 @@ def test_a_vertex_without_coordinates_is_named_not_written_as_text(tmp_path: Pat
     )
     with pytest.raises(LabelflowError, match=f"annotation '{owner}' has a vertex without"):
         list(texts)
+
+
+def test_without_boxed_vertices_only_shapes_without_a_box_bring_theirs(tmp_path: Path) -> None:
+    """A box-reading writer (VOC, WIDER Face) gets the vertices of a shape that states
+    no box, and none of those that state one; with `part_kinds`, its parts still come."""
+    import json
+
+    from pipelines import runner
+
+    sq = [[0, 0, 5, 0, 5, 5, 0, 5]]
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}],
+        "categories": [{"id": 1, "name": "c"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": sq, "bbox": [0, 0, 5, 5]},
+            {"id": 2, "image_id": 1, "category_id": 1, "segmentation": sq},
+        ],
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    assert runner.convert([str(tmp_path / "c.json")], "parquet", str(tmp_path / "s")).ok
+    for path in (tmp_path / "s" / "annotations").rglob("*.parquet"):  # the reader filled
+        anns = pq.read_table(path)  # annotation 2's box from its vertices: unstate it
+        unboxed = pc.equal(anns["native_id"], "2")
+        for column in ("bbox_x", "bbox_w"):
+            nulls = pc.if_else(unboxed, pa.scalar(None, anns[column].type), anns[column])
+            anns = anns.set_column(anns.schema.get_field_index(column), column, nulls)
+        pq.write_table(anns, path)
+    staging = Staging(str(tmp_path / "s"))
+    [every] = staging.iter_items()
+    boxed = {a["ann_id"] for a in every.annotations if a["bbox_w"] is not None}
+    [lean] = staging.iter_items(boxed_vertices=False)
+    assert len(boxed) == 1 and set(every.points) == {a["ann_id"] for a in every.annotations}
+    assert set(lean.points) == set(every.points) - boxed
+    assert all(lean.points[a] == every.points[a] for a in lean.points)
+    [parts] = staging.iter_items(boxed_vertices=False, part_kinds=("polygon",))
+    assert parts.points == {} and set(parts.parts) == set(every.points)

@@ -147,13 +147,20 @@ def plan(
 
 
 def groups(
-    staging: Staging, *, subset: Any = _ALL, shard: int = 0, shards: int = 1
+    staging: Staging,
+    *,
+    subset: Any = _ALL,
+    shard: int = 0,
+    shards: int = 1,
+    boxed_vertices: bool = True,
 ) -> Iterator[ItemGroup]:
     """Items in source order with what is attached to them: one subset (None: items
-    without one) or all, optionally one hash shard."""
+    without one) or all, optionally one hash shard (see `Staging.iter_items`)."""
     if subset is _ALL:
-        return staging.iter_items(shard=shard, shards=shards)
-    return staging.iter_items(subset=subset, all_subsets=False, shard=shard, shards=shards)
+        return staging.iter_items(shard=shard, shards=shards, boxed_vertices=boxed_vertices)
+    return staging.iter_items(
+        subset=subset, all_subsets=False, shard=shard, shards=shards, boxed_vertices=boxed_vertices
+    )
 
 
 def item_attributes(group: ItemGroup) -> dict[str, Any]:

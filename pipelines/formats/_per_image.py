@@ -134,10 +134,16 @@ def plan_sharded(
 
 
 def item_groups(
-    staging: Staging, task: WriteTask, *, with_attributes: bool = True
+    staging: Staging, task: WriteTask, *, with_attributes: bool = True, boxed_vertices: bool = True
 ) -> Iterator[ItemGroup]:
-    """The write task's shard of items, each with what is attached to it."""
-    return staging.iter_items(shard=task.shard, shards=task.shards, with_attributes=with_attributes)
+    """The write task's shard of items, each with what is attached to it (see
+    `Staging.iter_items`)."""
+    return staging.iter_items(
+        shard=task.shard,
+        shards=task.shards,
+        with_attributes=with_attributes,
+        boxed_vertices=boxed_vertices,
+    )
 
 
 def rows(staging: Staging, sql: str, batch: int = 10_000) -> Iterator[dict[str, Any]]:

@@ -193,7 +193,8 @@ def _write_shard(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     collisions = per_image.colliding_stems(staging, per_subset=False)
     copier = per_image.MediaCopier()
     result = WriteResult()
-    for group in per_image.item_groups(staging, task):
+    # A shape's vertices matter only where it states no box (`per_image.pixel_box`).
+    for group in per_image.item_groups(staging, task, boxed_vertices=False):
         item = group.item
         stem = per_image.output_stem(item, collisions, per_subset=False)
         doc, seg = _Document(item, group, stem, result).build(class_index)

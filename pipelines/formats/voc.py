@@ -447,4 +447,5 @@ FORMAT = Format(
     read=read,
     plan_write=_voc_write.plan_write,
     write=_voc_write.write,
+    boxes_suffice=lambda options: True,  # objects are boxes; masks come as masks
 )

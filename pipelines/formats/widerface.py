@@ -349,7 +349,8 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     rel = f"{SPLIT_DIR}/wider_face_{sets.subset_name(task.subset)}_bbx_gt.txt"
     with out.open(rel) as f:
-        for group in sets.groups(staging, subset=task.subset):
+        # A face's vertices matter only where it states no box (`per_image.pixel_box`).
+        for group in sets.groups(staging, subset=task.subset, boxed_vertices=False):
             result.items += 1
             lines = []
             event = sets.tag_labels(group)[:1]
@@ -426,4 +427,5 @@ FORMAT = Format(
     read=read,
     plan_write=plan_write,
     write=write,
+    boxes_suffice=lambda options: True,  # faces are boxes
 )
