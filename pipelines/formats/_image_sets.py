@@ -146,21 +146,13 @@ def plan(
     return tasks
 
 
-def groups(
-    staging: Staging,
-    *,
-    subset: Any = _ALL,
-    shard: int = 0,
-    shards: int = 1,
-    boxed_vertices: bool = True,
-) -> Iterator[ItemGroup]:
+def groups(staging: Staging, *, subset: Any = _ALL, **options: Any) -> Iterator[ItemGroup]:
     """Items in source order with what is attached to them: one subset (None: items
-    without one) or all, optionally one hash shard (see `Staging.iter_items`)."""
+    without one) or all; `options` go to `Staging.iter_items` (a hash shard, which
+    vertices)."""
     if subset is _ALL:
-        return staging.iter_items(shard=shard, shards=shards, boxed_vertices=boxed_vertices)
-    return staging.iter_items(
-        subset=subset, all_subsets=False, shard=shard, shards=shards, boxed_vertices=boxed_vertices
-    )
+        return staging.iter_items(**options)
+    return staging.iter_items(subset=subset, all_subsets=False, **options)
 
 
 def item_attributes(group: ItemGroup) -> dict[str, Any]:
@@ -194,7 +186,7 @@ def copy_images(
     """Copy the shard's images to the places `paths` gives (none: the item is skipped)."""
     result = result or WriteResult()
     copier = per_image.MediaCopier()
-    for group in groups(staging, shard=task.shard, shards=task.shards):
+    for group in groups(staging, shard=task.shard, shards=task.shards, point_columns=()):
         for rel in paths(group):
             copier.copy(group.item.get("media_uri"), out, rel, result)
     return result

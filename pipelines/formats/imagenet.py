@@ -275,7 +275,7 @@ def _write_folders(task: WriteTask, staging: Staging, out: Output) -> WriteResul
     ex = task.options.extra
     result = WriteResult()
     copier = per_image.MediaCopier()
-    for group in sets.groups(staging, shard=task.shard, shards=task.shards):
+    for group in sets.groups(staging, shard=task.shard, shards=task.shards, point_columns=()):
         item = group.item
         labels = sets.tag_labels(group)
         prefix = sets.subset_name(item.get("subset")) if ex["_subset_dirs"] else ""
@@ -302,7 +302,7 @@ def _write_list(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     rel = f"{sets.subset_name(task.subset)}.txt"
     with out.open(rel) as f:
-        for group in sets.groups(staging, subset=task.subset):
+        for group in sets.groups(staging, subset=task.subset, point_columns=()):
             labels = sets.tag_labels(group)
             result.annotations += _lose_others(group, result)
             name = _name(group.item)
@@ -324,4 +324,5 @@ FORMAT = Format(
     read=read,
     plan_write=plan_write,
     write=write,
+    boxes_suffice=lambda options: True,  # images by class: no geometry
 )

@@ -202,7 +202,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     rel = f"{LIST_PREFIX}{sets.subset_name(task.subset)}.txt"
     with out.open(rel) as f:
-        for group in sets.groups(staging, subset=task.subset):
+        for group in sets.groups(staging, subset=task.subset, point_columns=()):
             path, made = image_path(group)
             f.write(f"{path}\n".encode())
             result.items += 1
@@ -232,4 +232,5 @@ FORMAT = Format(
     read=read,
     plan_write=plan_write,
     write=write,
+    boxes_suffice=lambda options: True,  # images by person: no geometry
 )
