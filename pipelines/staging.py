@@ -363,6 +363,7 @@ class Staging:
         part_kinds: Collection[str] = (),
         point_text: str | None = None,
         boxed_vertices: bool = True,
+        vertex_kinds: Collection[str] | None = None,
     ) -> Iterator[ItemGroup]:
         """Items in source order with their annotations, points and attributes.
 
@@ -377,7 +378,8 @@ class Staging:
         its item's size (`s.width`, `s.height`), spells a vertex as the writer does;
         `points` then holds only the vertices of annotations of other kinds.
         Without `boxed_vertices`, it leaves out those of annotations that state their
-        box (all four `BOX` columns), for a writer that reads the box alone.
+        box (all four `BOX` columns), for a writer that reads the box alone; with
+        `vertex_kinds`, those of annotations of other kinds.
         """
         con = self.con
         conds, params = [], []
@@ -419,6 +421,8 @@ class Staging:
         wanted = [f"a.kind NOT IN ({sql_strings(part_kinds)})"] if part_kinds else []
         if not boxed_vertices:
             wanted.append(f"NOT ({' AND '.join(f'a.{c} IS NOT NULL' for c in BOX)})")
+        if vertex_kinds is not None:
+            wanted.append(f"a.kind IN ({sql_strings(vertex_kinds)})")
         as_row = (
             "WHERE EXISTS (SELECT 1 FROM annotations a WHERE a.ann_id = p.ann_id AND "
             f"a.item_id = p.item_id AND {' AND '.join(wanted)})"

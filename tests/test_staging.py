@@ -172,7 +172,7 @@ def test_a_vertex_without_coordinates_is_named_not_written_as_text(tmp_path: Pat
         list(texts)
 
 
-def test_without_boxed_vertices_only_shapes_without_a_box_bring_theirs(tmp_path: Path) -> None:
+def test_a_writer_gets_only_the_vertices_it_reads(tmp_path: Path) -> None:
     """A box-reading writer (VOC, WIDER Face) gets the vertices of a shape that states
     no box, and none of those that state one; with `part_kinds`, its parts still come."""
     import json
@@ -206,3 +206,7 @@ def test_without_boxed_vertices_only_shapes_without_a_box_bring_theirs(tmp_path:
     assert all(lean.points[a] == every.points[a] for a in lean.points)
     [parts] = staging.iter_items(boxed_vertices=False, part_kinds=("polygon",))
     assert parts.points == {} and set(parts.parts) == set(every.points)
+    # `vertex_kinds`: a writer that reads landmarks alone (LFW, VGGFace2).
+    [polygons] = staging.iter_items(vertex_kinds=("polygon",))
+    [landmarks] = staging.iter_items(vertex_kinds=("keypoints",))
+    assert polygons.points == every.points and landmarks.points == {}

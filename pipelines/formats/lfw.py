@@ -228,6 +228,10 @@ def read(task: ReadTask) -> Iterator[Batch]:
 # -- writing -------------------------------------------------------------------------------
 
 
+_LANDMARK_KINDS = ("points", "keypoints", "point")
+"""A landmarks line comes from these kinds: the only vertices the writer reads."""
+
+
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     return sets.plan(NAME, staging, options)
 
@@ -264,7 +268,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     header, listed = _source_lists(staging, task.subset)
     people: dict[str, int] = {}
     named: set[str] = set()
-    for group in sets.groups(staging, subset=task.subset):
+    for group in sets.groups(staging, subset=task.subset, vertex_kinds=_LANDMARK_KINDS):
         result.items += 1
         rel = image_path(group)
         ref = per_image.strip_ext(rel)
@@ -286,7 +290,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
                 for other in attrs.get(NEGATIVE) or []:
                     line = _pair(person, ref, str(other), matched=False)  # type: ignore[arg-type]
                     _keep(line, negative, result, named, ref, str(other))
-            elif ann["kind"] in ("points", "keypoints", "point") and ann["ann_id"] in group.points:
+            elif ann["kind"] in _LANDMARK_KINDS and ann["ann_id"] in group.points:
                 pts = group.points[ann["ann_id"]]
                 coords = [number_text(v) for p in pts for v in (p["x"], p["y"])]
                 landmarks.append("\t".join([rel, *coords]))

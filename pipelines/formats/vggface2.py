@@ -304,6 +304,10 @@ def _item(
 # -- writing ---------------------------------------------------------------------------------
 
 
+_LANDMARK_KINDS = ("keypoints", "points")
+"""A landmark row comes from these kinds: the only vertices the writer reads."""
+
+
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     return sets.plan(NAME, staging, options, shared=True)
 
@@ -348,7 +352,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     with out.open(lm_rel) as lm_file, out.open(bb_rel) as bb_file:
         lm_file.write(_csv_line(["NAME_ID", *LANDMARK_COLUMNS]))
         bb_file.write(_csv_line(["NAME_ID", *BOX_COLUMNS]))
-        for group in sets.groups(staging, subset=task.subset):
+        for group in sets.groups(staging, subset=task.subset, vertex_kinds=_LANDMARK_KINDS):
             result.items += 1
             key = name_id(group)
             box, marks, tags = _pick(group, result)
@@ -374,7 +378,7 @@ def _pick(group: ItemGroup, result: WriteResult) -> tuple[list | None, list | No
         elif kind == "bbox" and box is None and ann.get("bbox_w") is not None:
             box = [ann[k] for k in ("bbox_x", "bbox_y", "bbox_w", "bbox_h")]
             result.annotations += 1
-        elif kind in ("keypoints", "points") and marks is None:
+        elif kind in _LANDMARK_KINDS and marks is None:
             pts = group.points.get(ann["ann_id"], [])
             if len(pts) != len(LANDMARKS):
                 result.lose("landmark sets that are not 5 points not written")
