@@ -154,23 +154,31 @@ def encode_placed(sub: np.ndarray, left: int, top: int, height: int, width: int)
     return from_uncompressed(counts, height, width), int((ends - starts).sum())
 
 
-def png(counts: str, height: int, width: int) -> bytes:
+def png(counts: str, height: int, width: int, *, grey: bool = False) -> bytes:
     """A mask as a 1-bit PNG of the whole image (what PIL writes for a boolean array,
-    pixel for pixel), made from the rows the mask covers alone: the rows above and
-    below it are zeros, compressed once per width (`_zero_rows`). Decoding,
-    transposing and compressing every pixel of the image took 1.8 ms a mask on images
-    up to 1080p, where most of a mask is nothing."""
-    stride = 1 + (width + 7) // 8  # each row: its filter byte (0, none), then its bits
+    pixel for pixel), or with `grey` an 8-bit one of 0 and 255; made from the rows
+    the mask covers alone: the rows above and below it are zeros, compressed once
+    per width (`_zero_rows`). Decoding, transposing and compressing every pixel of
+    the image took 1.8 ms a mask on images up to 1080p, where most of a mask is
+    nothing."""
+    stride = 1 + (width if grey else (width + 7) // 8)  # a filter byte (0), the pixels
     left, top, bw, bh = (int(v) for v in bbox(counts, height, width))
     check = _adler_zeros(1, top * stride)
     middle = b""
     if bh:
-        pixels = np.zeros((bh, width), dtype=bool)
-        pixels[:, left : left + bw] = decode_box(counts, height, width, (left, top, bw, bh))
+        box = decode_box(counts, height, width, (left, top, bw, bh))
         rows = np.zeros((bh, stride), dtype=np.uint8)
-        rows[:, 1:] = np.packbits(pixels, axis=1)
+        if grey:
+            rows[:, 1 + left : 1 + left + bw] = box * np.uint8(255)
+        else:
+            pixels = np.zeros((bh, width), dtype=bool)
+            pixels[:, left : left + bw] = box
+            rows[:, 1:] = np.packbits(pixels, axis=1)
         raw = rows.tobytes()
-        deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        # Runs of 0 and 255 bytes: zlib's run-length strategy packs them 20% tighter
+        # than PIL's encoder in half the time; bits pack tighter with the default.
+        strategy = zlib.Z_RLE if grey else zlib.Z_DEFAULT_STRATEGY
+        deflate = zlib.compressobj(6, zlib.DEFLATED, -15, 8, strategy)
         middle = deflate.compress(raw) + deflate.flush(zlib.Z_FULL_FLUSH)
         check = zlib.adler32(raw, check)
     check = _adler_zeros(check, (height - top - bh) * stride)
@@ -180,7 +188,7 @@ def png(counts: str, height: int, width: int) -> bytes:
     return b"".join(
         (
             b"\x89PNG\r\n\x1a\n",
-            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)),
+            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8 if grey else 1, 0, 0, 0, 0)),
             _chunk(b"IDAT", b"\x78\x9c" + stream + struct.pack(">I", check)),
             _chunk(b"IEND", b""),
         )

@@ -169,7 +169,8 @@ def test_polygons_become_masks_with_a_new_box_id(tmp_path: Path) -> None:
 
 def test_a_mask_is_written_as_a_one_bit_png_of_the_whole_image() -> None:
     """`masks.png` builds the PNG from the rows the mask covers: its pixels are those
-    of the whole decoded mask, wherever the mask lies, whatever the width."""
+    of the whole decoded mask, wherever the mask lies, whatever the width; 1-bit, or
+    8-bit 0 and 255."""
     import io
 
     import numpy as np
@@ -192,6 +193,10 @@ def test_a_mask_is_written_as_a_one_bit_png_of_the_whole_image() -> None:
             img = Image.open(io.BytesIO(masks.png(masks.encode(mask), height, width)))
             assert (img.mode, img.size) == ("1", (width, height))
             assert np.array_equal(np.asarray(img), mask)
+            grey = masks.png(masks.encode(mask), height, width, grey=True)  # LabelMe 3.0's
+            img = Image.open(io.BytesIO(grey))
+            assert (img.mode, img.size) == ("L", (width, height))
+            assert np.array_equal(np.asarray(img), mask * np.uint8(255))
 
 
 def _tree(root: Path) -> dict[str, bytes]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipelines import masks
 from pipelines.builder import BatchBuilder, parse_attribute
 from pipelines.errors import ParseError
 from pipelines.formats import _per_image as per_image
@@ -218,9 +219,8 @@ def ellipse_polygon(ann: dict[str, Any], n: int = 32) -> list[tuple[float, float
     return out
 
 
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1), inclusive, of the set pixels; None for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+def mask_box(counts: str, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), inclusive, of the set pixels of a COCO RLE mask; None for an
+    empty one. From the runs: the decoded image need not be searched."""
+    x, y, w, h = (int(v) for v in masks.bbox(counts, height, width))
+    return (x, y, x + w - 1, y + h - 1) if w else None

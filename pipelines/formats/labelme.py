@@ -438,13 +438,14 @@ def _shape_json(
         result.lose("ellipses written as polygons")
         return {"shape_type": "polygon", "points": _pairs(lm.ellipse_polygon(ann))}
     if kind == "mask" and ann.get("mask"):
-        full = masks.decode(ann["mask"], ann["mask_h"], ann["mask_w"]).astype(bool)
-        box = lm.mask_box(full)
+        counts, h, w = ann["mask"], ann["mask_h"], ann["mask_w"]
+        box = lm.mask_box(counts, h, w)
         if box is None:
             result.lose("empty masks skipped")
             return None
         x0, y0, x1, y1 = box
-        data = base64.b64encode(lm.png_bytes(full[y0 : y1 + 1, x0 : x1 + 1])).decode()
+        crop = masks.decode_box(counts, h, w, (x0, y0, x1 - x0 + 1, y1 - y0 + 1)).astype(bool)
+        data = base64.b64encode(lm.png_bytes(crop)).decode()
         return {"shape_type": "mask", "points": [[x0, y0], [x1, y1]], "mask": data}
     result.lose(f"{kind} annotations have no LabelMe shape")
     return None

@@ -580,12 +580,12 @@ def _shape(
         result.lose("ellipses written as polygons")
         return _polygon(lm.ellipse_polygon(ann))
     if kind == "mask" and ann.get("mask"):
-        mask = masks.decode(ann["mask"], ann["mask_h"], ann["mask_w"]).astype(bool)
+        counts, h, w = ann["mask"], ann["mask_h"], ann["mask_w"]
         rel = posixpath.join(masks_dir, mask_name)
-        per_image.put(out, rel, lm.png_bytes(mask), result)
+        per_image.put(out, rel, masks.png(counts, h, w, grey=True), result)
         segm = etree.Element("segm")
         given = {k: v for k, v, _ in lm.annotation_values(group, ann["ann_id"])}
-        box = _given_box(given.get("segm_box")) or lm.mask_box(mask)
+        box = _given_box(given.get("segm_box")) or lm.mask_box(counts, h, w)
         if "scribbles" in given:
             result.lose("scribble references dropped (their PNGs are not read)")
         if box:
