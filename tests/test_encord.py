@@ -768,3 +768,25 @@ def test_coco_agrees_with_encords_own_exporter(peer: Path, tmp_path: Path, name:
             assert o["bbox"][:2] == pytest.approx(t["keypoints"][:2])
         # polyline: Encord writes the path there and back as a "segmentation"; our COCO
         # writer writes polylines as their boxes, which agree above.
+
+
+def test_a_polygon_with_a_vertex_without_coordinates_is_counted_lost(tmp_path: Path) -> None:
+    """Its parts come as arrays, where the missing coordinate is NaN: the polygon is
+    counted lost, not written with a null coordinate."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.conftest import ROOT
+
+    source = ROOT / "tests/fixtures/example/annotations/instances_demo.json"
+    staged = tmp_path / "staged"
+    assert convert([str(source)], "parquet", str(staged), workers=1).ok
+    path = next((staged / "points").rglob("*.parquet"))
+    points = pq.read_table(path)
+    x = points["x"].to_pylist()
+    x[3] = None
+    pq.write_table(points.set_column(points.schema.get_field_index("x"), "x", pa.array(x)), path)
+    report = convert([str(staged)], "encord", str(tmp_path / "out"), workers=1)
+    assert report.lossy["polygon annotations without their coordinates"] == 1
+    [written] = (tmp_path / "out").glob("*.json")
+    assert '"x":null' not in written.read_text().replace(" ", "")

@@ -19,6 +19,7 @@ from datetime import timezone
 from email.utils import format_datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
 from pipelines.builder import parse_attribute
@@ -49,7 +50,7 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     name = f"{task.subset}.json" if task.subset else "label_rows.json"
-    groups = staging.iter_items(all_subsets=False, subset=task.subset)
+    groups = staging.iter_items(all_subsets=False, subset=task.subset, part_kinds=_PARTS)
     with out.open(name) as f:
         f.write(b"[")
         for n, row in enumerate(_rows(groups)):
@@ -207,7 +208,7 @@ class _RowWriter:
             if a["kind"] == "tag" and not _ranged(a):
                 classes.append(self._classification(a, attrs))
             elif a["kind"] in KIND_SHAPE:
-                obj = self._object(a, g.points.get(a["ann_id"], []), attrs, size, direct)
+                obj = self._object(a, g, attrs, size, direct)
                 if obj is not None:
                     objects.append(obj)
             elif _ranged(a):
@@ -233,7 +234,7 @@ class _RowWriter:
             if value is not None:
                 out[key] = value
 
-    def _object(self, a, pts, attrs, size, direct: bool) -> dict[str, Any] | None:
+    def _object(self, a, g: ItemGroup, attrs, size, direct: bool) -> dict[str, Any] | None:
         kind = a["kind"]
         if a["units"] == "px" and kind != "mask" and not (size[0] and size[1]):
             self.result.lose("annotations on items without a size")
@@ -255,7 +256,7 @@ class _RowWriter:
             if r["source"] == LAYOUT
         }
         try:
-            obj.update(_geometry(a, pts, layout, sx, sy))
+            obj.update(_geometry(a, g, layout, sx, sy))
         except (TypeError, ValueError):
             self.result.lose(f"{kind} annotations without their coordinates")
             return None
@@ -377,7 +378,12 @@ def _metadata(item: dict[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _geometry(a, pts, layout, sx: float, sy: float) -> dict[str, Any]:
+_PARTS = ("polygon", "polyline", "point")
+"""Shapes whose vertices come as one array per part (`ItemGroup.parts`), not a dict per
+vertex: most of an Encord write was fetching those dicts (staged 200 MB, see `write`)."""
+
+
+def _geometry(a, g: ItemGroup, layout, sx: float, sy: float) -> dict[str, Any]:
     kind = a["kind"]
     if kind in ("bbox", "rotated_bbox"):
         box = {
@@ -391,9 +397,10 @@ def _geometry(a, pts, layout, sx: float, sy: float) -> dict[str, Any]:
         return {"rotatableBoundingBox": {**box, "theta": a["angle_deg"] or 0.0}}
     if kind == "mask":
         return {"bitmask": bitmask_from_mask(a["mask"], a["mask_h"], a["mask_w"])}
-    if not pts:
-        raise ValueError("no vertices")
     if kind == "keypoints":
+        pts = g.points.get(a["ann_id"], [])
+        if not pts:
+            raise ValueError("no vertices")
         extras = layout.get("skeleton") or []
         skeleton = {}
         for i, p in enumerate(pts):
@@ -406,14 +413,16 @@ def _geometry(a, pts, layout, sx: float, sy: float) -> dict[str, Any]:
                 point["occluded"] = True
             skeleton[str(i)] = point
         return {"skeleton": skeleton}
-    rings: dict[int, list[float]] = {}
-    for p in pts:
-        rings.setdefault(p["part"], []).extend((p["x"] / sx, p["y"] / sy))
-    flat = [rings[k] for k in sorted(rings)]
-    vertices = {
-        str(i): {"x": x, "y": y}
-        for i, (x, y) in enumerate(zip(flat[0][::2], flat[0][1::2], strict=True))
-    }
+    parts = g.parts.get(a["ann_id"], {})
+    if not parts:
+        raise ValueError("no vertices")
+    # Divided as each coordinate was (x / sx): the same floats. A vertex without
+    # coordinates comes as NaN.
+    rings = [parts[k].reshape(-1, 2) / (sx, sy) for k in sorted(parts)]
+    if any(np.isnan(ring).any() for ring in rings):
+        raise ValueError("a vertex without coordinates")
+    flat = [ring.ravel().tolist() for ring in rings]
+    vertices = {str(i): {"x": x, "y": y} for i, (x, y) in enumerate(rings[0].tolist())}
     if kind == "point":
         return {"point": {"0": vertices["0"]}}
     if kind == "polyline":
