@@ -195,6 +195,28 @@ def png(counts: str, height: int, width: int, *, grey: bool = False) -> bytes:
     )
 
 
+def index_png(indices: np.ndarray, palette: bytes | None = None) -> bytes:
+    """An 8-bit index image as a PNG: with `palette` (RGB triples), a palette image;
+    without, grey. Class and instance images are long runs of one value: zlib's
+    run-length strategy packs them 12% tighter than PIL's encoder, in 0.9 ms where it
+    took 2.5 (505 × 640)."""
+    height, width = indices.shape
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row: filter 0, the pixels
+    rows[:, 1:] = indices
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    data = deflate.compress(rows.tobytes()) + deflate.flush()
+    kind = 0 if palette is None else 3
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, kind, 0, 0, 0)),
+            b"" if palette is None else _chunk(b"PLTE", palette),
+            _chunk(b"IDAT", data),
+            _chunk(b"IEND", b""),
+        )
+    )
+
+
 _LAST_BLOCK = b"\x03\x00"
 """An empty final deflate block (fixed codes, the end-of-block code alone)."""
 

@@ -149,3 +149,22 @@ def test_an_index_image_is_painted_in_its_colours_above_256_indices_too() -> Non
         expected = np.zeros((top + 2, 3), np.uint8)  # beyond the colours: black
         expected[: len(colors)] = colors
         assert np.array_equal(_label_masks.paint(indices, colors), expected[indices])
+
+
+def test_an_index_image_png_decodes_to_its_indices_and_palette() -> None:
+    """`masks.index_png`: grey, or with a palette; any width, runs and noise alike."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    palette = bytes(int(v) for v in rng.integers(0, 256, 768))
+    for height, width in ((1, 1), (7, 13), (50, 333)):
+        runs = np.repeat(rng.integers(0, 256, (height, 1)), width, axis=1)
+        for indices in (runs, rng.integers(0, 256, (height, width))):
+            indices = indices.astype(np.uint8)
+            grey = Image.open(io.BytesIO(masks.index_png(indices)))
+            assert grey.mode == "L" and np.array_equal(np.asarray(grey), indices)
+            coloured = Image.open(io.BytesIO(masks.index_png(indices, palette)))
+            assert coloured.mode == "P" and coloured.getpalette() == list(palette)
+            assert np.array_equal(np.asarray(coloured), indices)

@@ -18,6 +18,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from pipelines import masks
 from pipelines.errors import ParseError
 from pipelines.formats.base import WriteResult
 
@@ -133,9 +134,7 @@ def write_png(f: IO[bytes], indices: np.ndarray, colors: list[tuple[int, int, in
     palette = list(colormap())
     for i, c in enumerate(colors[:256]):
         palette[i] = c
-    img = Image.fromarray(indices.astype(np.uint8), mode="P")
-    img.putpalette([v for c in palette for v in c])
-    img.save(f, format="PNG")
+    f.write(masks.index_png(indices.astype(np.uint8), bytes(int(v) for c in palette for v in c)))
 
 
 @dataclass(frozen=True)
