@@ -195,23 +195,35 @@ def png(counts: str, height: int, width: int, *, grey: bool = False) -> bytes:
     )
 
 
-def index_png(indices: np.ndarray, palette: bytes | None = None) -> bytes:
-    """An 8-bit index image as a PNG: with `palette` (RGB triples), a palette image;
-    without, grey. Class and instance images are long runs of one value: zlib's
-    run-length strategy packs them 12% tighter than PIL's encoder, in 0.9 ms where it
-    took 2.5 (505 × 640)."""
-    height, width = indices.shape
-    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row: filter 0, the pixels
-    rows[:, 1:] = indices
-    deflate = zlib.compressobj(6, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
-    data = deflate.compress(rows.tobytes()) + deflate.flush()
-    kind = 0 if palette is None else 3
+def image_png(pixels: np.ndarray, palette: bytes | None = None) -> bytes:
+    """A label image as a PNG with every row unfiltered: H × W uint8 as 8-bit grey or,
+    with `palette` (RGB triples), palette indices; H × W uint16 as 16-bit grey;
+    H × W × 3 uint8 as RGB. PIL picks a filter per row, which on images of flat
+    regions costs more than it saves (505 × 640: RGB 9.8 → 5.6 ms and 10% smaller,
+    16-bit 5.9 → 3.9 ms). Bytes of one value in runs (8-bit class and instance
+    images) pack best with zlib's run-length strategy: 2.5 → 0.9 ms, 12% smaller."""
+    height, width = pixels.shape[:2]
+    strategy = zlib.Z_DEFAULT_STRATEGY
+    if pixels.ndim == 3:
+        depth, kind, data = 8, 2, pixels.reshape(height, width * 3)
+    elif pixels.dtype == np.uint16:
+        depth, kind, data = 16, 0, pixels.astype(">u2").view(np.uint8)
+    else:
+        depth, kind, data = 8, (0 if palette is None else 3), pixels
+        strategy = zlib.Z_RLE
+    if data.dtype != np.uint8:
+        msg = f"no PNG for {pixels.dtype} pixels of shape {pixels.shape}"
+        raise ValueError(msg)
+    rows = np.zeros((height, data.shape[1] + 1), dtype=np.uint8)  # filter 0, the pixels
+    rows[:, 1:] = data
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 15, 8, strategy)
+    compressed = deflate.compress(rows.tobytes()) + deflate.flush()
     return b"".join(
         (
             b"\x89PNG\r\n\x1a\n",
-            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, kind, 0, 0, 0)),
+            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, kind, 0, 0, 0)),
             b"" if palette is None else _chunk(b"PLTE", palette),
-            _chunk(b"IDAT", data),
+            _chunk(b"IDAT", compressed),
             _chunk(b"IEND", b""),
         )
     )

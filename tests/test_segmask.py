@@ -152,7 +152,8 @@ def test_an_index_image_is_painted_in_its_colours_above_256_indices_too() -> Non
 
 
 def test_an_index_image_png_decodes_to_its_indices_and_palette() -> None:
-    """`masks.index_png`: grey, or with a palette; any width, runs and noise alike."""
+    """`masks.image_png`: 8-bit grey or with a palette, 16-bit grey, RGB; any width,
+    runs and noise alike."""
     import io
 
     from PIL import Image
@@ -163,8 +164,14 @@ def test_an_index_image_png_decodes_to_its_indices_and_palette() -> None:
         runs = np.repeat(rng.integers(0, 256, (height, 1)), width, axis=1)
         for indices in (runs, rng.integers(0, 256, (height, width))):
             indices = indices.astype(np.uint8)
-            grey = Image.open(io.BytesIO(masks.index_png(indices)))
+            grey = Image.open(io.BytesIO(masks.image_png(indices)))
             assert grey.mode == "L" and np.array_equal(np.asarray(grey), indices)
-            coloured = Image.open(io.BytesIO(masks.index_png(indices, palette)))
+            coloured = Image.open(io.BytesIO(masks.image_png(indices, palette)))
             assert coloured.mode == "P" and coloured.getpalette() == list(palette)
             assert np.array_equal(np.asarray(coloured), indices)
+            wide = indices.astype(np.uint16) * 257
+            deep = Image.open(io.BytesIO(masks.image_png(wide)))
+            assert np.array_equal(np.asarray(deep), wide)
+            rgb = np.stack([indices, 255 - indices, indices // 2], axis=-1)
+            colour = Image.open(io.BytesIO(masks.image_png(rgb)))
+            assert colour.mode == "RGB" and np.array_equal(np.asarray(colour), rgb)

@@ -377,14 +377,12 @@ def paint(indices: np.ndarray, colors: Sequence[RGB]) -> np.ndarray:
 
 
 def png(arr: np.ndarray, fmt: str = "PNG") -> bytes:
-    """An array as an image file: uint8 → 8-bit grey (`masks.index_png`), uint16 →
-    16-bit grey, H × W × 3 → RGB (a 1-bit mask: `masks.png`)."""
-    if fmt == "PNG" and arr.ndim == 2 and arr.dtype == np.uint8:
-        return masks.index_png(arr)
+    """An array as an image file: uint8 → 8-bit grey, other integers → 16-bit grey,
+    H × W × 3 → RGB; a PNG through `masks.image_png` (a 1-bit mask: `masks.png`)."""
     if arr.ndim == 2 and arr.dtype != np.uint8:
-        img = Image.fromarray(arr.astype(np.uint16))
-    else:
-        img = Image.fromarray(arr)
+        arr = arr.astype(np.uint16)
+    if fmt == "PNG":
+        return masks.image_png(arr)
     buf = io.BytesIO()
-    img.save(buf, format=fmt)
+    Image.fromarray(arr).save(buf, format=fmt)
     return buf.getvalue()

@@ -134,7 +134,7 @@ def write_png(f: IO[bytes], indices: np.ndarray, colors: list[tuple[int, int, in
     palette = list(colormap())
     for i, c in enumerate(colors[:256]):
         palette[i] = c
-    f.write(masks.index_png(indices.astype(np.uint8), bytes(int(v) for c in palette for v in c)))
+    f.write(masks.image_png(indices.astype(np.uint8), bytes(int(v) for c in palette for v in c)))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ instances/ (KITTI MOTS: instances/0002/000000.png) take that folder as `sequence
 
 from __future__ import annotations
 
-import io
 import posixpath
 from collections.abc import Iterator
 from typing import Any
@@ -257,10 +256,8 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
             rel = f"{rel[:-4]}_{len(written)}.png"
             result.lose("frames renamed: their file stem was taken")
         written.add(rel)
-        buf = io.BytesIO()
-        Image.fromarray(canvas).save(buf, format="PNG")
         with out.open(rel) as f:
-            f.write(buf.getvalue())
+            f.write(lm.png(canvas))
         result.files.append(rel)
         result.items += 1
     labels = posixpath.join(folder, LABELS_FILE)
