@@ -1,7 +1,9 @@
 """Mask codecs: every format's mask becomes COCO compressed RLE (pycocotools' string form).
 
 The annotations table stores `mask` as that string plus `mask_h` × `mask_w`, the
-size of the whole image the mask covers.
+size of the whole image the mask covers. Writers get masks back from it as boxes
+of pixels (`decode_box`) or as PNGs (`png` for one mask, `image_png` for the label
+images they paint).
 """
 
 from __future__ import annotations
