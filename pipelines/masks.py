@@ -187,14 +187,8 @@ def png(counts: str, height: int, width: int, *, grey: bool = False) -> bytes:
     stream = b"".join(
         (_zero_rows(top, stride), middle, _zero_rows(height - top - bh, stride), _LAST_BLOCK)
     )
-    return b"".join(
-        (
-            b"\x89PNG\r\n\x1a\n",
-            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8 if grey else 1, 0, 0, 0, 0)),
-            _chunk(b"IDAT", b"\x78\x9c" + stream + struct.pack(">I", check)),
-            _chunk(b"IEND", b""),
-        )
-    )
+    zlib_stream = b"\x78\x9c" + stream + struct.pack(">I", check)
+    return _png_file(width, height, 8 if grey else 1, 0, zlib_stream)
 
 
 def image_png(pixels: np.ndarray, palette: bytes | None = None) -> bytes:
@@ -220,12 +214,20 @@ def image_png(pixels: np.ndarray, palette: bytes | None = None) -> bytes:
     rows[:, 1:] = data
     deflate = zlib.compressobj(6, zlib.DEFLATED, 15, 8, strategy)
     compressed = deflate.compress(rows.tobytes()) + deflate.flush()
+    return _png_file(width, height, depth, kind, compressed, palette)
+
+
+def _png_file(
+    width: int, height: int, depth: int, kind: int, pixels: bytes, palette: bytes | None = None
+) -> bytes:
+    """A PNG around its zlib stream of filtered rows: `depth` bits a sample, colour type
+    `kind` (0 grey, 2 RGB, 3 palette), no interlacing."""
     return b"".join(
         (
             b"\x89PNG\r\n\x1a\n",
             _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, kind, 0, 0, 0)),
             b"" if palette is None else _chunk(b"PLTE", palette),
-            _chunk(b"IDAT", compressed),
+            _chunk(b"IDAT", pixels),
             _chunk(b"IEND", b""),
         )
     )
