@@ -27,6 +27,7 @@ from lxml import etree
 
 from pipelines import masks
 from pipelines.builder import parse_attribute
+from pipelines.formats import _per_image as per_image
 from pipelines.formats._cvat_read import ATTR_SOURCE, CUBOID_CORNERS, LIST_TAGS, XML_SOURCE
 from pipelines.formats._fragments import Fragments, Piece
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
@@ -376,9 +377,7 @@ def _write_images(
 ) -> WriteResult:
     """CVAT for images: this task's run of the subset's items as `<image>` elements,
     straight into the file when it is the only task, else as its fragment."""
-    items = task.options.extra["_items"]
-    first = items * task.shard // task.shards
-    last = items * (task.shard + 1) // task.shards
+    first, last = per_image.item_run(task.options.extra["_items"], task.shard, task.shards)
     names = _ImageNames()
     columns = ("item_id", "native_id", "file_name", "media_type")
     before = staging.con.cursor().execute(  # the items before this run decide its ids and names

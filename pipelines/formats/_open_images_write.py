@@ -182,8 +182,7 @@ class _Part:
 
     def write(self) -> WriteResult:
         task, prefix = self.task, f"annotations/{self.subset}"
-        items = task.options.extra["_items"]
-        run = (items * task.shard // task.shards, items * (task.shard + 1) // task.shards)
+        run = per_image.item_run(task.options.extra["_items"], task.shard, task.shards)
         fragments = {
             key: Fragments(self.out, prefix + suffix, task.shards) for key, suffix in _CSVS.items()
         }

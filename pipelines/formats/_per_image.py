@@ -133,17 +133,16 @@ def plan_sharded(
     ]
 
 
-def item_groups(
-    staging: Staging, task: WriteTask, *, with_attributes: bool = True, boxed_vertices: bool = True
-) -> Iterator[ItemGroup]:
-    """The write task's shard of items, each with what is attached to it (see
-    `Staging.iter_items`)."""
-    return staging.iter_items(
-        shard=task.shard,
-        shards=task.shards,
-        with_attributes=with_attributes,
-        boxed_vertices=boxed_vertices,
-    )
+def item_groups(staging: Staging, task: WriteTask, **options: Any) -> Iterator[ItemGroup]:
+    """The write task's shard of items, each with what is attached to it; `options` go
+    to `Staging.iter_items` (which columns, which vertices)."""
+    return staging.iter_items(shard=task.shard, shards=task.shards, **options)
+
+
+def item_run(items: int, part: int, parts: int) -> tuple[int, int]:
+    """The items (positions in source order, as `Staging.iter_items(positions=...)`
+    takes them) that part `part` of `parts` writes: runs of near-equal length."""
+    return items * part // parts, items * (part + 1) // parts
 
 
 def rows(staging: Staging, sql: str, batch: int = 10_000) -> Iterator[dict[str, Any]]:

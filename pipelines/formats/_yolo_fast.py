@@ -67,12 +67,7 @@ def shard_count(staging: Staging, options: WriteOptions) -> int | None:
 
 def shard_groups(spans: ItemSpans, shards: int) -> list[list[int]]:
     """For each shard, the annotation row groups that hold its items."""
-    return spans.groups([_item_range(spans.items, k, shards) for k in range(shards)])
-
-
-def _item_range(total: int, shard: int, shards: int) -> tuple[int, int]:
-    """The rows of the items table (in source order) that shard `shard` writes."""
-    return total * shard // shards, total * (shard + 1) // shards
+    return spans.groups([per_image.item_run(spans.items, k, shards) for k in range(shards)])
 
 
 _DERIVED = (
@@ -179,7 +174,7 @@ def _batches(
     row group's other columns only when it holds one of them (exports often list
     annotations image by image); a stable sort by item then hands out each batch's.
     """
-    rows = _item_range(staging.count_rows("items"), task.shard, task.shards)
+    rows = per_image.item_run(staging.count_rows("items"), task.shard, task.shards)
     parts = list(staging.scan("items", item_columns, rows=rows))
     if not parts:
         return
