@@ -156,6 +156,13 @@ def encode_placed(sub: np.ndarray, left: int, top: int, height: int, width: int)
     return from_uncompressed(counts, height, width), int((ends - starts).sum())
 
 
+def box(counts: str, height: int, width: int) -> tuple[int, int, int, int]:
+    """(left, top, width, height) of the set pixels, in whole pixels; zeros for an empty
+    mask. From the runs: a writer need not decode the image to find it."""
+    left, top, w, h = (int(v) for v in bbox(counts, height, width))
+    return left, top, w, h
+
+
 def png(counts: str, height: int, width: int, *, grey: bool = False) -> bytes:
     """A mask as a 1-bit PNG of the whole image (what PIL writes for a boolean array,
     pixel for pixel), or with `grey` an 8-bit one of 0 and 255; made from the rows
@@ -164,17 +171,17 @@ def png(counts: str, height: int, width: int, *, grey: bool = False) -> bytes:
     the image took 1.8 ms a mask on images up to 1080p, where most of a mask is
     nothing."""
     stride = 1 + (width if grey else (width + 7) // 8)  # a filter byte (0), the pixels
-    left, top, bw, bh = (int(v) for v in bbox(counts, height, width))
+    left, top, bw, bh = box(counts, height, width)
     check = _adler_zeros(1, top * stride)
     middle = b""
     if bh:
-        box = decode_box(counts, height, width, (left, top, bw, bh))
+        inside = decode_box(counts, height, width, (left, top, bw, bh))
         rows = np.zeros((bh, stride), dtype=np.uint8)
         if grey:
-            rows[:, 1 + left : 1 + left + bw] = box * np.uint8(255)
+            rows[:, 1 + left : 1 + left + bw] = inside * np.uint8(255)
         else:
             pixels = np.zeros((bh, width), dtype=bool)
-            pixels[:, left : left + bw] = box
+            pixels[:, left : left + bw] = inside
             rows[:, 1:] = np.packbits(pixels, axis=1)
         raw = rows.tobytes()
         # Runs of 0 and 255 bytes: zlib's run-length strategy packs them 20% tighter

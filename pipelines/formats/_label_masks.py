@@ -271,9 +271,8 @@ class Drawn(NamedTuple):
 def place(ann: dict[str, Any], counts: str, height: int, width: int) -> Drawn:
     """The pixels of `counts` (COCO RLE over a height × width image), decoded in their
     box alone."""
-    left, top, w, h = (int(v) for v in masks.bbox(counts, height, width))
-    box = masks.decode_box(counts, height, width, (left, top, w, h))
-    return Drawn(ann, top, left, box.astype(bool))
+    box = masks.box(counts, height, width)
+    return Drawn(ann, box[1], box[0], masks.decode_box(counts, height, width, box).astype(bool))
 
 
 def coverage(

@@ -222,5 +222,5 @@ def ellipse_polygon(ann: dict[str, Any], n: int = 32) -> list[tuple[float, float
 def mask_box(counts: str, height: int, width: int) -> tuple[int, int, int, int] | None:
     """(x0, y0, x1, y1), inclusive, of the set pixels of a COCO RLE mask; None for an
     empty one. From the runs: the decoded image need not be searched."""
-    x, y, w, h = (int(v) for v in masks.bbox(counts, height, width))
+    x, y, w, h = masks.box(counts, height, width)
     return (x, y, x + w - 1, y + h - 1) if w else None
