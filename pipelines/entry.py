@@ -12,11 +12,7 @@ import tempfile
 import traceback
 
 from pipelines import memory
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""What people, schedulers and terminals send to end a process: Ctrl-C, Airflow's
-and Kubernetes' SIGTERM, a closed terminal's SIGHUP. The last two would otherwise
-end it on the spot, leaving its workers and temporary files behind."""
+from pipelines.storage import STOP_SIGNALS
 
 
 def main() -> None:

@@ -232,6 +232,13 @@ class Output:
                 self.fs.rm(self.tmp, recursive=True)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What people, schedulers and terminals send to end a process: Ctrl-C, Airflow's
+and Kubernetes' SIGTERM, a closed terminal's SIGHUP. The executable turns each into
+an unwinding (`entry.run`); without that the last two would end it on the spot,
+leaving its workers and temporary files behind."""
+
+
 @contextlib.contextmanager
 def _stops_deferred() -> Iterator[None]:
     """Hold Ctrl-C and stop signals until the block ends, then act on the first one as
@@ -242,7 +249,7 @@ def _stops_deferred() -> Iterator[None]:
         return
     held: list[int] = []
     kept = {}
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         handler = signal.getsignal(signum)
         if handler not in (None, signal.SIG_IGN):  # None: set outside Python, left alone
             kept[signum] = handler
