@@ -332,11 +332,15 @@ class Staging:
         return row[0] if row else None
 
     def subsets(self) -> list[str | None]:
+        return list(self.subset_sizes())
+
+    def subset_sizes(self) -> dict[str | None, int]:
+        """Items per subset, the subsets in the order they first appear."""
         rows = self.con.execute(
-            "SELECT subset, min(filename), min(file_row_number) FROM items GROUP BY subset "
-            "ORDER BY 2, 3"
+            "SELECT subset, count(*), min(filename), min(file_row_number) FROM items "
+            "GROUP BY subset ORDER BY 3, 4"
         ).fetchall()
-        return [r[0] for r in rows]
+        return {r[0]: r[1] for r in rows}
 
     def labels(self) -> list[tuple[str | None, str | None]]:
         """Every (label, label_id) pair, in order of first appearance."""

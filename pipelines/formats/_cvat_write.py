@@ -93,11 +93,10 @@ MIN_PART_ITEMS = 2048
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     """One task per subset, or, for a subset of images, one per run of its items (each
     writes its `<image>` elements as fragments; the last to finish joins the file)."""
-    subsets = staging.subsets() or [None]
+    subsets = staging.subset_sizes() or {None: 0}
     tasks = []
-    for subset in subsets:
+    for subset, items in subsets.items():
         name = "annotations.xml" if len(subsets) == 1 else f"{subset or 'default'}.xml"
-        items = staging.scalar(f"SELECT count(*) FROM items WHERE {_SUBSET}", [subset])
         video = _one_video(staging, subset)
         parts = 1 if video is not None else max(1, min(options.workers, items // MIN_PART_ITEMS))
         extra = {**options.extra, "cvat_file": name, "_items": items, "_video": video}

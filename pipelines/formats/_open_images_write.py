@@ -87,10 +87,7 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     extra = {"_labels": labels, "_clicks": clicks, "_collisions": collisions}
     opts = replace(options, extra={**options.extra, **extra})
     tasks = [WriteTask(NAME, shard=per_image.SHARED, options=opts)]
-    for subset in staging.subsets():
-        items = staging.scalar(
-            "SELECT count(*) FROM items WHERE subset IS NOT DISTINCT FROM ?", [subset]
-        )
+    for subset, items in staging.subset_sizes().items():
         parts = max(1, min(4 * options.workers, items // PART_ITEMS))
         extra = {**opts.extra, "_items": items}
         part_opts = replace(opts, extra=extra)
