@@ -225,10 +225,9 @@ def _segmentation(group: ItemGroup, out: Output, base: str, result: WriteResult)
             result.lose("characters without pixels (or beyond 254 colours) skipped")
             continue
         used.add(color)
-        if shape.on(painted)[shape.mask].any():
+        if shape.paint(painted, True):  # the canvas is white: a mask of its own
             result.lose("characters partly hidden by an overlapping character")
         shape.on(canvas)[shape.mask] = color
-        shape.on(painted)[shape.mask] = True
         group_id = a.get("group_id")
         if lines and (group_id is None or group_id != previous):
             lines.append("")

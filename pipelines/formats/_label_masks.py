@@ -208,10 +208,8 @@ def draw_instances(
     ids = np.zeros((h, w), dtype=np.int32)
     drawn = shapes(group, h, w, result, target, kinds=kinds)
     for shape, cls, number in number_instances(drawn, class_of, limit, result):
-        under = shape.on(ids)
-        if under[shape.mask].any():
+        if shape.paint(ids, code(cls, number)):
             result.lose("masks partly hidden by an overlapping mask")
-        under[shape.mask] = code(cls, number)
         result.annotations += 1
     return ids
 
@@ -266,6 +264,14 @@ class Drawn(NamedTuple):
         """The part of `image` (of the annotation's image size) under the box: a view."""
         height, width = self.mask.shape
         return image[self.top : self.top + height, self.left : self.left + width]
+
+    def paint(self, image: np.ndarray, value: Any) -> bool:
+        """Set the shape's pixels of `image` to `value`; whether any of them was painted
+        before (not zero): a shape drawn over part of another."""
+        under = self.on(image)
+        covered = bool(under[self.mask].any())
+        under[self.mask] = value
+        return covered
 
 
 def place(ann: dict[str, Any], counts: str, height: int, width: int) -> Drawn:

@@ -202,7 +202,7 @@ def draw(
         if inst >= VOID:
             result.lose("masks beyond 254 instances per image skipped")
             continue
-        shape.on(obj)[shape.mask] = inst
-        shape.on(cls)[shape.mask] = class_index[label]
+        shape.paint(obj, inst)
+        shape.paint(cls, class_index[label])
         result.annotations += 1
     return obj, cls

@@ -313,13 +313,12 @@ def _draw(
         if cls is None:
             result.lose("masks without a label (or of the background label) skipped")
             continue
-        under = shape.on(indices)
+        covered = shape.paint(indices, cls)
         if cls in drawn:
             result.lose("masks of one class merged into one class mask")
-        elif under[shape.mask].any():
+        elif covered:
             result.lose("masks partly hidden by an overlapping mask")
         drawn.add(cls)
-        under[shape.mask] = cls
         result.annotations += 1
     return indices
 

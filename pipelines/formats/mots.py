@@ -294,10 +294,8 @@ def _canvas(
             result.lose("masks beyond 999 instances of a class skipped")
             continue
         used.add(value)
-        under = shape.on(canvas)
-        if under[shape.mask].any():
+        if shape.paint(canvas, value):
             result.lose("masks partly hidden by an overlapping instance")
-        under[shape.mask] = value
         result.annotations += 1
     return canvas
 
