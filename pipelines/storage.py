@@ -168,8 +168,17 @@ class Output:
         `makedirs` and `open` cost ~100 µs a file, several times the write itself."""
         return _is_local(self.fs)
 
+    @property
+    def side(self) -> str:
+        """A folder beside the temporary output for what its tasks share while they write
+        (a single-file output has no folder of its own); gone when the run ends."""
+        return f"{self.tmp}.side"
+
     def open(self, rel: str, mode: str = "wb") -> IO:
-        path = self.path(rel)
+        return self.open_path(self.path(rel), mode)
+
+    def open_path(self, path: str, mode: str = "wb") -> IO:
+        """Open a file by its path on the output's file system (see `side`)."""
         if self.local and "b" in mode:
             return _local_retry(path, lambda: open(path, mode))
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
@@ -227,9 +236,10 @@ class Output:
 
     def abort(self) -> None:
         self.fs.invalidate_cache()
-        if self.fs.exists(self.tmp):
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm(self.tmp, recursive=True)
+        for path in (self.tmp, self.side):
+            if self.fs.exists(path):
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(path, recursive=True)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

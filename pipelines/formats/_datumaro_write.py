@@ -10,12 +10,20 @@ one by one. Keypoints whose label has child labels are written as a
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from pipelines.builder import parse_attribute
+from pipelines.formats._fragments import (
+    even_bounds,
+    part_count,
+    part_run,
+    part_tasks,
+    write_joined,
+)
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.grouping import IntGroups, int_like
 from pipelines.skeleton import point_owner
@@ -34,7 +42,36 @@ _SHAPES_WITH_Z = ("bbox", "polygon", "polyline", "points", "mask", "skeleton", "
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    return [WriteTask("datumaro", subset=s, options=options) for s in staging.subsets() or [None]]
+    """A file per subset, written in runs of items where no two items would want the same
+    id (`_Items` numbers the later ones: that takes every id before them)."""
+    cats = categories(staging)
+    stored = _dataset_values(staging)
+    head = {"info": stored.get("info", {})}
+    head.update(
+        {k: v for k, v in stored.items() if k not in ("info", "categories", "label_attributes")}
+    )
+    head["categories"] = cats.json
+    settings = {"_categories": cats, "_head": orjson.dumps(head)[:-1] + b',"items":['}
+    tasks = []
+    for subset, items in (staging.subset_sizes() or {None: 0}).items():
+        repeated = staging.scalar(_REPEATED_IDS, [subset])
+        parts = 1 if repeated else part_count(items, options.workers)
+        tasks += part_tasks("datumaro", subset, options, even_bounds(items, parts), **settings)
+    return tasks
+
+
+_SPLITEXT_ROOT = r"(?s)^((?:.*/)?\.*[^/.][^/]*?)\.[^/.]*$"
+"""`posixpath.splitext`'s root, as DuckDB's `regexp_replace(name, this, '\\1')` gives it:
+the name less the extension of its last component, where a character other than a dot
+comes before that extension (`.profile` has none)."""
+_REPEATED_IDS = f"""
+SELECT count(*) - count(DISTINCT CASE
+    WHEN source_format = '{SOURCE}' AND coalesce(native_id, '') <> '' THEN native_id
+    ELSE coalesce(nullif(regexp_replace(file_name, '{_SPLITEXT_ROOT}', '\\1'), ''),
+        nullif(native_id, ''), item_id) END)
+FROM items WHERE subset IS NOT DISTINCT FROM ?
+"""
+"""How many of a subset's items want an id another item wants (`wanted_id`)."""
 
 
 @dataclass
@@ -145,6 +182,15 @@ def _rgb(color: str) -> tuple[int, int, int] | None:
 # -- items --------------------------------------------------------------------------
 
 
+def wanted_id(item: dict[str, Any]) -> str:
+    """The id an item asks for: its own from Datumaro, else its file name's root."""
+    if item.get("source_format") == SOURCE and item.get("native_id"):
+        return item["native_id"]
+    file_name = item.get("file_name")
+    root = posixpath.splitext(file_name)[0] if file_name else None
+    return root or item.get("native_id") or item["item_id"]
+
+
 class _Items:
     def __init__(self, cats: Categories, result: WriteResult) -> None:
         self.cats = cats
@@ -155,12 +201,7 @@ class _Items:
         item = g.item
         ours = item.get("source_format") == SOURCE
         file_name = item.get("file_name")
-        if ours and item.get("native_id"):
-            dm_id = item["native_id"]
-        else:
-            dm_id = (posixpath.splitext(file_name)[0] if file_name else None) or (
-                item.get("native_id") or item["item_id"]
-            )
+        dm_id = wanted_id(item)
         base, n = dm_id, 1
         while dm_id in self.used:
             n += 1
@@ -321,27 +362,21 @@ def _typed(rows: Any) -> dict[str, Any]:
 
 def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
     result = WriteResult()
-    cats = categories(staging)
-    stored = _dataset_values(staging)
-    head = {"info": stored.get("info", {})}
-    head.update(
-        {k: v for k, v in stored.items() if k not in ("info", "categories", "label_attributes")}
-    )
-    head["categories"] = cats.json
     name = f"annotations/{task.subset or 'default'}.json"
-    items = _Items(cats, result)
-    with out.open(name, "wb") as f:
-        f.write(orjson.dumps(head)[:-1] + b',"items":[')
-        sep = b"\n"
+    items = _Items(task.options.extra["_categories"], result)
+
+    def chunks() -> Iterator[bytes]:
         for g in staging.iter_items(
             subset=task.subset,
             all_subsets=False,
             point_columns=POINT_COLUMNS,
             part_kinds=_PARTS,
+            positions=part_run(task),
         ):
-            f.write(sep + orjson.dumps(items.item(g), option=orjson.OPT_SERIALIZE_NUMPY))
-            sep = b",\n"
+            yield orjson.dumps(items.item(g), option=orjson.OPT_SERIALIZE_NUMPY)
             result.items += 1
-        f.write(b"\n]}\n")
-    result.files.append(name)
+
+    frame = (task.options.extra["_head"], b"\n]}\n")
+    if write_joined(task, out, name, chunks(), lambda: frame, lead=b"\n", sep=b",\n"):
+        result.files.append(name)
     return result

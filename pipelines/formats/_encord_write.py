@@ -24,6 +24,13 @@ import orjson
 
 from pipelines.builder import parse_attribute
 from pipelines.formats._encord_shapes import KIND_SHAPE, LAYOUT, bitmask_from_mask
+from pipelines.formats._fragments import (
+    even_bounds,
+    part_count,
+    part_run,
+    part_tasks,
+    write_joined,
+)
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output
@@ -43,20 +50,47 @@ _ROW_TYPES = {
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    # One task per subset: a label row's items must stay together.
-    return [WriteTask("encord", subset=s, options=options) for s in staging.subsets()]
+    """A file per subset, written in runs of items; a label row's items stay in one run."""
+    tasks = []
+    for subset, items in staging.subset_sizes().items():
+        parts = part_count(items, options.workers)
+        tasks += part_tasks("encord", subset, options, _row_bounds(staging, subset, items, parts))
+    return tasks
+
+
+_ROW_STARTS = """
+WITH keyed AS (
+    SELECT row_number() OVER w - 1 AS pos,
+        coalesce(nullif(sequence_id, ''), nullif(parent_id, ''), item_id) AS k
+    FROM items WHERE subset IS NOT DISTINCT FROM $subset
+    WINDOW w AS (ORDER BY filename, file_row_number)),
+starts AS (
+    SELECT pos FROM (SELECT pos, k, lag(k) OVER (ORDER BY pos) AS prev FROM keyed)
+    WHERE prev IS DISTINCT FROM k)
+SELECT (SELECT min(pos) FROM starts WHERE pos >= t) FROM unnest($targets) AS u(t)
+"""
+"""For each target position, the first item at or after it that begins a label row
+(`_rows`' key, in the subset's source order)."""
+
+
+def _row_bounds(staging: Staging, subset: str | None, items: int, parts: int) -> list[int]:
+    """`part_tasks` bounds near even runs, each moved on to where a label row begins."""
+    if parts == 1:
+        return [0, items]
+    targets = even_bounds(items, parts)[1:-1]
+    found = staging.con.execute(_ROW_STARTS, {"subset": subset, "targets": targets}).fetchall()
+    return [0, *sorted({pos for (pos,) in found if pos is not None}), items]
 
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     result = WriteResult()
     name = f"{task.subset}.json" if task.subset else "label_rows.json"
-    groups = staging.iter_items(all_subsets=False, subset=task.subset, part_kinds=_PARTS)
-    with out.open(name) as f:
-        f.write(b"[")
-        for n, row in enumerate(_rows(groups)):
-            f.write((b",\n" if n else b"\n") + orjson.dumps(_RowWriter(row, result).build()))
-        f.write(b"\n]\n")
-    result.files.append(name)
+    groups = staging.iter_items(
+        all_subsets=False, subset=task.subset, part_kinds=_PARTS, positions=part_run(task)
+    )
+    rows = (orjson.dumps(_RowWriter(row, result).build()) for row in _rows(groups))
+    if write_joined(task, out, name, rows, lambda: (b"[", b"\n]\n"), lead=b"\n", sep=b",\n"):
+        result.files.append(name)
     return result
 
 

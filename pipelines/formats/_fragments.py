@@ -8,15 +8,58 @@ create, so exactly one task does it, whichever order they finish in) and
 concatenates the pieces into the file, parts in order, then deletes the
 folder. Tasks run anywhere the output storage is reachable (process pool,
 Dask): they share nothing but that storage.
+
+`part_tasks` splits a subset into such parts (runs of items in source order)
+and `write_joined` writes a file of one chunk per item (or row) that way.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
-from typing import IO
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import IO, Any
 
+from pipelines.formats._per_image import item_run
+from pipelines.formats.base import WriteOptions, WriteTask
 from pipelines.storage import Output, copy_stream
+
+MIN_PART_ITEMS = 2048
+"""Smaller subsets are written by one task: a part queries staging for its run of
+items, which costs more than a small run saves."""
+
+
+def part_count(
+    items: int, workers: int, *, per_worker: int = 1, min_items: int | None = None
+) -> int:
+    """Parts to split `items` into: `per_worker` a worker (more even out items of uneven
+    cost), none of fewer than `min_items` (default `MIN_PART_ITEMS`)."""
+    return max(1, min(per_worker * workers, items // (min_items or MIN_PART_ITEMS)))
+
+
+def part_tasks(
+    fmt: str,
+    subset: str | None,
+    options: WriteOptions,
+    bounds: Sequence[int],
+    **extra: Any,
+) -> list[WriteTask]:
+    """One task per run of the subset's items: part k writes positions [bounds[k],
+    bounds[k + 1]) of the subset, in source order (`part_run`)."""
+    opts = replace(options, extra={**options.extra, **extra, "_bounds": list(bounds)})
+    parts = len(bounds) - 1
+    return [WriteTask(fmt, subset, k, parts, opts) for k in range(parts)]
+
+
+def even_bounds(items: int, parts: int) -> list[int]:
+    """`part_tasks` bounds of runs of near-equal length."""
+    return [item_run(items, k, parts)[0] for k in range(parts)] + [items]
+
+
+def part_run(task: WriteTask) -> tuple[int, int]:
+    """The items of the task's part, as `Staging.iter_items(positions=...)` takes them."""
+    bounds = task.options.extra["_bounds"]
+    return bounds[task.shard], bounds[task.shard + 1]
 
 
 class Piece:
@@ -28,34 +71,38 @@ class Piece:
 
 
 class Fragments:
-    """The fragments of the file `name` (relative to `out`), written in `parts` parts."""
+    """The fragments of the file `name` (relative to `out`; "" when the output is that
+    one file), written in `parts` parts."""
 
     def __init__(self, out: Output, name: str, parts: int) -> None:
         self.out = out
         self.name = name
         self.parts = parts
-        folder, base = posixpath.split(name)
-        self.dir = posixpath.join(folder, f".{base}.parts")
+        if name:
+            folder, base = posixpath.split(name)
+            self.dir = out.path(posixpath.join(folder, f".{base}.parts"))
+        else:  # the output is a file, with no folder to hide fragments in
+            self.dir = out.side
 
-    def _rel(self, piece: str, part: int) -> str:
+    def _path(self, piece: str, part: int) -> str:
         return f"{self.dir}/{piece}-{part:05d}"
 
     def open(self, piece: str, part: int) -> IO[bytes]:
-        return self.out.open(self._rel(piece, part))
+        return self.out.open_path(self._path(piece, part))
 
     def finish(self, part: int, info: bytes = b"") -> list[bytes] | None:
         """Mark `part` done. Returns every part's `info` (in part order) when this task
         is the one to join, else None."""
-        with self.out.open(self._rel("done", part)) as f:
+        with self.out.open_path(self._path("done", part)) as f:
             f.write(info)
         fs = self.out.fs
         # Markers written by other processes: a cached listing would not show them.
-        fs.invalidate_cache(self.out.path(self.dir))
-        markers = [self.out.path(self._rel("done", k)) for k in range(self.parts)]
+        fs.invalidate_cache(self.dir)
+        markers = [self._path("done", k) for k in range(self.parts)]
         if not all(fs.exists(m) for m in markers):
             return None
         try:
-            with self.out.open(self._rel("join", 0), "xb"):
+            with self.out.open_path(self._path("join", 0), "xb"):
                 pass
         except FileExistsError:
             return None
@@ -73,13 +120,13 @@ class Fragments:
 
     def drop(self) -> None:
         """Delete the fragments (joined, or not wanted after all)."""
-        self.out.fs.rm(self.out.path(self.dir), recursive=True)
+        self.out.fs.rm(self.dir, recursive=True)
 
     def _copy_piece(self, piece: Piece, f: IO[bytes]) -> None:
         fs = self.out.fs
         first = True
         for k in range(self.parts):
-            path = self.out.path(self._rel(piece.name, k))
+            path = self._path(piece.name, k)
             if not fs.size(path):
                 continue
             if not first:
@@ -87,3 +134,44 @@ class Fragments:
             first = False
             with fs.open(path, "rb") as src:
                 copy_stream(src, f)
+
+
+def write_joined(
+    task: WriteTask,
+    out: Output,
+    name: str,
+    chunks: Iterable[bytes],
+    frame: Callable[[], tuple[bytes, bytes]] = lambda: (b"", b""),
+    *,
+    lead: bytes = b"",
+    sep: bytes = b"",
+) -> bool:
+    """Write the task's chunks into the file `name`: the head `frame()` gives, then `lead`
+    if any part has a chunk, the chunks of every part in order with `sep` between two,
+    then the tail. Returns whether this task completed the file (the last part to
+    finish joins it, and only it calls `frame`)."""
+    if task.shards == 1:  # the file itself, not a fragment copied into it
+        head, tail = frame()
+        with out.open(name) as f:
+            f.write(head)
+            _write_chunks(f, chunks, sep, lead)
+            f.write(tail)
+        return True
+    fragments = Fragments(out, name, task.shards)
+    with fragments.open("chunks", task.shard) as f:
+        written = _write_chunks(f, chunks, sep)
+    infos = fragments.finish(task.shard, b"1" if written else b"")
+    if infos is None:
+        return False
+    head, tail = frame()
+    fragments.join([head, lead if any(infos) else b"", Piece("chunks", sep), tail])
+    return True
+
+
+def _write_chunks(f: IO[bytes], chunks: Iterable[bytes], sep: bytes, lead: bytes = b"") -> bool:
+    first = True
+    for chunk in chunks:
+        f.write(lead if first else sep)
+        f.write(chunk)
+        first = False
+    return not first

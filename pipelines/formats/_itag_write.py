@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -28,6 +29,13 @@ from pipelines.docwrite import (
     check_stage,
     json_number,
     select_stage,
+)
+from pipelines.formats._fragments import (
+    even_bounds,
+    part_count,
+    part_run,
+    part_tasks,
+    write_joined,
 )
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
@@ -59,18 +67,22 @@ def label_fields(labels: dict[str, Any]) -> tuple[str | None, str | None]:
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
+    """Runs of items in source order (every subset in one manifest), joined into the file."""
     check_stage(options.prefer_stage)
-    return [WriteTask("itag", options=options)]
+    items = staging.count_rows("items")
+    return part_tasks("itag", None, options, even_bounds(items, part_count(items, options.workers)))
 
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     res = WriteResult()
-    with out.open("") as f:
-        for group in staging.iter_items():
-            f.write(orjson.dumps(manifest_line(group, task.options, res)))
-            f.write(b"\n")
+
+    def lines() -> Iterator[bytes]:
+        for group in staging.iter_items(positions=part_run(task)):
+            yield orjson.dumps(manifest_line(group, task.options, res)) + b"\n"
             res.items += 1
-    res.files.append(out.url)
+
+    if write_joined(task, out, "", lines()):
+        res.files.append(out.url)
     return res
 
 

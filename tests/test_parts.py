@@ -1,0 +1,141 @@
+"""Single-file writers in parts (iTAG, Encord, Datumaro): runs of items in source order,
+each written by a task of its own and joined by the last, give the bytes one task gives."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pipelines import formats
+from pipelines.formats import _datumaro_write, _encord_write, _fragments
+from pipelines.formats.base import WriteOptions
+from pipelines.runner import convert
+from pipelines.staging import Staging
+from pipelines.storage import Output
+from tests.conftest import FIXTURES, PEER
+
+SAMPLES = [
+    PEER / "encord_json/coco_exporter_project",
+    PEER / "encord_json/video_data_1",
+    PEER / "encord_json/image_group",
+    FIXTURES / "encord/seed_image_group.json",
+    FIXTURES / "encord/seed_video.json",
+    PEER / "cvat_video/for_video",
+    PEER / "datumaro/diverse",
+    PEER / "labelme/labelme_dataset",
+    FIXTURES / "itag/stages.manifest",
+    FIXTURES / "example/annotations/instances_demo.json",
+]
+WRITERS = ["itag", "encord", "datumaro"]
+
+
+def _staged(sample: Path, tmp_path: Path) -> Path:
+    staged = tmp_path / "staged"
+    if not staged.exists():
+        assert convert([str(sample)], "parquet", str(staged), workers=1).ok
+    return staged
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    if out.is_file():
+        return {"": out.read_bytes()}
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", WRITERS)
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.name)
+def test_parts_write_the_bytes_one_task_writes(
+    fmt: str, sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staged = _staged(sample, tmp_path)
+    whole = convert([str(staged)], fmt, str(tmp_path / "whole"), workers=1)
+    assert whole.ok, whole.failures
+    monkeypatch.setattr(_fragments, "MIN_PART_ITEMS", 1)  # up to three parts a subset
+    options = WriteOptions(workers=3)
+    tasks = formats.get(fmt).plan_write(Staging(str(staged)), options)
+    split = convert([str(staged)], fmt, str(tmp_path / "split"), workers=1, write_options=options)
+    assert split.ok, split.failures
+    assert _files(tmp_path / "split") == _files(tmp_path / "whole")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no fragments
+    if fmt == "itag" and Staging(str(staged)).count_rows("items") > 1:
+        assert max(t.shards for t in tasks) > 1  # Encord and Datumaro: tests below
+
+
+@pytest.mark.parametrize("sample", [s for s in SAMPLES if "encord" in str(s)], ids=lambda p: p.name)
+def test_encord_parts_begin_where_a_label_row_begins(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = Staging(str(_staged(sample, tmp_path)))
+    monkeypatch.setattr(_fragments, "MIN_PART_ITEMS", 1)
+    for subset, items in staging.subset_sizes().items():
+        groups = staging.iter_items(subset=subset, all_subsets=False)
+        starts, at = [], 0
+        for row in _encord_write._rows(groups):
+            starts.append(at)
+            at += len(row)
+        for parts in range(1, items + 1):
+            bounds = _encord_write._row_bounds(staging, subset, items, parts)
+            assert bounds[0] == 0 and bounds[-1] == items and bounds == sorted(set(bounds))
+            assert set(bounds[:-1]) <= set(starts)
+            assert len(bounds) - 1 <= parts
+        # A target at every item: every row begins a part.
+        assert _encord_write._row_bounds(staging, subset, items, items) == [*starts, items]
+
+
+NAMES = [
+    "a.jpg", "a.b.c", "a.", ".profile", "..b", "...", "a/.b.c", "a.b/c", "a.b/c.d",
+    "dir/.hidden", "x/..y.z", "plain", "/abs/p.png", "a b.tar.gz", "é.ü", "new\nline.png",
+    "./a", "a/.", "", "trail/", "x.y/", "a/b.c/.d",
+]  # fmt: skip
+
+
+def test_repeated_id_query_takes_the_ids_the_writer_takes() -> None:
+    """`_REPEATED_IDS` finds in SQL the id `wanted_id` gives in Python."""
+    con = duckdb.connect()
+    pattern = _datumaro_write._SPLITEXT_ROOT
+    for name in NAMES:
+        root = con.execute("SELECT regexp_replace(?, ?, '\\1')", [name, pattern]).fetchone()[0]
+        assert root == posixpath.splitext(name)[0], name
+        item = {"file_name": name, "native_id": None, "item_id": "i"}
+        assert _datumaro_write.wanted_id(item) == (root or "i")
+
+
+@pytest.mark.parametrize(
+    ("names", "ids", "parts"),
+    [
+        # The second `a` is numbered: that needs every id before it, so one task.
+        (["a.jpg", "b.jpg", "a.png", "c.jpg"], ["a", "b", "a_2", "c"], [1]),
+        (["a.jpg", "b.jpg", "a_2.png", "c.jpg"], ["a", "b", "a_2", "c"], [3, 3, 3]),
+    ],
+)
+def test_datumaro_subset_is_split_unless_two_items_want_one_id(
+    names: list[str], ids: list[str], parts: list[int], tmp_path: Path, monkeypatch
+) -> None:
+    images = [{"id": i, "file_name": n, "width": 4, "height": 4} for i, n in enumerate(names, 1)]
+    (tmp_path / "c.json").write_text(json.dumps({"images": images, "annotations": []}))
+    staged = _staged(tmp_path / "c.json", tmp_path)
+    monkeypatch.setattr(_fragments, "MIN_PART_ITEMS", 1)
+    options = WriteOptions(workers=3)
+    tasks = _datumaro_write.plan_write(Staging(str(staged)), options)
+    assert [t.shards for t in tasks] == parts
+    out = tmp_path / "out"
+    assert convert([str(staged)], "datumaro", str(out), workers=1, write_options=options).ok
+    doc = json.loads(next((out / "annotations").iterdir()).read_bytes())
+    assert [i["id"] for i in doc["items"]] == ids
+
+
+def test_a_single_file_output_keeps_its_fragments_beside_it_until_the_run_ends(
+    tmp_path: Path,
+) -> None:
+    out = Output(str(tmp_path / "out.manifest"))
+    fragments = _fragments.Fragments(out, "", 2)
+    with fragments.open("chunks", 0) as f:
+        f.write(b"x")
+    assert fragments.finish(0) is None
+    assert Path(out.side).is_dir() and not Path(out.tmp).exists()
+    out.abort()
+    assert list(tmp_path.iterdir()) == []
