@@ -11,7 +11,7 @@ from lxml import etree
 
 from pipelines import formats, masks
 from pipelines.errors import ParseError
-from pipelines.formats import _cvat_write
+from pipelines.formats import _cvat_write, _fragments
 from pipelines.formats.base import ReadOptions, WriteOptions
 from pipelines.runner import convert
 from pipelines.storage import Source
@@ -401,7 +401,7 @@ def test_images_written_in_parts_give_the_same_file(
     run, and a name or id taken earlier is not reused."""
     whole = tmp_path / "whole"
     assert convert([str(PEER / source)], "cvat", str(whole), workers=1).ok
-    monkeypatch.setattr(_cvat_write, "MIN_PART_ITEMS", 1)
+    monkeypatch.setattr(_fragments, "MIN_PART_ITEMS", 1)
     parts = tmp_path / "parts"
     split = WriteOptions(workers=3)
     assert convert([str(PEER / source)], "cvat", str(parts), workers=1, write_options=split).ok
@@ -418,7 +418,7 @@ def test_repeated_ids_and_names_stay_unique_across_parts(tmp_path: Path, monkeyp
     )
     xml = tmp_path / "annotations.xml"
     xml.write_text(f"<annotations><version>1.1</version>{images}</annotations>")
-    monkeypatch.setattr(_cvat_write, "MIN_PART_ITEMS", 1)
+    monkeypatch.setattr(_fragments, "MIN_PART_ITEMS", 1)
     out = tmp_path / "out"
     split = WriteOptions(workers=3)
     assert convert([str(xml)], "cvat", str(out), workers=1, write_options=split).ok

@@ -16,10 +16,9 @@ every frame: one task writes it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +26,14 @@ from lxml import etree
 
 from pipelines import masks
 from pipelines.builder import parse_attribute
-from pipelines.formats import _per_image as per_image
 from pipelines.formats._cvat_read import ATTR_SOURCE, CUBOID_CORNERS, LIST_TAGS, XML_SOURCE
-from pipelines.formats._fragments import Fragments, Piece
+from pipelines.formats._fragments import (
+    even_bounds,
+    part_count,
+    part_run,
+    part_tasks,
+    write_joined,
+)
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.grouping import IntGroups
 from pipelines.skeleton import flags, point_owner
@@ -86,10 +90,6 @@ class Shape:
 # -- plan ------------------------------------------------------------------------
 
 
-MIN_PART_ITEMS = 2048
-"""Smaller subsets are written by one task: splitting them costs more than it saves."""
-
-
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     """One task per subset, or, for a subset of images, one per run of its items (each
     writes its `<image>` elements as fragments; the last to finish joins the file)."""
@@ -98,10 +98,9 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     for subset, items in subsets.items():
         name = "annotations.xml" if len(subsets) == 1 else f"{subset or 'default'}.xml"
         video = _one_video(staging, subset)
-        parts = 1 if video is not None else max(1, min(options.workers, items // MIN_PART_ITEMS))
-        extra = {**options.extra, "cvat_file": name, "_items": items, "_video": video}
-        opts = dataclasses.replace(options, extra=extra)
-        tasks += [WriteTask("cvat", subset, k, parts, opts) for k in range(parts)]
+        parts = 1 if video is not None else part_count(items, options.workers)
+        bounds = even_bounds(items, parts)
+        tasks += part_tasks("cvat", subset, options, bounds, cvat_file=name, _video=video)
     return tasks
 
 
@@ -376,7 +375,7 @@ def _write_images(
 ) -> WriteResult:
     """CVAT for images: this task's run of the subset's items as `<image>` elements,
     straight into the file when it is the only task, else as its fragment."""
-    first, last = per_image.item_run(task.options.extra["_items"], task.shard, task.shards)
+    first, last = part_run(task)
     names = _ImageNames()
     columns = ("item_id", "native_id", "file_name", "media_type")
     before = staging.con.cursor().execute(  # the items before this run decide its ids and names
@@ -390,20 +389,7 @@ def _write_images(
     groups = staging.iter_items(
         subset=task.subset, all_subsets=False, positions=(first, last), **_POINTS
     )
-    if task.shards == 1:
-        head, tail = _skeleton(staging)
-        with out.open(name, "wb") as f:
-            f.write(head)
-            _images(f, groups, names, result)
-            f.write(tail)
-        result.files.append(name)
-        return result
-    fragments = Fragments(out, name, task.shards)
-    with fragments.open("images", task.shard) as f:
-        _images(f, groups, names, result)
-    if fragments.finish(task.shard) is not None:
-        head, tail = _skeleton(staging)
-        fragments.join([head, Piece("images"), tail])
+    if write_joined(task, out, name, _images(groups, names, result), lambda: _skeleton(staging)):
         result.files.append(name)
     return result
 
@@ -455,7 +441,7 @@ class _ImageNames:
         return image_id, name
 
 
-def _images(f: Any, groups: Iterable[ItemGroup], names: _ImageNames, result) -> None:
+def _images(groups: Iterable[ItemGroup], names: _ImageNames, result) -> Iterator[bytes]:
     shapes = _Shapes(result, video=False)
     for g in groups:
         item = g.item
@@ -484,7 +470,7 @@ def _images(f: Any, groups: Iterable[ItemGroup], names: _ImageNames, result) -> 
             for shape in made:
                 el.append(shape.element())
             result.annotations += 1 if made else 0
-        f.write(etree.tostring(el, pretty_print=True, encoding="utf-8"))
+        yield etree.tostring(el, pretty_print=True, encoding="utf-8")
         result.items += 1
 
 

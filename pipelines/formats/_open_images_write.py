@@ -33,7 +33,14 @@ from pipelines import masks
 from pipelines.builder import parse_attribute
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
-from pipelines.formats._fragments import Fragments, Piece
+from pipelines.formats._fragments import (
+    Fragments,
+    Piece,
+    even_bounds,
+    part_count,
+    part_run,
+    part_tasks,
+)
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output
@@ -88,10 +95,8 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     opts = replace(options, extra={**options.extra, **extra})
     tasks = [WriteTask(NAME, shard=per_image.SHARED, options=opts)]
     for subset, items in staging.subset_sizes().items():
-        parts = max(1, min(4 * options.workers, items // PART_ITEMS))
-        extra = {**opts.extra, "_items": items}
-        part_opts = replace(opts, extra=extra)
-        tasks += [WriteTask(NAME, subset, k, parts, part_opts) for k in range(parts)]
+        parts = part_count(items, options.workers, per_worker=4, min_items=PART_ITEMS)
+        tasks += part_tasks(NAME, subset, opts, even_bounds(items, parts))
     return tasks
 
 
@@ -179,7 +184,7 @@ class _Part:
 
     def write(self) -> WriteResult:
         task, prefix = self.task, f"annotations/{self.subset}"
-        run = per_image.item_run(task.options.extra["_items"], task.shard, task.shards)
+        run = part_run(task)
         fragments = {
             key: Fragments(self.out, prefix + suffix, task.shards) for key, suffix in _CSVS.items()
         }
