@@ -12,6 +12,8 @@ import hashlib
 import re
 from typing import Any
 
+import numpy as np
+
 from pipelines.builder import parse_attribute
 from pipelines.errors import LabelflowError
 from pipelines.formats.base import WriteOptions, WriteTask
@@ -31,6 +33,18 @@ def json_number(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value
+
+
+def json_pairs(xy: np.ndarray) -> list[list[Any]]:
+    """Interleaved x, y (`ItemGroup.parts`) as [[x, y], ...], whole values as ints, as
+    `json_number` gives them (NaN stays a float: orjson writes null, as for None)."""
+    whole = (xy == np.trunc(xy)) & (np.abs(xy) < 2**53)
+    if whole.all():
+        return xy.astype(np.int64).reshape(-1, 2).tolist()
+    if not whole.any():
+        return xy.reshape(-1, 2).tolist()
+    values = [int(v) if w else v for v, w in zip(xy.tolist(), whole.tolist(), strict=True)]
+    return [values[i : i + 2] for i in range(0, len(values), 2)]
 
 
 def attribute_rows(group: ItemGroup, owner_id: str) -> list[dict[str, Any]]:

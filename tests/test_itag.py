@@ -11,6 +11,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -365,7 +366,7 @@ def test_rotated_box_corners_turn_clockwise() -> None:
 
 def test_edited_label_and_text_replace_the_answers_they_came_from() -> None:
     group = _group("polygon", label="Label 2", text="Financial advisor")
-    group.points["i/0"] = [{"part": 0, "idx": i, "x": float(i), "y": 0.0} for i in range(3)]
+    group.parts["i/0"] = {0: np.array([0.0, 0.0, 1.0, 0.0, 2.0, 0.0])}
     group.attributes["i/0"] = [
         {"key": "OCR result", "value": "Financial consultant", "value_type": "string",
          "source": "labels"},

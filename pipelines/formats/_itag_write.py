@@ -28,6 +28,7 @@ from pipelines.docwrite import (
     by_source,
     check_stage,
     json_number,
+    json_pairs,
     select_stage,
 )
 from pipelines.formats._fragments import (
@@ -77,7 +78,11 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     res = WriteResult()
 
     def lines() -> Iterator[bytes]:
-        for group in staging.iter_items(positions=part_run(task)):
+        # Polygons are read as one array per part; no other kind has vertices here.
+        groups = staging.iter_items(
+            positions=part_run(task), point_columns=(), part_kinds=("polygon",)
+        )
+        for group in groups:
             yield orjson.dumps(manifest_line(group, task.options, res)) + b"\n"
             res.items += 1
 
@@ -109,7 +114,7 @@ def manifest_line(group: ItemGroup, options: WriteOptions, res: WriteResult) -> 
             if _answer(result, a["label"], res):
                 res.annotations += 1
             continue
-        shapes = _shapes(a, rows, group.points.get(a["ann_id"], []), res)
+        shapes = _shapes(a, rows, group.parts.get(a["ann_id"], {}), res)
         if shapes:
             _target(line, place, item, default_key, survey=False)["data"].extend(shapes)
             res.annotations += 1
@@ -165,13 +170,10 @@ def _answer(result: dict, label: str | None, res: WriteResult) -> bool:
     return True
 
 
-def _shapes(a: dict, rows: list, pts: list, res: WriteResult) -> list[dict[str, Any]]:
+def _shapes(a: dict, rows: list, parts: dict[int, Any], res: WriteResult) -> list[dict[str, Any]]:
     kind = a["kind"]
     if kind == "polygon":
-        parts: dict[int, list] = {}
-        for p in pts:
-            parts.setdefault(p["part"], []).append([json_number(p["x"]), json_number(p["y"])])
-        rings = list(parts.values())
+        rings = [json_pairs(xy) for xy in parts.values()]
     elif kind in ("bbox", "rotated_bbox") and a["bbox_x"] is not None:
         rings = [_corners(a)]
         if kind == "rotated_bbox" and a["angle_deg"]:
