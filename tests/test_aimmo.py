@@ -19,6 +19,7 @@ from pipelines.docwrite import item_path
 from pipelines.errors import LabelflowError, ParseError
 from pipelines.formats._aimmo_rle import decode_mask, encode_mask
 from pipelines.formats.base import ReadOptions, WriteOptions
+from pipelines.masks import encode
 from pipelines.runner import convert
 from pipelines.schema import TABLES, Batch
 from pipelines.storage import Source
@@ -219,12 +220,31 @@ def test_mask_codec_bounds() -> None:
         decode_mask("3FT", [[0, 0], [4, 4]])
     canvas = np.zeros((6, 6), dtype=np.uint8)
     canvas[2:4, 1:5] = 1
-    text, bound = encode_mask(canvas)
+    counts = encode(canvas)
+    text, bound = encode_mask(counts, 6, 6)
     assert (text, bound) == ("8T", [[1, 2], [5, 4]])
-    text, bound = encode_mask(canvas, [[1, 2], [4, 3]])  # pixels on the corners: inclusive
+    text, bound = encode_mask(counts, 6, 6, [[1, 2], [4, 3]])  # pixels on the corners: inclusive
     assert bound == [[1, 2], [4, 3]] and text == "8T"
     sub, left, top = decode_mask(text, bound)
     assert sub.sum() == 8 and sub.shape == (2, 4)
+
+
+def test_mask_codec_round_trips_random_masks_and_bounds() -> None:
+    """Whatever the bound given (around the pixels, cutting them, past the image, none,
+    broken), the runs decode to the image's pixels."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        h, w = (int(v) for v in rng.integers(1, 12, 2))
+        canvas = (rng.random((h, w)) < rng.choice([0.0, 0.1, 0.5, 1.0])).astype(np.uint8)
+        x0, y0 = (int(v) for v in rng.integers(-2, 8, 2))
+        x1, y1 = x0 + int(rng.integers(0, 14)), y0 + int(rng.integers(0, 14))
+        given = [None, [[x0, y0], [x1, y1]], [[x1, y1], [x0, y0]], "broken"][rng.integers(4)]
+        text, bound = encode_mask(encode(canvas), h, w, given)
+        sub, left, top = decode_mask(text, bound)
+        back = np.zeros((h + 30, w + 30), dtype=np.uint8)  # room for a bound past the image
+        rows, cols = np.nonzero(sub)
+        back[rows + top + 10, cols + left + 10] = 1
+        assert (back[10 : 10 + h, 10 : 10 + w] == canvas).all() and back.sum() == canvas.sum()
 
 
 def test_cuboid_3d_position_size_rotation(export: dict) -> None:

@@ -13,9 +13,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import orjson
 
-from pipelines import masks
 from pipelines.docwrite import (
     attribute_dict,
     attribute_rows,
@@ -23,6 +23,7 @@ from pipelines.docwrite import (
     check_stage,
     item_path,
     json_number,
+    json_pairs,
     select_stage,
     shard_tasks,
 )
@@ -65,7 +66,8 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     res = WriteResult()
-    for group in staging.iter_items(shard=task.shard, shards=task.shards):
+    groups = staging.iter_items(shard=task.shard, shards=task.shards, part_kinds=_VERTEX_RULES)
+    for group in groups:
         doc = document(group, task.options.prefer_stage, res)
         rel = item_path(group.item["item_id"], ".json")
         with out.open(rel) as f:
@@ -97,7 +99,12 @@ def document(group: ItemGroup, prefer_stage: str | None, res: WriteResult) -> di
             doc["attributes"] = _own_attributes(rows)
             res.annotations += 1
             continue
-        shapes = _annotation(a, n, rows, group.points.get(a["ann_id"], []), res)
+        # `_vertices` takes its kinds' parts as arrays; other geometry, vertex rows.
+        if a["kind"] in _VERTEX_RULES:
+            vertices: Any = group.parts.get(a["ann_id"], {})
+        else:
+            vertices = group.points.get(a["ann_id"], [])
+        shapes = _annotation(a, n, rows, vertices, res)
         if shapes:
             doc["annotations"].extend(shapes)
             res.annotations += 1
@@ -229,13 +236,14 @@ def _keypoint(a, pts, fields, res) -> list[dict[str, Any]]:
     return [geo]
 
 
-def _vertices(a, pts, fields, res) -> list[dict[str, Any]]:
+def _vertices(a, parts: dict[int, np.ndarray], fields, res) -> list[dict[str, Any]]:
     rule, message = _VERTEX_RULES[a["kind"]]
-    parts: dict[int, list] = {}
-    for p in pts:
-        parts.setdefault(p["part"], []).append(_xy(p))
     out = []
-    for ring in parts.values():
+    for xy in parts.values():
+        ring: list[Any] = json_pairs(xy)
+        missing = np.isnan(xy).reshape(-1, 2).any(axis=1)
+        if missing.any():  # a vertex without coordinates is null, as `_xy` writes it
+            ring = [None if m else pair for pair, m in zip(ring, missing.tolist(), strict=True)]
         if rule(len(ring)):
             out.append({"points": ring})
         else:
@@ -247,8 +255,7 @@ def _mask(a, pts, fields, res) -> list[dict[str, Any]]:
     if a["mask"] is None or not a["mask_h"] or not a["mask_w"]:
         res.lose("masks without pixels not written")
         return []
-    canvas = masks.decode(a["mask"], a["mask_h"], a["mask_w"])
-    text, bound = encode_mask(canvas, fields.pop("bound", None))
+    text, bound = encode_mask(a["mask"], a["mask_h"], a["mask_w"], fields.pop("bound", None))
     return [{"mask": text, "bound": bound}]
 
 
