@@ -147,7 +147,8 @@ def write_files(
     for group in staging.iter_items(
         subset=task.subset,
         all_subsets=False,
-        point_columns=("part", "idx", "x", "y"),
+        point_columns=(),
+        part_kinds=VERTEX_KINDS,
         shard=task.shard,
         shards=task.shards,
     ):
@@ -178,12 +179,13 @@ def group_numbers(group: ItemGroup) -> dict[str, int]:
     return out
 
 
-def rings(points: list[dict[str, Any]]) -> list[list[tuple[float, float]]]:
-    """An annotation's vertices grouped by part, in order."""
-    parts: dict[int, list[tuple[float, float]]] = {}
-    for p in sorted(points, key=lambda p: (p.get("part") or 0, p.get("idx") or 0)):
-        parts.setdefault(p.get("part") or 0, []).append((p["x"], p["y"]))
-    return list(parts.values())
+VERTEX_KINDS = ("polygon", "polyline", "point", "points", "keypoints")
+"""The kinds whose vertices the LabelMe writers read, as one array per part (`rings`)."""
+
+
+def rings(parts: dict[int, np.ndarray]) -> list[list[list[float]]]:
+    """An annotation's vertices (`ItemGroup.parts`) as [x, y] pairs, part by part."""
+    return [xy.reshape(-1, 2).tolist() for xy in parts.values()]
 
 
 def box_corners(ann: dict[str, Any]) -> list[tuple[float, float]]:

@@ -353,7 +353,7 @@ def document(group: ItemGroup, result: WriteResult) -> dict[str, Any]:
             flags[ann["label"]] = True
             result.lose("tags written as file flags")
             continue
-        shape = _shape_json(ann, group.points.get(ann["ann_id"], []), result)
+        shape = _shape_json(ann, group.parts.get(ann["ann_id"], {}), result)
         if shape is None:
             continue
         values = lm.annotation_values(group, ann["ann_id"])
@@ -402,7 +402,7 @@ def _pairs(vertices: list[tuple[float, float]]) -> list[list[float]]:
 
 
 def _shape_json(
-    ann: dict[str, Any], points: list[dict[str, Any]], result: WriteResult
+    ann: dict[str, Any], parts: dict[int, Any], result: WriteResult
 ) -> dict[str, Any] | None:
     """shape_type, points (and mask) of an annotation, or None with its lossiness counted."""
     kind = ann["kind"]
@@ -410,8 +410,8 @@ def _shape_json(
     if ann.get("outside"):
         result.lose("track frames outside the image skipped")
         return None
-    if kind in ("polygon", "polyline", "point", "points", "keypoints") and points:
-        rings = lm.rings(points)
+    if kind in lm.VERTEX_KINDS and parts:
+        rings = lm.rings(parts)
         if len(rings) > 1:
             result.lose(f"{kind} parts after the first dropped", len(rings) - 1)
         vertices = rings[0]
@@ -427,7 +427,7 @@ def _shape_json(
         return {"shape_type": "rectangle", "points": [[x, y], [x + w, y + h]]}
     if kind == "rotated_bbox" and has_box:
         if not ann.get("angle_deg"):
-            return _shape_json({**ann, "kind": "bbox"}, points, result)
+            return _shape_json({**ann, "kind": "bbox"}, parts, result)
         result.lose("rotated boxes written as polygons")
         return {"shape_type": "polygon", "points": _pairs(lm.box_corners(ann))}
     if kind == "ellipse" and has_box:

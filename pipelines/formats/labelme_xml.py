@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -565,9 +565,9 @@ def _shape(
 ) -> etree._Element | None:
     """The object's <polygon> or <segm> (username added by the caller), or None if lost."""
     kind = ann["kind"]
-    points = group.points.get(ann["ann_id"], [])
-    if kind == "polygon" and points:
-        rings = lm.rings(points)
+    parts = group.parts.get(ann["ann_id"])
+    if kind == "polygon" and parts:
+        rings = lm.rings(parts)
         if len(rings) > 1:
             result.lose("polygon parts after the first dropped", len(rings) - 1)
         return _polygon(rings[0])
@@ -606,13 +606,10 @@ def _given_box(value: Any) -> tuple[float, ...] | None:
     return box if is_finite(*box) else None
 
 
-def _polygon(vertices: list[tuple[float, float]]) -> etree._Element:
-    poly = etree.Element("polygon")
-    for x, y in vertices:
-        pt = _sub(poly, "pt")
-        _sub(pt, "x", _num(x))
-        _sub(pt, "y", _num(y))
-    return poly
+def _polygon(vertices: Iterable[Sequence[float]]) -> etree._Element:
+    # Parsed from text: three elements a vertex made with SubElement took 3 µs.
+    pts = "".join(f"<pt><x>{_num(x)}</x><y>{_num(y)}</y></pt>" for x, y in vertices)
+    return etree.fromstring(f"<polygon>{pts}</polygon>")
 
 
 def _num(v: float) -> str:
