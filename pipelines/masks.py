@@ -226,11 +226,13 @@ def image_png(pixels: np.ndarray, palette: bytes | None = None) -> bytes:
 
 
 def _deflater(wbits: int, strategy: int) -> Any:
-    """A level-6 deflate compressor. zlib-ng's run-length strategy writes the bytes
-    zlib's does, five times as fast (640 × 480 class image: 0.42 → 0.08 ms); its
-    other strategies write other bytes, so zlib keeps those."""
-    module = zlib_ng if strategy == zlib.Z_RLE else zlib
-    return module.compressobj(6, zlib.DEFLATED, wbits, 8, strategy)
+    """A deflate compressor, zlib-ng's. Its run-length strategy at level 6 writes the
+    bytes zlib's does, five times as fast (640 × 480 class image: 0.42 → 0.08 ms). Its
+    default strategy at level 7 is 2.5 times as fast as zlib's at 6 for files about
+    as large (COCO 300 images: Cityscapes, KITTI, MOTS and Open Images 1-4% smaller,
+    CamVid 2% larger); at 6 it was 5.8 times as fast, but CamVid's were 12% larger."""
+    level = 6 if strategy == zlib.Z_RLE else 7
+    return zlib_ng.compressobj(level, zlib.DEFLATED, wbits, 8, strategy)
 
 
 def _png_file(
@@ -263,7 +265,7 @@ def _zero_rows(rows: int, stride: int) -> bytes:
 def _zero_piece(rows: int, stride: int) -> bytes:
     """Deflate blocks that start afresh and end on a byte, not final: such pieces follow
     one another in one stream, each compressed on its own."""
-    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflate = _deflater(-15, zlib.Z_DEFAULT_STRATEGY)
     return deflate.compress(bytes(rows * stride)) + deflate.flush(zlib.Z_FULL_FLUSH)
 
 
