@@ -33,6 +33,10 @@ RATIOS = [
     ("encord_ijson", "encord_read_1w"),
     ("staged_to_yolo_1w", "staged_to_yolo_2w"),
     ("staged_to_coco_1w", "staged_to_coco_2w"),
+    ("staged_to_cvat_1w", "staged_to_cvat_2w"),
+    ("staged_to_datumaro_1w", "staged_to_datumaro_2w"),
+    ("staged_to_encord_1w", "staged_to_encord_2w"),
+    ("staged_to_itag_1w", "staged_to_itag_2w"),
     ("labelflow_parquet_1w", "labelflow_parquet"),
 ]
 PEERS = ("labelformat", "datumaro_stream", "datumaro", "globox")

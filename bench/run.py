@@ -291,8 +291,8 @@ def cmd_encord(env: Env, args: argparse.Namespace) -> None:
 
 
 def cmd_writers(env: Env, args: argparse.Namespace) -> None:
-    """Writers from staging Parquet (sharded YOLO, one-file COCO and CVAT XML), 1 vs 2
-    workers; CVAT only when asked for with --tools (it is the slowest)."""
+    """Writers from staging Parquet (sharded YOLO, one-file COCO; CVAT XML, Datumaro,
+    Encord and iTAG when asked for with --tools), 1 vs 2 workers."""
     corpus = env.corpus(args.corpus)
     facts = corpus_facts(env, corpus)
     staged = env.work / f"staged_{args.corpus}"
@@ -303,7 +303,7 @@ def cmd_writers(env: Env, args: argparse.Namespace) -> None:
         TOOLS[f"staged_to_yolo_{w}w"] = lambda env, corpus, facts, out, w=w: [
             env.labelflow, "convert", str(staged), "--to", "yolo", "-o", "save_images=false",
             "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
-        for fmt in ("coco", "cvat"):
+        for fmt in ("coco", "cvat", "datumaro", "encord", "itag"):
             TOOLS[f"staged_to_{fmt}_{w}w"] = lambda env, corpus, facts, out, w=w, fmt=fmt: [
                 env.labelflow, "convert", str(staged), "--to", fmt,
                 "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip

@@ -529,6 +529,15 @@ def sql_strings(values: Collection[str]) -> str:
     return ", ".join("'{}'".format(v.replace("'", "''")) for v in values)
 
 
+_SPLITEXT_ROOT = r"(?s)^((?:.*/)?\.*[^/.][^/]*?)\.[^/.]*$"
+
+
+def splitext_root_sql(expr: str) -> str:
+    """SQL for `posixpath.splitext(expr)[0]`: the path less the extension of its last
+    name, where a character other than a dot comes before it (`.profile` has none)."""
+    return f"regexp_replace({expr}, '{_SPLITEXT_ROOT}', '\\1')"
+
+
 def _join_text(a: str, b: str) -> str:
     return f"{a};{b}"
 

@@ -1,5 +1,6 @@
-"""Single-file writers in parts (iTAG, Encord, Datumaro): runs of items in source order,
-each written by a task of its own and joined by the last, give the bytes one task gives."""
+"""Writers in parts (iTAG, Encord, Datumaro, MOTS): runs of items in source order, each
+written by a task of its own (and a file's fragments joined by the last), give the bytes
+one task gives."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import duckdb
 import pytest
 
 from pipelines import formats
-from pipelines.formats import _datumaro_write, _encord_write, _fragments
+from pipelines.formats import _datumaro_write, _encord_write, _fragments, mots
+from pipelines.formats._mot import frame_stem
 from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
-from pipelines.staging import Staging
+from pipelines.staging import Staging, splitext_root_sql
 from pipelines.storage import Output
 from tests.conftest import FIXTURES, PEER
 
@@ -30,7 +32,7 @@ SAMPLES = [
     FIXTURES / "itag/stages.manifest",
     FIXTURES / "example/annotations/instances_demo.json",
 ]
-WRITERS = ["itag", "encord", "datumaro"]
+WRITERS = ["itag", "encord", "datumaro", "mots"]
 
 
 def _staged(sample: Path, tmp_path: Path) -> Path:
@@ -55,6 +57,7 @@ def test_parts_write_the_bytes_one_task_writes(
     whole = convert([str(staged)], fmt, str(tmp_path / "whole"), workers=1)
     assert whole.ok, whole.failures
     monkeypatch.setattr(_fragments, "MIN_PART_ITEMS", 1)  # up to three parts a subset
+    monkeypatch.setattr(mots, "PART_FRAMES", 1)  # up to six
     options = WriteOptions(workers=3)
     tasks = formats.get(fmt).plan_write(Staging(str(staged)), options)
     split = convert([str(staged)], fmt, str(tmp_path / "split"), workers=1, write_options=options)
@@ -94,14 +97,16 @@ NAMES = [
 
 
 def test_repeated_id_query_takes_the_ids_the_writer_takes() -> None:
-    """`_REPEATED_IDS` finds in SQL the id `wanted_id` gives in Python."""
+    """`splitext_root_sql` (`_REPEATED_IDS`, MOTS' frame names) spells splitext's rule."""
     con = duckdb.connect()
-    pattern = _datumaro_write._SPLITEXT_ROOT
     for name in NAMES:
-        root = con.execute("SELECT regexp_replace(?, ?, '\\1')", [name, pattern]).fetchone()[0]
+        root = con.execute(f"SELECT {splitext_root_sql('?')}", [name]).fetchone()[0]
         assert root == posixpath.splitext(name)[0], name
         item = {"file_name": name, "native_id": None, "item_id": "i"}
         assert _datumaro_write.wanted_id(item) == (root or "i")
+        stem = con.execute(f"SELECT {mots._FRAME_NAME} FROM (SELECT ? AS file_name, "
+                           "NULL AS native_id, 'i' AS item_id)", [name]).fetchone()[0]  # fmt: skip
+        assert stem == frame_stem(item), name
 
 
 @pytest.mark.parametrize(
@@ -139,3 +144,30 @@ def test_a_single_file_output_keeps_its_fragments_beside_it_until_the_run_ends(
     assert Path(out.side).is_dir() and not Path(out.tmp).exists()
     out.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("names", "tracks", "parts"),
+    [
+        (["a.png", "b.png", "c.png"], ["1", "2", None], 3),
+        (["a.png", "b.png", "c.png"], ["1", "car", None], 1),  # numbered as it appears
+        (["a.png", "a.jpg", "c.png"], ["1", "2", None], 1),  # a.jpg is renamed
+        (["a.png", "x/a.jpg", "c.png"], [None, None, None], 1),
+    ],
+)
+def test_mots_subset_is_split_unless_a_frame_depends_on_those_before(
+    names: list[str], tracks: list[str | None], parts: int, tmp_path: Path, monkeypatch
+) -> None:
+    images = [{"id": i, "file_name": n, "width": 4, "height": 4} for i, n in enumerate(names, 1)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4,
+             "segmentation": [[0, 0, 2, 0, 2, 2]], "iscrowd": 0,
+             **({"attributes": {"track_id": t}} if t else {})}
+            for i, t in enumerate(tracks, 1)]  # fmt: skip
+    doc = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "car"}]}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    staging = Staging(str(_staged(tmp_path / "c.json", tmp_path)))
+    staged_tracks = staging.con.execute("SELECT track_id FROM annotations").fetchall()
+    assert [t for (t,) in staged_tracks] == tracks
+    monkeypatch.setattr(mots, "PART_FRAMES", 1)
+    tasks = mots.plan_write(staging, WriteOptions(workers=3))
+    assert [t.shards for t in tasks] == [parts] * parts

@@ -27,7 +27,7 @@ from pipelines.formats._fragments import (
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.grouping import IntGroups, int_like
 from pipelines.skeleton import point_owner
-from pipelines.staging import ItemGroup, Staging
+from pipelines.staging import ItemGroup, Staging, splitext_root_sql
 
 SOURCE = "datumaro"
 FIELD_SOURCE = "datumaro_field"
@@ -60,14 +60,10 @@ def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
     return tasks
 
 
-_SPLITEXT_ROOT = r"(?s)^((?:.*/)?\.*[^/.][^/]*?)\.[^/.]*$"
-"""`posixpath.splitext`'s root, as DuckDB's `regexp_replace(name, this, '\\1')` gives it:
-the name less the extension of its last component, where a character other than a dot
-comes before that extension (`.profile` has none)."""
 _REPEATED_IDS = f"""
 SELECT count(*) - count(DISTINCT CASE
     WHEN source_format = '{SOURCE}' AND coalesce(native_id, '') <> '' THEN native_id
-    ELSE coalesce(nullif(regexp_replace(file_name, '{_SPLITEXT_ROOT}', '\\1'), ''),
+    ELSE coalesce(nullif({splitext_root_sql("file_name")}, ''),
         nullif(native_id, ''), item_id) END)
 FROM items WHERE subset IS NOT DISTINCT FROM ?
 """

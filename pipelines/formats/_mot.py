@@ -72,6 +72,9 @@ class TrackNumbers:
                 self._given[str(t)] = n
         self._used = set(self._given.values())
         self._next = lowest
+        self.all_kept = len(self._given) == len({str(t) for t in ids})
+        """Whether every id keeps its own number: then no number depends on the order
+        in which tracks appear."""
 
     def _numeric(self, key: str) -> int | None:
         if not key.isdigit() or int(key) < self.lowest:

@@ -27,6 +27,7 @@ from pipelines import masks
 from pipelines.builder import BatchBuilder
 from pipelines.formats import _label_masks as lm
 from pipelines.formats import _per_image as per_image
+from pipelines.formats._fragments import even_bounds, part_count, part_run, part_tasks
 from pipelines.formats._mot import (
     LABELS_FILE,
     TrackNumbers,
@@ -48,7 +49,7 @@ from pipelines.formats.base import (
 )
 from pipelines.images import IMAGE_SUFFIXES
 from pipelines.schema import Batch
-from pipelines.staging import ItemGroup, Staging
+from pipelines.staging import ItemGroup, Staging, splitext_root_sql
 from pipelines.storage import Output, Source
 
 INSTANCES = "instances"
@@ -228,9 +229,42 @@ def _item(
 # -- writing ------------------------------------------------------------------
 
 
+PART_FRAMES = 256
+"""A subset is written in runs of at least this many frames (a frame's PNG takes
+milliseconds), two runs a worker."""
+
+
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    """One task per subset: a track keeps its instance number across the subset's frames."""
-    return [WriteTask("mots", subset=s, options=options) for s in staging.subsets()]
+    """A subset in runs of frames, unless a frame's PNG depends on the frames before it
+    (`_frames_depend`): then one task writes it."""
+    tasks = []
+    for subset, items in staging.subset_sizes().items():
+        parts = 1
+        if not _frames_depend(staging, subset):
+            parts = part_count(items, options.workers, per_worker=2, min_items=PART_FRAMES)
+        tasks += part_tasks("mots", subset, options, even_bounds(items, parts))
+    return tasks
+
+
+_FRAME_NAME = splitext_root_sql(
+    "regexp_extract(replace(coalesce(nullif(file_name, ''), nullif(native_id, ''), item_id), "
+    "'\\', '/'), '[^/]*$')"
+)
+_REPEATED_FRAMES = f"""
+SELECT count(*) - count(DISTINCT [coalesce(sequence_id, ''), {_FRAME_NAME}])
+    + count(*) FILTER (WHERE contains(sequence_id, '/'))
+FROM items WHERE subset IS NOT DISTINCT FROM ?
+"""
+"""Frames of a subset whose file another takes (`frame_stem` in its sequence's folder),
+or whose sequence id is a path."""
+
+
+def _frames_depend(staging: Staging, subset: str | None) -> bool:
+    """Whether a frame's PNG depends on the frames before it: a track id that is not a
+    number in range gets the next free number in order of appearance, and a frame whose
+    file another took is renamed after how many came before it."""
+    tracks = TrackNumbers(track_ids(staging, subset), lowest=0, limit=MAX_INSTANCES - 1)
+    return not tracks.all_kept or bool(staging.scalar(_REPEATED_FRAMES, [subset]))
 
 
 def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
@@ -243,8 +277,10 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     for group in staging.iter_items(
         subset=task.subset,
         all_subsets=False,
-        point_columns=("part", "idx", "x", "y"),
+        point_columns=(),
+        part_kinds=("polygon",),
         with_attributes=False,
+        positions=part_run(task),
     ):
         canvas = _canvas(group, classes, tracks, result)
         if canvas is None:
@@ -260,10 +296,11 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
             f.write(lm.png(canvas))
         result.files.append(rel)
         result.items += 1
-    labels = posixpath.join(folder, LABELS_FILE)
-    with out.open(labels) as f:
-        f.write(labels_text(classes).encode())
-    result.files.append(labels)
+    if task.shard == 0:
+        labels = posixpath.join(folder, LABELS_FILE)
+        with out.open(labels) as f:
+            f.write(labels_text(classes).encode())
+        result.files.append(labels)
     return result
 
 
@@ -282,7 +319,7 @@ def _canvas(
     used: set[int] = set()
     order = sorted(group.annotations, key=lambda a: a.get("z_order") or 0)
     for ann in order:
-        shape = _shape(ann, group.points.get(ann["ann_id"], []), h, w, result)
+        shape = _shape(ann, group.parts.get(ann["ann_id"], {}), h, w, result)
         if shape is None:
             continue
         cls = classes.get(ann["label"]) if ann.get("label") is not None else None
@@ -311,7 +348,7 @@ def _value(cls: int, track: int | None, used: set[int]) -> int | None:
 
 
 def _shape(
-    ann: dict[str, Any], points: list[dict[str, Any]], h: int, w: int, result: WriteResult
+    ann: dict[str, Any], parts: dict[int, np.ndarray], h: int, w: int, result: WriteResult
 ) -> lm.Drawn | None:
     """The annotation's pixels on an h × w frame, or None (and its lossiness) if it has
     none."""
@@ -324,11 +361,8 @@ def _shape(
             result.lose("masks whose size differs from the frame skipped")
             return None
         return lm.place(ann, ann["mask"], h, w)
-    if kind == "polygon" and points:
-        rings: dict[int, list[float]] = {}
-        for p in points:
-            rings.setdefault(p["part"], []).extend((p["x"], p["y"]))
-        polys = [r for r in rings.values() if len(r) >= 6]
+    if kind == "polygon" and parts:
+        polys = [xy.tolist() for xy in parts.values() if len(xy) >= 6 and np.isfinite(xy).all()]
         if polys:
             rle = cocomask.merge(cocomask.frPyObjects(polys, h, w))
             result.lose("polygons written as masks")
