@@ -1,4 +1,4 @@
-"""Writers in parts (iTAG, Encord, Datumaro, MOTS): runs of items in source order, each
+"""Writers in parts (iTAG, Encord, Datumaro, MOT, MOTS): runs of items in source order, each
 written by a task of its own (and a file's fragments joined by the last), give the bytes
 one task gives."""
 
@@ -9,13 +9,16 @@ import posixpath
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines import formats
-from pipelines.formats import _datumaro_write, _encord_write, _fragments, mots
+from pipelines.formats import _datumaro_write, _encord_write, _fragments, mot, mots
 from pipelines.formats._mot import frame_stem
 from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
+from pipelines.schema import TABLES
 from pipelines.staging import Staging, splitext_root_sql
 from pipelines.storage import Output
 from tests.conftest import FIXTURES, PEER
@@ -27,12 +30,14 @@ SAMPLES = [
     FIXTURES / "encord/seed_image_group.json",
     FIXTURES / "encord/seed_video.json",
     PEER / "cvat_video/for_video",
+    PEER / "mot",
+    PEER / "mots",
     PEER / "datumaro/diverse",
     PEER / "labelme/labelme_dataset",
     FIXTURES / "itag/stages.manifest",
     FIXTURES / "example/annotations/instances_demo.json",
 ]
-WRITERS = ["itag", "encord", "datumaro", "mots"]
+WRITERS = ["itag", "encord", "datumaro", "mots", "mot"]
 
 
 def _staged(sample: Path, tmp_path: Path) -> Path:
@@ -171,3 +176,49 @@ def test_mots_subset_is_split_unless_a_frame_depends_on_those_before(
     monkeypatch.setattr(mots, "PART_FRAMES", 1)
     tasks = mots.plan_write(staging, WriteOptions(workers=3))
     assert [t.shards for t in tasks] == [parts] * parts
+
+
+@pytest.mark.parametrize(
+    ("frames", "parts", "length"),
+    [
+        ([None, None, None, None], 3, 4),  # counted
+        ([0, 0, 1, 5], 3, 6),
+        ([0, 2, 1, 3], 1, 4),  # gt.txt is in frame order
+        ([0, None, None, 3], 1, 4),  # counted from the one before
+    ],
+)
+def test_mot_sequence_is_split_unless_a_frame_depends_on_those_before(
+    frames: list[int | None], parts: int, length: int, tmp_path: Path, monkeypatch
+) -> None:
+    rows = [{"item_id": f"i{k}", "subset": "s", "sequence_id": "seq", "frame_index": f,
+             "width": 8, "height": 8} for k, f in enumerate(frames)]  # fmt: skip
+    staged = tmp_path / "staged"
+    (staged / "items").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, TABLES["items"]), staged / "items" / "part-0.parquet")
+    for table in ("annotations", "points", "attributes"):
+        (staged / table).mkdir()
+        pq.write_table(TABLES[table].empty_table(), staged / table / "part-0.parquet")
+    monkeypatch.setattr(_fragments, "MIN_PART_ITEMS", 1)
+    options = WriteOptions(workers=3)
+    tasks = mot.plan_write(Staging(str(staged)), options)
+    assert [t.shards for t in tasks] == [parts] * parts
+    whole = convert([str(staged)], "mot", str(tmp_path / "whole"), workers=1)
+    split = convert([str(staged)], "mot", str(tmp_path / "split"), workers=1, write_options=options)
+    assert whole.ok and split.ok
+    assert _files(tmp_path / "split") == _files(tmp_path / "whole")
+    seqinfo = (tmp_path / "split" / "s" / "seq" / "seqinfo.ini").read_text()
+    assert f"seqLength={length}" in seqinfo
+
+
+def test_mot_subset_of_several_sequences_keeps_every_frame(tmp_path: Path) -> None:
+    """A task of a subset of several sequences reads the whole subset, not its sequence's
+    count of items from the subset's start."""
+    staged = _staged(PEER / "mot", tmp_path)
+    assert convert([str(staged)], "mot", str(tmp_path / "out"), workers=1).ok
+    assert convert([str(tmp_path / "out")], "parquet", str(tmp_path / "again"), workers=1).ok
+    query = "SELECT count(*), count(DISTINCT sequence_id) FROM items"
+    before = Staging(str(staged)).con.execute(query).fetchone()
+    assert before[1] > 1
+    assert Staging(str(tmp_path / "again")).con.execute(query).fetchone() == before
+    count = "SELECT count(*) FROM annotations"
+    assert Staging(str(tmp_path / "again")).scalar(count) == Staging(str(staged)).scalar(count) > 0

@@ -389,7 +389,10 @@ def _write_images(
     groups = staging.iter_items(
         subset=task.subset, all_subsets=False, positions=(first, last), **_POINTS
     )
-    if write_joined(task, out, name, _images(groups, names, result), lambda: _skeleton(staging)):
+    joined = write_joined(
+        task, out, name, _images(groups, names, result), lambda: _skeleton(staging)
+    )
+    if joined is not None:
         result.files.append(name)
     return result
 

@@ -373,6 +373,6 @@ def write(task: WriteTask, staging: Staging, out: Any) -> WriteResult:
             result.items += 1
 
     frame = (task.options.extra["_head"], b"\n]}\n")
-    if write_joined(task, out, name, chunks(), lambda: frame, lead=b"\n", sep=b",\n"):
+    if write_joined(task, out, name, chunks(), lambda: frame, lead=b"\n", sep=b",\n") is not None:
         result.files.append(name)
     return result

@@ -89,7 +89,8 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
         all_subsets=False, subset=task.subset, part_kinds=_PARTS, positions=part_run(task)
     )
     rows = (orjson.dumps(_RowWriter(row, result).build()) for row in _rows(groups))
-    if write_joined(task, out, name, rows, lambda: (b"[", b"\n]\n"), lead=b"\n", sep=b",\n"):
+    joined = write_joined(task, out, name, rows, lambda: (b"[", b"\n]\n"), lead=b"\n", sep=b",\n")
+    if joined is not None:
         result.files.append(name)
     return result
 

@@ -145,27 +145,29 @@ def write_joined(
     *,
     lead: bytes = b"",
     sep: bytes = b"",
-) -> bool:
+    info: bytes = b"",
+) -> list[bytes] | None:
     """Write the task's chunks into the file `name`: the head `frame()` gives, then `lead`
     if any part has a chunk, the chunks of every part in order with `sep` between two,
-    then the tail. Returns whether this task completed the file (the last part to
-    finish joins it, and only it calls `frame`)."""
+    then the tail. The last part to finish joins the file, and only it calls `frame`;
+    it gets every part's `info` (in part order), the others None."""
     if task.shards == 1:  # the file itself, not a fragment copied into it
         head, tail = frame()
         with out.open(name) as f:
             f.write(head)
             _write_chunks(f, chunks, sep, lead)
             f.write(tail)
-        return True
+        return [info]
     fragments = Fragments(out, name, task.shards)
     with fragments.open("chunks", task.shard) as f:
         written = _write_chunks(f, chunks, sep)
-    infos = fragments.finish(task.shard, b"1" if written else b"")
+    infos = fragments.finish(task.shard, (b"1" if written else b"0") + info)
     if infos is None:
-        return False
+        return None
     head, tail = frame()
-    fragments.join([head, lead if any(infos) else b"", Piece("chunks", sep), tail])
-    return True
+    wrote = any(i[:1] == b"1" for i in infos)
+    fragments.join([head, lead if wrote else b"", Piece("chunks", sep), tail])
+    return [i[1:] for i in infos]
 
 
 def _write_chunks(f: IO[bytes], chunks: Iterable[bytes], sep: bytes, lead: bytes = b"") -> bool:

@@ -86,7 +86,7 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
             yield orjson.dumps(manifest_line(group, task.options, res)) + b"\n"
             res.items += 1
 
-    if write_joined(task, out, "", lines()):
+    if write_joined(task, out, "", lines()) is not None:
         res.files.append(out.url)
     return res
 

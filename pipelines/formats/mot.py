@@ -16,11 +16,11 @@ so a sequence's rows are held (as one float array) until the file is read.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import posixpath
 from array import array
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +31,7 @@ import pyarrow.csv as pacsv
 
 from pipelines.builder import BatchBuilder, parse_attribute, to_json
 from pipelines.errors import ParseError
+from pipelines.formats._fragments import even_bounds, part_count, part_run, part_tasks, write_joined
 from pipelines.formats._mot import (
     LABELS_FILE,
     TrackNumbers,
@@ -412,19 +413,43 @@ def _annotation(
 
 
 def plan_write(staging: Staging, options: WriteOptions) -> list[WriteTask]:
-    """One task per sequence (subset × sequence_id): each is its own gt.txt."""
+    """One file per sequence (subset × sequence_id); a subset of one sequence is written
+    in runs of frames unless a frame's row depends on the frames before it
+    (`_frames_depend`)."""
     rows = staging.con.execute(
         "SELECT subset, sequence_id, min(filename), min(file_row_number) FROM items "
         "GROUP BY subset, sequence_id ORDER BY 3, 4"
     ).fetchall()
-    return [
-        WriteTask(
-            "mot",
-            subset=subset,
-            options=dataclasses.replace(options, extra={**options.extra, _SEQ_KEY: seq}),
-        )
-        for subset, seq, _, _ in rows
-    ]
+    sequences = Counter(subset for subset, *_ in rows)
+    sizes = staging.subset_sizes()
+    tasks = []
+    for subset, seq, _, _ in rows:
+        parts = 1  # a task reads its subset's items and keeps its sequence's
+        if sequences[subset] == 1 and not _frames_depend(staging, subset):
+            parts = part_count(sizes[subset], options.workers)
+        bounds = even_bounds(sizes[subset], parts)
+        tasks += part_tasks("mot", subset, options, bounds, **{_SEQ_KEY: seq})
+    return tasks
+
+
+_FRAMES_OUT_OF_ORDER = """
+SELECT count(*) FILTER (WHERE frame_index < prev)
+    + least(count(frame_index), count(*) - count(frame_index))
+FROM (SELECT frame_index, lag(frame_index) OVER (ORDER BY filename, file_row_number) AS prev
+      FROM items WHERE subset IS NOT DISTINCT FROM ?)
+"""
+"""Non-zero when a subset's frames are numbered partly by `frame_index` and partly by
+counting, or their `frame_index` goes back somewhere in source order."""
+
+
+def _frames_depend(staging: Staging, subset: str | None) -> bool:
+    """Whether a frame's row depends on the frames before it: a track id that is not a
+    number in range gets the next free number in order of appearance, a frame without
+    `frame_index` is numbered by counting those before it (fine when none has one), and
+    gt.txt is in frame order (runs joined in source order keep it only where frames do
+    not go back)."""
+    tracks = TrackNumbers(track_ids(staging, subset), lowest=1)
+    return not tracks.all_kept or bool(staging.scalar(_FRAMES_OUT_OF_ORDER, [subset]))
 
 
 _GEOMETRY_LOSS = {
@@ -465,12 +490,18 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     classes = class_ids(staging)
     tracks = TrackNumbers(track_ids(staging, task.subset, sequence_id=seq))
     lines: list[tuple[int, int, str]] = []
-    sizes, exts, fps, renamed, last = set(), set(), None, 0, 0
+    sizes, exts, fps, renamed = set(), set(), None, 0
+    first, stop = part_run(task)
+    last = None
     name = None
-    for group in staging.iter_items(subset=task.subset, all_subsets=False, point_columns=()):
+    for group in staging.iter_items(
+        subset=task.subset, all_subsets=False, point_columns=(), positions=(first, stop)
+    ):
         item = group.item
         if item.get("sequence_id") != seq:
             continue
+        if last is None:  # frames without a frame_index are counted: so are those before
+            last = first if item.get("frame_index") is None else 0
         frame = item["frame_index"] + 1 if item.get("frame_index") is not None else last + 1
         last = max(last, frame)
         result.items += 1
@@ -502,8 +533,18 @@ def write(task: WriteTask, staging: Staging, out: Output) -> WriteResult:
     if renamed:
         result.lose("frames renamed to their MOT frame number", renamed)
     gt = _rel(root, GT)
-    with out.open(gt) as f:
-        f.write("".join(f"{line}\n" for _, _, line in sorted(lines)).encode())
+    text = "".join(f"{line}\n" for _, _, line in sorted(lines)).encode()
+    seen = {"name": name, "last": last or 0, "fps": fps, "sizes": sorted(sizes, key=str)}
+    infos = write_joined(task, out, gt, [text], info=orjson.dumps({**seen, "exts": sorted(exts)}))
+    if infos is None:
+        return result
+    # The sequence's summary from every run's, in order: the first name and rate given.
+    runs = [orjson.loads(i) for i in infos]
+    name = next((r["name"] for r in runs if r["name"] is not None), None)
+    fps = next((r["fps"] for r in runs if r["fps"]), None)
+    sizes = {tuple(size) for r in runs for size in r["sizes"]}
+    exts = {ext for r in runs for ext in r["exts"]}
+    last = max(r["last"] for r in runs)
     with out.open(_rel(root, "gt/" + LABELS_FILE)) as f:
         f.write(labels_text(classes).encode())
     with out.open(_rel(root, SEQINFO)) as f:
