@@ -13,6 +13,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import formats
 from pipelines.errors import UnsafePathError
 from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
@@ -77,6 +78,31 @@ def test_s3_in_and_out(s3: fsspec.AbstractFileSystem, tmp_path: Path) -> None:
         a["bbox"] for a in original["annotations"]
     ]
     assert not [p for p in s3.ls("labels") if ".labelflow-" in p]
+
+
+def test_one_file_output_written_in_parts_to_s3(
+    s3: fsspec.AbstractFileSystem, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An iTAG manifest in three parts: fragments beside the object (`Output.side`), the
+    join claimed by an exclusive create on the store, nothing left but the manifest."""
+    from pipelines.formats import _fragments
+
+    example = Path(__file__).parent / "fixtures/example/annotations/instances_demo.json"
+    staged = tmp_path / "staged"
+    assert convert([str(example)], "parquet", str(staged), workers=1).ok
+    whole = convert([str(staged)], "itag", str(tmp_path / "whole.manifest"), workers=1)
+    assert whole.ok
+    monkeypatch.setattr(_fragments, "MIN_PART_ITEMS", 1)  # the tasks run here, one by one
+    options = WriteOptions(workers=3)
+    tasks = formats.get("itag").plan_write(Staging(str(staged)), options)
+    assert [t.shards for t in tasks] == [3, 3, 3]
+    report = convert(
+        [str(staged)], "itag", "s3://labels/out.manifest", workers=1, write_options=options
+    )
+    assert report.ok, report.failures
+    s3.invalidate_cache()
+    assert s3.cat("labels/out.manifest") == (tmp_path / "whole.manifest").read_bytes()
+    assert not [p for p in s3.ls("labels") if ".labelflow-" in p]  # nor `.side`
 
 
 def test_zip_read_in_place(tmp_path: Path) -> None:
