@@ -16,7 +16,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as cocomask
 
 from pipelines import masks
 from pipelines.builder import parse_datetime
@@ -378,8 +377,16 @@ def bitmask_columns(bm: Any) -> dict[str, Any]:
 
 
 def bitmask_from_mask(counts: str, height: int, width: int) -> dict[str, Any]:
-    """A stored mask (COCO RLE, column-major) → Encord's bitmask object."""
-    arr = masks.decode(counts, height, width)
-    # Fortran order of the transpose is the row-major scan Encord's string encodes.
-    rle = cocomask.encode(np.asfortranarray(arr.T))["counts"].decode("ascii")
+    """A stored mask (COCO RLE, column-major) → Encord's bitmask object.
+
+    Encord's string is COCO's codec over the image's rows: the column-major runs
+    of the transposed image. Only the mask's box is decoded and placed, transposed,
+    in the width × height image (`masks.encode_placed`): decoding, transposing and
+    encoding the whole image took a fifth of the Encord writer's time.
+    """
+    left, top, w, h = masks.box(counts, height, width)
+    sub = masks.decode_box(counts, height, width, (left, top, w, h)) if w and h else None
+    rle, _ = masks.encode_placed(
+        np.zeros((0, 0), np.uint8) if sub is None else sub.T, top, left, width, height
+    )
     return {"rleString": rle, "top": 0, "left": 0, "width": width, "height": height}
