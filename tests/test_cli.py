@@ -18,6 +18,7 @@ from pipelines.airflow import labelflow_task, run_config
 from pipelines.cli import app
 from pipelines.config import RunConfig, load_sizes
 from pipelines.errors import LabelflowError
+from pipelines.storage import Source
 from tests.conftest import PEER, ROOT
 
 runner = CliRunner()
@@ -63,6 +64,27 @@ def test_detect_names_format_and_reason() -> None:
     result = runner.invoke(app, ["detect", str(EXAMPLE)])
     assert result.exit_code == 0
     assert "coco" in result.output and '"images"' in result.output
+
+
+def test_a_certain_detection_imports_no_other_format(tmp_path: Path) -> None:
+    """Staging's Parquet is certain: the 24 other format modules stay unimported, and
+    resolving names what the full detection ranks first, on every peer sample too."""
+    staged = tmp_path / "staged"
+    assert runner.invoke(app, ["convert", str(EXAMPLE), "--to", "parquet", "--out", str(staged)])
+    code = (
+        "import sys; from pipelines import formats; from pipelines.storage import Source; "
+        f"print(formats.resolve(Source({str(staged)!r}), None).name); "
+        "print(sorted(m for m in sys.modules if m.startswith('pipelines.formats.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    name, modules = done.stdout.splitlines()
+    assert name == "parquet"
+    assert "pipelines.formats.coco" not in modules and "pipelines.formats.parquet" in modules
+    samples = [staged, *sorted(p for p in PEER.glob("*/*") if p.is_dir())]
+    for sample in samples:
+        found = formats.detect(Source(str(sample)))
+        if found:
+            assert formats.resolve(Source(str(sample)), None).name == found[0][0], sample
 
 
 def test_convert_prints_summary_and_round_trips(tmp_path: Path) -> None:

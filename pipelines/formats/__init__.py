@@ -80,15 +80,23 @@ def available() -> dict[str, Format | str]:
     return out
 
 
-def detect(source: Source) -> list[tuple[str, Detection]]:
-    """Every format that recognises `source`, most confident first."""
+def detect(source: Source, *, until_certain: bool = False) -> list[tuple[str, Detection]]:
+    """Every format that recognises `source`, most confident first. `until_certain`
+    stops at the first certain one (confidence 1: none can rank above it, and ties
+    keep the registry's order), without importing the modules of the formats after
+    it: staging's Parquet is the first format asked, and the other 24 modules cost
+    the command line ~15 MB and 0.08 s."""
     found = []
-    for name, fmt in available().items():
-        if isinstance(fmt, str):
+    for name in _MODULES:
+        try:
+            fmt = get(name)
+        except FormatError:
             continue
         hit = fmt.detect(source)
         if hit and hit.confidence > 0:
             found.append((name, hit))
+            if until_certain and hit.confidence >= 1:
+                break
     return sorted(found, key=lambda nh: -nh.__getitem__(1).confidence)
 
 
@@ -96,7 +104,7 @@ def resolve(source: Source, name: str | None) -> Format:
     """The named format, or the most confident detection for `source`."""
     if name and name != "auto":
         return get(name)
-    found = detect(source)
+    found = detect(source, until_certain=True)
     if not found:
         msg = (
             f"{source.url}: no format recognises this source; pass --from (see `labelflow formats`)"
