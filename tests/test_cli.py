@@ -87,6 +87,26 @@ def test_a_certain_detection_imports_no_other_format(tmp_path: Path) -> None:
             assert formats.resolve(Source(str(sample)), None).name == found[0][0], sample
 
 
+def test_a_file_is_asked_only_of_the_formats_its_name_allows() -> None:
+    """Every detection of every fixture file (asked of all 25 formats) is also made when
+    a file is asked only of the formats `_FILES` names for it."""
+    from tests.conftest import FIXTURES
+
+    files = sorted(p for root in (PEER, FIXTURES) for p in root.rglob("*") if p.is_file())
+    assert len(files) > 300
+    detected = 0
+    for path in files:
+        source = Source(str(path))
+        every = set()
+        for name in formats.names():
+            hit = formats.get(name).detect(source)
+            if hit and hit.confidence > 0:
+                every.add(name)
+        assert {name for name, _ in formats.detect(source)} == every, path
+        detected += bool(every)
+    assert detected > 50  # JSON, XML, CSV, YAML, gt.txt, obj.data, manifests
+
+
 def test_convert_prints_summary_and_round_trips(tmp_path: Path) -> None:
     out = tmp_path / "build"
     result = runner.invoke(app, ["convert", str(EXAMPLE), "--to", "parquet", "--out", str(out)])

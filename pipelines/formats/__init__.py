@@ -40,6 +40,27 @@ _MODULES: dict[str, str] = {
     "open_images": "pipelines.formats.open_images",
 }
 
+_FILES: dict[str, tuple[str, ...]] = {
+    "coco": (".json",),
+    "encord": (".json",),
+    "datumaro": (".json",),
+    "labelme": (".json",),
+    "aimmo": (".json",),
+    "itag": ("",),  # any name: its lines say what it is
+    "cvat": (".xml",),
+    "voc": (".xml",),
+    "labelme_xml": (".xml",),
+    "yolo": ("obj.data",),
+    "ultralytics": (".yaml", ".yml"),
+    "mot": ("gt.txt",),
+    "vggface2": (".csv",),
+    "widerface": (".txt",),
+}
+"""How the name of a source that is one file ends, for each format that detects one;
+the others detect folders alone. A file is asked only of these formats, so detecting
+it imports no other format's module (25 modules: ~15 MB and 0.08 s of the command
+line). A test checks that every detection of every fixture file passes this."""
+
 _loaded: dict[str, Format] = {}
 _broken: dict[str, str] = {}
 
@@ -88,6 +109,8 @@ def detect(source: Source, *, until_certain: bool = False) -> list[tuple[str, De
     the command line ~15 MB and 0.08 s."""
     found = []
     for name in _MODULES:
+        if not source.is_dir and not _may_name(name, source):
+            continue
         try:
             fmt = get(name)
         except FormatError:
@@ -98,6 +121,11 @@ def detect(source: Source, *, until_certain: bool = False) -> list[tuple[str, De
             if until_certain and hit.confidence >= 1:
                 break
     return sorted(found, key=lambda nh: -nh.__getitem__(1).confidence)
+
+
+def _may_name(fmt: str, source: Source) -> bool:
+    """Whether format `fmt` could recognise the single file `source` by its name."""
+    return source.name.lower().endswith(_FILES.get(fmt, ()))
 
 
 def resolve(source: Source, name: str | None) -> Format:

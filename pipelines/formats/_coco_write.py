@@ -58,13 +58,6 @@ _SPANNED = ("annotations", "points", "attributes")
 BLOCK_ITEMS = 1024
 """Items per block: a block's rows are the most a task holds at once."""
 _SPILL_ROWS = 16_384
-BLOCK_MAPPING = 4 << 20
-"""`Format.mapped_blocks` of COCO: a part's blocks come and go by the thousand, most of
-their buffers over 128 KB; mapped afresh each time, they were faulted in page by page.
-From the heap they are reused, for about the same peak (staging 1 GB, alternating:
-one worker 41.8-45.3 -> 39.0-42.4 s, two 24.2-25.9 -> 23.0-24.3 s; tree PSS 334-350 /
-576-579 MB -> 343-358 / 563-593 MB). Set for the whole run on 200 MB with two workers,
-1 MB and 32 MB were slower: 5.0-5.14 and 5.15-5.18 s; 4 MB 4.95-5.07, 128 KB 5.12-5.17."""
 MIN_PART_ITEMS = 2048
 """Smaller subsets are one part: splitting them costs more than it saves."""
 MAX_PART_BLOCKS = 128

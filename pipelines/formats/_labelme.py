@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from pipelines import masks
 from pipelines.builder import BatchBuilder, parse_attribute
@@ -96,15 +95,19 @@ def parse_or_reject(
 
 def mask_from_png(data: bytes) -> np.ndarray | str:
     """A boolean mask from PNG bytes (any non-zero channel is set), or why there is none."""
+    from PIL import Image  # imported where pixels are read: detection needs none (~2 MB)
+
     try:
         with Image.open(io.BytesIO(data)) as img:
             arr = np.asarray(img)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
         return f"not a readable image: {exc}"
     return arr.any(axis=2) if arr.ndim == 3 else arr.astype(bool)
 
 
 def png_bytes(mask: np.ndarray) -> bytes:
+    from PIL import Image
+
     buf = io.BytesIO()
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()

@@ -8,6 +8,7 @@ writes one. The runner knows no format by name.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,18 @@ class WriteResult:
 
     def lose(self, what: str, n: int = 1) -> None:
         self.lossy[what] = self.lossy.get(what, 0) + n
+
+
+class Later:
+    """A function of a module imported on its first call: a format's writer stays out of
+    the processes that only detect or read the format. Detecting a COCO file imported
+    the COCO writer, and PIL with it, into the command line of every COCO run."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)(*args, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,12 @@ from typing import Any
 
 import numpy as np
 import orjson
-from PIL import Image, UnidentifiedImageError
 
 from pipelines import masks
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
 from pipelines.formats import _labelme as lm
 from pipelines.formats import _per_image as per_image
-from pipelines.formats import labelme_xml
 from pipelines.formats.base import (
     Detection,
     Format,
@@ -125,6 +123,8 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         ReadTask("labelme", source, context={"files": group}, options=options)
         for group in per_image.chunks(files, options)
     ]
+    from pipelines.formats import labelme_xml  # lxml, for a folder that has XML too
+
     if source.is_dir and labelme_xml.detect(source):
         tasks += labelme_xml.plan_read(source, options)
     elif not source.is_dir and source.name.lower().endswith(".xml"):
@@ -206,10 +206,12 @@ def read_file(source: Source, member: str, b: BatchBuilder) -> None:
 
 def _embedded_size(data: str) -> tuple[int, int] | None:
     """(width, height) from the header of the base64 image a file embeds."""
+    from PIL import Image  # not for detection
+
     try:
         with Image.open(io.BytesIO(base64.b64decode(data[: 1 << 17]))) as img:
             return img.size
-    except (binascii.Error, ValueError, OSError, UnidentifiedImageError):
+    except (binascii.Error, ValueError, OSError):  # UnidentifiedImageError is an OSError
         return None
 
 
