@@ -14,6 +14,7 @@ rows in source order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,9 +54,15 @@ _NONE = type(None)
 _KEY_ORDER = tuple(sorted(FAST_KEYS))
 _GET_ALL = itemgetter(*_KEY_ORDER)
 _BOX, _POLYGON, _MASK, _OTHER, _ROTATED = 0, 1, 2, 3, 4
-_KINDS = pa.array(["bbox", "polygon", "mask", "bbox", "rotated_bbox"])
-"""`kind` by code: a shapeless annotation (no segmentation) is a box, turned when its
-`rotation` attribute is not 0."""
+
+
+@functools.cache
+def _kinds() -> pa.Array:
+    """`kind` by code: a shapeless annotation (no segmentation) is a box, turned when its
+    `rotation` attribute is not 0. Made on first use: the first Arrow array a process
+    makes costs it 3-5 MB (Arrow's start), which a command line that only plans never
+    pays."""
+    return pa.array(["bbox", "polygon", "mask", "bbox", "rotated_bbox"])
 
 
 class _SegCodes(dict):
@@ -224,7 +231,7 @@ class ColumnMapper:
         return pc.binary_join_element_wise(f"{self.stem}/", text, "")
 
     def _shapes(self, anns: list, segs: Sequence, odd: np.ndarray):
-        """Kind codes (see `_KINDS`), the polygon rows' geometry, the RLE rows."""
+        """Kind codes (see `_kinds`), the polygon rows' geometry, the RLE rows."""
         n = len(segs)
         code = np.fromiter(map(_SEG_CODE.__getitem__, map(type, segs)), np.int8, n)
         odd |= code == _OTHER
@@ -250,7 +257,7 @@ class ColumnMapper:
         cols = {k: v.slice(start, n) for k, v in chunk.columns.items()}
         cols["ann_id"] = ann_id
         cols["units"] = pa.repeat("px", n)
-        cols["kind"] = _KINDS.take(pa.array(chunk.kind[start:stop]))
+        cols["kind"] = _kinds().take(pa.array(chunk.kind[start:stop]))
         lo, hi = np.searchsorted(chunk.rle_rows, [start, stop])
         uncompressed: list[int] = []
         if hi > lo:

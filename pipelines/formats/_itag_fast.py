@@ -17,6 +17,7 @@ as before.
 
 from __future__ import annotations
 
+import functools
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -41,9 +42,16 @@ _GETS = tuple(map(itemgetter, ("id", "type", "value", "labels")))
 _POLYGON_VALUE = pa.list_(pa.list_(pa.float64()))
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
 _NONE = type(None)
-_KINDS = pa.array(["polygon", "tag"])
-_UNITS = pa.array(["px", None])
-"""Polygons are in pixels; a tag has no units (as in the row path)."""
+
+
+@functools.cache
+def _kinds_and_units() -> tuple[pa.Array, pa.Array]:
+    """Kind and units by code: polygons are in pixels, a tag has no units (as in the row
+    path). Made on first use, as the first Arrow array costs a process 3-5 MB: detecting
+    a file need not."""
+    return pa.array(["polygon", "tag"]), pa.array(["px", None])
+
+
 _SOURCES = ["itag", "labels"]
 
 
@@ -164,15 +172,16 @@ class Group:
         answers = pa.array(self.answers, pa.string())
         no_text = pa.nulls(len(answers), pa.string())
         kind_code = pa.array(is_tag.astype(np.int8))
+        kinds, units = _kinds_and_units()
         b.annotation_block(
             {
                 "ann_id": ann_id,
                 "item_id": item_id,
                 "native_id": _in_order(shapes["native_id"], no_text, order),
-                "kind": _KINDS.take(kind_code),
+                "kind": kinds.take(kind_code),
                 "label": _in_order(shapes["label"], answers, order),
                 "text": _in_order(shapes["text"], no_text, order),
-                "units": _UNITS.take(kind_code),
+                "units": units.take(kind_code),
             },
             n,
         )
