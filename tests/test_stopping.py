@@ -128,3 +128,35 @@ def test_a_stop_during_the_commit_waits_for_its_end(tmp_path: Path, monkeypatch)
     assert [p.name for p in final.iterdir()] == ["new.txt"]
     assert not Path(f"{output.tmp}.old").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_stop_while_tasks_are_submitted_ends_those_already_running(
+    slow_sources: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop (a signal's SystemExit) while the write's tasks are being handed to the
+    pool: the ones already running would go on writing into the output being removed,
+    and leave its folder behind."""
+    from pipelines import executor, runner
+
+    real = executor.Executor._local_pool
+
+    def stopping_pool(self: executor.Executor) -> object:
+        pool = real(self)
+
+        class Submitting:
+            writes = 0
+
+            def submit(self, fn, *args):
+                if fn is runner.run_write_task:
+                    Submitting.writes += 1
+                    if Submitting.writes == 3:
+                        raise SystemExit(128 + signal.SIGTERM)
+                return pool.submit(fn, *args)
+
+        return Submitting()
+
+    monkeypatch.setattr(executor.Executor, "_local_pool", stopping_pool)
+    with pytest.raises(SystemExit):
+        runner.convert(slow_sources, "open_images", str(tmp_path / "out"), workers=2)
+    time.sleep(3)  # what a task still running would write by now
+    assert list(tmp_path.iterdir()) == []
