@@ -484,8 +484,9 @@ def _document(
         _sub(obj, "id", ids[ann["ann_id"]])
         if (shape.tag == "polygon" and ann["kind"] == "bbox") or "type" in given:
             _sub(obj, "type", given.get("type", "bounding_box"))
-        _sub(shape, "username", ann.get("created_by") or "")
-        shape[:] = [shape[-1], *shape[:-1]]  # username comes first
+        user = etree.Element("username")
+        user.text = ann.get("created_by") or ""
+        shape.insert(0, user)  # username comes first
         obj.append(shape)
         result.annotations += 1
     return root
