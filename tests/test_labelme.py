@@ -354,3 +354,34 @@ def test_size_from_embedded_image_data(tmp_path: Path) -> None:
     (item,) = t["items"]
     assert (item["width"], item["height"]) == (7, 3)
     assert "imageData" not in (item["metadata"] or "")  # the image itself is not kept
+
+
+def test_xml_polygons_text_and_a_name_that_spells_their_marker(tmp_path: Path) -> None:
+    """Polygons' vertices are spliced in as text after serializing: a label or attribute
+    spelling the marker is escaped by lxml, so it is never taken for one, and every
+    vertex lands in its own polygon."""
+    from lxml import etree
+
+    odd = "      <_pts/>\n"
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "categories": [{"id": 1, "name": odd}, {"id": 2, "name": "car"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "area": 12,
+             "segmentation": [[1.5, 2, 4, 2, 4, 6.25]], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [5, 5, 10, 10], "area": 100,
+             "segmentation": [], "iscrowd": 0},
+        ],
+    }  # fmt: skip
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    assert convert([str(tmp_path / "c.json")], "labelme_xml", str(tmp_path / "out"), workers=1).ok
+    (doc,) = (tmp_path / "out").rglob("*.xml")
+    objects = etree.parse(str(doc)).getroot().findall("object")
+    assert [o.findtext("name") for o in objects] == [odd, "car"]
+    points = [[(p.findtext("x"), p.findtext("y")) for p in o.find("polygon").findall("pt")]
+              for o in objects]  # fmt: skip
+    assert points == [
+        [("1.5", "2"), ("4", "2"), ("4", "6.25")],
+        [("5", "5"), ("15", "5"), ("15", "15"), ("5", "15")],
+    ]
+    assert [o.find("polygon")[0].tag for o in objects] == ["username", "username"]
