@@ -165,6 +165,13 @@ def box(counts: str, height: int, width: int) -> tuple[int, int, int, int]:
     return left, top, w, h
 
 
+def tight(counts: str, height: int, width: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """(`box`, the pixels in it as `decode_box` gives them): a mask decoded in the box of
+    its set pixels alone (0 × 0 for an empty mask)."""
+    found = box(counts, height, width)
+    return found, decode_box(counts, height, width, found)
+
+
 def png(counts: str, height: int, width: int, *, grey: bool = False) -> bytes:
     """A mask as a 1-bit PNG of the whole image (what PIL writes for a boolean array,
     pixel for pixel), or with `grey` an 8-bit one of 0 and 255; made from the rows
@@ -173,11 +180,10 @@ def png(counts: str, height: int, width: int, *, grey: bool = False) -> bytes:
     the image took 1.8 ms a mask on images up to 1080p, where most of a mask is
     nothing."""
     stride = 1 + (width if grey else (width + 7) // 8)  # a filter byte (0), the pixels
-    left, top, bw, bh = box(counts, height, width)
+    (left, top, bw, bh), inside = tight(counts, height, width)
     check = _adler_zeros(1, top * stride)
     middle = b""
     if bh:
-        inside = decode_box(counts, height, width, (left, top, bw, bh))
         rows = np.zeros((bh, stride), dtype=np.uint8)
         if grey:
             rows[:, 1 + left : 1 + left + bw] = inside * np.uint8(255)

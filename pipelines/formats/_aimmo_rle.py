@@ -77,10 +77,10 @@ def encode_mask(counts: str, height: int, width: int, bound: Any = None) -> tupl
     the tight box is decoded (`masks.decode_box`): finding the set pixels of
     the whole image was most of the AIMMO writer's time.
     """
-    tight = masks.box(counts, height, width)
+    (x, y, w, h), inside = masks.tight(counts, height, width)
     pixels = None  # (left, top, right, bottom) of the set pixels, inclusive
-    if tight[2] and tight[3]:
-        pixels = (tight[0], tight[1], tight[0] + tight[2] - 1, tight[1] + tight[3] - 1)
+    if w and h:
+        pixels = (x, y, x + w - 1, y + h - 1)
     box = None
     if bound is not None:
         try:
@@ -107,7 +107,7 @@ def encode_mask(counts: str, height: int, width: int, bound: Any = None) -> tupl
         w, h = w + 1, h + 1
     sub = np.zeros((h, w), dtype=np.uint8)
     if pixels is not None:
-        _copy(masks.decode_box(counts, height, width, tight), tight[1], tight[0], sub, top, left)
+        _copy(inside, y, x, sub, top, left)
     lengths = masks.runs(sub.ravel())
     return "".join(f"{n}{'T' if i % 2 else 'F'}" for i, n in enumerate(lengths) if n), bound
 

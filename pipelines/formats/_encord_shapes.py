@@ -15,8 +15,6 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
-
 from pipelines import masks
 from pipelines.builder import parse_datetime
 
@@ -384,9 +382,6 @@ def bitmask_from_mask(counts: str, height: int, width: int) -> dict[str, Any]:
     in the width × height image (`masks.encode_placed`): decoding, transposing and
     encoding the whole image took a fifth of the Encord writer's time.
     """
-    left, top, w, h = masks.box(counts, height, width)
-    sub = masks.decode_box(counts, height, width, (left, top, w, h)) if w and h else None
-    rle, _ = masks.encode_placed(
-        np.zeros((0, 0), np.uint8) if sub is None else sub.T, top, left, width, height
-    )
+    (left, top, _, _), pixels = masks.tight(counts, height, width)
+    rle, _ = masks.encode_placed(pixels.T, top, left, width, height)
     return {"rleString": rle, "top": 0, "left": 0, "width": width, "height": height}

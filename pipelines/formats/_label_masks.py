@@ -277,8 +277,8 @@ class Drawn(NamedTuple):
 def place(ann: dict[str, Any], counts: str, height: int, width: int) -> Drawn:
     """The pixels of `counts` (COCO RLE over a height × width image), decoded in their
     box alone."""
-    box = masks.box(counts, height, width)
-    return Drawn(ann, box[1], box[0], masks.decode_box(counts, height, width, box).astype(bool))
+    (left, top, _, _), pixels = masks.tight(counts, height, width)
+    return Drawn(ann, top, left, pixels.astype(bool))
 
 
 def coverage(
