@@ -229,14 +229,18 @@ class Executor:
         from concurrent.futures import as_completed, wait
 
         pool = self._local_pool()
-        futures: list[Any] = [pool.submit(fn, *args) for args in calls]
-        order = {fut: i for i, fut in enumerate(futures)}
+        futures: list[Any] = []
         done: set[int] = set()
         first = 0  # the first result not yet handed out
         # In submission order, each as soon as it and those before it are done, and
         # let go of: a big write's results (the files of every task) would otherwise
         # pile up in this process until the last task ends (35 MB on 1 GB → YOLO).
         try:
+            # Handed out within the `try`: a stop meanwhile ends the tasks already running,
+            # which would go on writing into an output their caller then removes.
+            for args in calls:
+                futures.append(pool.submit(fn, *args))
+            order = {fut: i for i, fut in enumerate(futures)}
             for n, fut in enumerate(as_completed(futures), 1):
                 if progress:
                     progress(n, total, what)

@@ -295,11 +295,7 @@ def convert(
             if report.rejects:
                 _keep_rejects(staging_url, output, target.single_file)
         output.commit()
-    except BaseException as exc:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            # A stop that came between two results, not while `Executor.map` waited:
-            # its tasks would go on writing into the output being removed.
-            ex.stop()
+    except BaseException:
         output.abort()
         raise
     finally:
