@@ -146,6 +146,10 @@ class BatchBuilder:
         self._run_dims: list[int] = []
         self._coords: list[float] = []
         self._point_extra: list[dict] = []
+        # Where each named vertex goes among the plain ones (runs and blocks): after
+        # the plain vertices added before it, so that vertices stay in call order.
+        self._plain_rows = 0
+        self._extra_at: list[int] = []
         # Column blocks, in call order with the rows above: rows pending when a block
         # arrives are sealed into a block first.
         self._item_blocks: list[pa.Table] = []
@@ -185,6 +189,7 @@ class BatchBuilder:
         self._run_len.append(n)
         self._run_dims.append(dims)
         self._coords.extend(coords if len(coords) == n * dims else coords[: n * dims])
+        self._plain_rows += n
 
     def named_points(
         self, ann_id: str, item_id: str, rows: Sequence[dict], *, part: int = 0
@@ -197,6 +202,7 @@ class BatchBuilder:
             self._point_extra.append(
                 {"ann_id": ann_id, "item_id": item_id, "part": part, "idx": idx, **r}
             )
+        self._extra_at.extend([self._plain_rows] * len(rows))
 
     def item_block(self, columns: dict[str, Any], n: int) -> None:
         """Append `n` item rows given as columns (lists or Arrow arrays), as `item(**row)`
@@ -237,6 +243,7 @@ class BatchBuilder:
             self._run_blocks.append(self._runs_table())
         self._run_blocks.append(_columns_table(POINTS, columns, n))
         self._block_rows += n
+        self._plain_rows += n
 
     def leave_out_vertices(self, n: int) -> None:
         """`n` vertices read and not staged: the write does not read them."""
@@ -378,9 +385,17 @@ class BatchBuilder:
         if self._point_extra:
             tables.append(self._table(POINTS, self._point_extra, ("dataset",)))
             self._point_extra = []
+        at, self._extra_at, self._plain_rows = np.asarray(self._extra_at), [], 0
         if not tables:
             return POINTS.empty_table()
-        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        if len(tables) == 1:
+            return tables[0]
+        # Call order, which readers keep item by item: the staging then needs no sort by
+        # item to be read (`item_order`). Plain vertex i sorts at 2i + 1, a named one
+        # added after j plain ones at 2j.
+        plain = np.arange(tables[0].num_rows)
+        order = np.argsort(np.concatenate((2 * plain + 1, 2 * at)), kind="stable")
+        return pa.concat_tables(tables).take(pa.array(order))
 
     def _runs_table(self) -> pa.Table:
         lengths = np.asarray(self._run_len, dtype=np.int64)

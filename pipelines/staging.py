@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import LabelflowError
+from pipelines.item_order import ordered_rows
 from pipelines.schema import BOX, TABLES, conform
 from pipelines.storage import fs_for
 
@@ -37,6 +38,12 @@ IN_MEMORY_ITEMS = 1_000_000
 """Planning a write holds the dataset's item ids in memory (pyarrow: fast, no DuckDB;
 ~160 bytes an item at its peak: 96 MB for 410k items) this many at a time; past one
 such window it asks DuckDB, whose aggregates spill to disk past its memory limit."""
+
+
+def item_run(items: int, part: int, parts: int) -> tuple[int, int]:
+    """The items (positions in source order, as `Staging.iter_items(positions=...)`
+    takes them) that part `part` of `parts` holds: runs of near-equal length."""
+    return items * part // parts, items * (part + 1) // parts
 
 
 @dataclass
@@ -372,10 +379,11 @@ class Staging:
         """Items in source order with their annotations, points and attributes.
 
         `all_subsets=False` restricts to `subset` (None meaning items without
-        one); `shard`/`shards` split the items by a hash of item_id so writers
-        can run one task per shard; `positions` (first, last) keeps the items
-        after the first-th and through the last-th of those, a run in source
-        order. Only the listed columns are fetched.
+        one); `positions` (first, last) keeps the items after the first-th and
+        through the last-th of those, a run in source order; `shard`/`shards`
+        split them into such runs, one per task (`item_run`): a run's rows lie in
+        a few row groups (`item_order`), where a hash of the item id spread every
+        task's over all of them. Only the listed columns are fetched.
 
         With `part_kinds`, vertices also come a row per part (`ItemGroup.parts`): as
         arrays, or as text where `point_text`, an SQL expression over a vertex `p` and
@@ -393,9 +401,11 @@ class Staging:
             else:
                 conds.append("subset = ?")
                 params.append(subset)
-        if shards > 1:
-            conds.append(f"hash(item_id) % {int(shards)} = {int(shard)}")
         where = f"WHERE {' AND '.join(conds)}" if conds else ""
+        if shards > 1:
+            assert positions is None, "a shard is a run of positions"
+            count = con.execute(f"SELECT count(*) FROM items {where}", params).fetchone()
+            positions = item_run(count[0] if count else 0, shard, shards)
         run = (
             ""
             if positions is None
@@ -408,13 +418,20 @@ class Staging:
             params,
         )
         items = self._rows(
-            "SELECT i.* EXCLUDE (filename, file_row_number), s._pos FROM items i "
-            "JOIN _sel s USING (item_id) ORDER BY s._pos"
+            self._query(
+                "SELECT i.* EXCLUDE (filename, file_row_number), s._pos FROM items i "
+                "JOIN _sel s USING (item_id) ORDER BY s._pos"
+            )
         )
+        # The run's items, for the streams read in item order without a sort (`item_order`).
+        run = con.sql("SELECT item_id, _pos FROM _sel ORDER BY _pos").to_arrow_table()
         a_cols = _select(ann_columns, "a")
         anns = self._rows(
-            f"SELECT {a_cols}, s._pos FROM annotations a JOIN _sel s USING (item_id) "
-            "ORDER BY s._pos, a.filename, a.file_row_number"
+            _batches(self._stream("annotations a", a_cols, run))
+            or self._query(
+                f"SELECT {a_cols}, s._pos FROM annotations a JOIN _sel s USING (item_id) "
+                "ORDER BY s._pos, a.filename, a.file_row_number"
+            )
         )
         p_cols = _select(point_columns, "p")
         # Vertex rows only for the other kinds: a semi-join on the kind (a join would
@@ -433,51 +450,67 @@ class Staging:
             if wanted
             else ""
         )
-        pts = (
-            self._rows(
-                f"SELECT {p_cols}, p.ann_id AS _ann, s._pos FROM points p "
-                f"JOIN _sel s USING (item_id) {as_row} "
-                "ORDER BY s._pos, p.ann_id, p.part, p.idx"
+        pts: Iterator[dict[str, Any]] = iter(())
+        if point_columns != ():
+            pts = self._rows(
+                (None if wanted else _batches(self._stream("points p", p_cols, run, True)))
+                or self._query(
+                    f"SELECT {p_cols}, p.ann_id AS _ann, s._pos FROM points p "
+                    f"JOIN _sel s USING (item_id) {as_row} "
+                    "ORDER BY s._pos, p.ann_id, p.part, p.idx"
+                )
             )
-            if point_columns != ()
-            else iter(())
-        )
         # In the order of the vertex stream above; a vertex without a part belongs to
         # part 0 (`_merge` puts it after part 0's own).
-        values = f"{point_text} AS text" if point_text else "p.x, p.y"
-        parts = (
-            self._runs(
-                f"SELECT s._pos, p.ann_id AS _ann, coalesce(p.part, 0) AS part, {values} "
-                "FROM points p JOIN _sel s USING (item_id) "
-                "ORDER BY s._pos, p.ann_id, p.part, p.idx"
+        parts: Iterator[dict[str, Any]] = iter(())
+        if part_kinds:
+            values = f"{point_text} AS text" if point_text else "p.x, p.y"
+            xy = None if point_text else self._stream("points p", "p.part, p.x, p.y", run, True)
+            parts = self._runs(
+                (xy and _batches(map(_part_zero, xy)))
+                or self._query(
+                    f"SELECT s._pos, p.ann_id AS _ann, coalesce(p.part, 0) AS part, {values} "
+                    "FROM points p JOIN _sel s USING (item_id) "
+                    "ORDER BY s._pos, p.ann_id, p.part, p.idx"
+                )
             )
-            if part_kinds
-            else iter(())
-        )
         attrs = (
             self._rows(
-                "SELECT t.* EXCLUDE (filename, file_row_number), s._pos FROM attributes t "
-                "JOIN _sel s USING (item_id) ORDER BY s._pos, t.filename, t.file_row_number"
+                _batches(self._stream("attributes t", _select(None, "t"), run))
+                or self._query(
+                    f"SELECT {_select(None, 't')}, s._pos FROM attributes t JOIN _sel s "
+                    "USING (item_id) ORDER BY s._pos, t.filename, t.file_row_number"
+                )
             )
             if with_attributes
             else iter(())
         )
         yield from _merge(items, anns, pts, attrs, parts, _join_text if point_text else _join_xy)
 
-    def _rows(self, sql: str) -> Iterator[dict[str, Any]]:
+    def _query(self, sql: str) -> Iterator[pa.RecordBatch]:
         # Each stream gets its own cursor: a new query on a connection ends the previous one.
-        reader = self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS)
-        for batch in reader:
+        return iter(self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS))
+
+    def _stream(
+        self, table: str, columns: str, run: pa.Table, vertices: bool = False
+    ) -> Iterator[pa.Table] | None:
+        """`columns` of `table` (with its alias) for the items of `run`, read in item order
+        without DuckDB's sort, if the table is in that order (`item_order`); else None."""
+        schema = self.con.sql(f"SELECT {columns} FROM {table} LIMIT 0").to_arrow_table().schema
+        return ordered_rows(self, table.split()[0], schema, run, vertices)
+
+    @staticmethod
+    def _rows(batches: Iterator[pa.RecordBatch]) -> Iterator[dict[str, Any]]:
+        for batch in batches:
             yield from batch.to_pylist()
 
-    def _runs(self, sql: str) -> Iterator[dict[str, Any]]:
-        """The rows of `sql` (_pos, _ann, part, then text, or x and y; sorted so), one
-        per run of equal (_pos, _ann, part) in a fetched batch: its texts joined with
+    def _runs(self, batches: Iterator[pa.RecordBatch]) -> Iterator[dict[str, Any]]:
+        """The rows of `batches` (_pos, _ann, part, then text, or x and y; sorted so), one
+        per run of equal (_pos, _ann, part) in a batch: its texts joined with
         ';' by Arrow, or its x, y interleaved in one array (`_merge` joins a run cut
         by a batch's end). In DuckDB, an ordered `string_agg` per group ran out of
         its memory on 200 MB."""
-        reader = self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS)
-        for batch in reader:
+        for batch in batches:
             pos, part = batch.column("_pos").to_numpy(), batch.column("part").to_numpy()
             ann = batch.column("_ann")
             change = (pos[1:] != pos[:-1]) | (part[1:] != part[:-1])
@@ -519,8 +552,8 @@ def _row_group(pf: Any, group: int, columns: Sequence[str], window: tuple | None
 
 
 def _select(columns: Sequence[str] | None, alias: str) -> str:
-    if not columns:
-        return f"{alias}.* EXCLUDE (filename, file_row_number)"
+    if not columns:  # the dataset is the item's
+        return f"{alias}.* EXCLUDE (filename, file_row_number, dataset)"
     return ", ".join(f"{alias}.{c}" for c in columns)
 
 
@@ -536,6 +569,19 @@ def splitext_root_sql(expr: str) -> str:
     """SQL for `posixpath.splitext(expr)[0]`: the path less the extension of its last
     name, where a character other than a dot comes before it (`.profile` has none)."""
     return f"regexp_replace({expr}, '{_SPLITEXT_ROOT}', '\\1')"
+
+
+def _batches(tables: Iterator[pa.Table] | None) -> Iterator[pa.RecordBatch] | None:
+    """Tables as batches of at most `_FETCH_ROWS`, as DuckDB's reader gives them."""
+    if tables is None:
+        return None
+    return (batch for t in tables for batch in t.to_batches(_FETCH_ROWS))
+
+
+def _part_zero(table: pa.Table) -> pa.Table:
+    """Vertices as `_runs` takes them: one without a part in part 0."""
+    i = table.schema.get_field_index("part")
+    return table.set_column(i, "part", pc.fill_null(table.column(i), 0))
 
 
 def _join_text(a: str, b: str) -> str:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import staging as staging_module
-from pipelines.formats._item_spans import item_spans
+from pipelines.item_spans import item_spans
 from pipelines.staging import Staging
 
 

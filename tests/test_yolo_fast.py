@@ -14,8 +14,8 @@ from pipelines import formats, runner
 from pipelines import staging as staging_module
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
-from pipelines.formats._item_spans import item_spans
 from pipelines.formats.base import WriteOptions
+from pipelines.item_spans import item_spans
 from pipelines.runner import convert
 from pipelines.staging import Staging
 from tests.conftest import PEER

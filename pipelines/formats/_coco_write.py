@@ -38,8 +38,8 @@ import pyarrow as pa
 from pipelines.builder import parse_attribute
 from pipelines.formats._coco_fast import ATTRIBUTE_COLUMNS
 from pipelines.formats._fragments import Fragments, Piece
-from pipelines.formats._item_spans import ItemSpans, item_spans
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
+from pipelines.item_spans import ItemSpans, item_spans
 from pipelines.jsonframe import paused_gc
 from pipelines.masks import area as rle_area
 from pipelines.masks import bbox as rle_bbox

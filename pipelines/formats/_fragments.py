@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import IO, Any
 
-from pipelines.formats._per_image import item_run
 from pipelines.formats.base import WriteOptions, WriteTask
+from pipelines.staging import item_run
 from pipelines.storage import Output, copy_stream
 
 MIN_PART_ITEMS = 2048

@@ -139,12 +139,6 @@ def item_groups(staging: Staging, task: WriteTask, **options: Any) -> Iterator[I
     return staging.iter_items(shard=task.shard, shards=task.shards, **options)
 
 
-def item_run(items: int, part: int, parts: int) -> tuple[int, int]:
-    """The items (positions in source order, as `Staging.iter_items(positions=...)`
-    takes them) that part `part` of `parts` writes: runs of near-equal length."""
-    return items * part // parts, items * (part + 1) // parts
-
-
 def rows(staging: Staging, sql: str, batch: int = 10_000) -> Iterator[dict[str, Any]]:
     """Rows of a query as dicts, fetched a batch at a time (index files span every item)."""
     cur = staging.con.cursor()

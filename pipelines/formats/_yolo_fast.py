@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.formats import _per_image as per_image
-from pipelines.formats._item_spans import ItemSpans
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
+from pipelines.item_spans import ItemSpans
 from pipelines.schema import BOX, TABLES, box_stated
-from pipelines.staging import Staging, sql_strings
+from pipelines.staging import Staging, item_run, sql_strings
 from pipelines.storage import Output
 
 ITEMS_PER_BATCH = 8_192
@@ -67,7 +67,7 @@ def shard_count(staging: Staging, options: WriteOptions) -> int | None:
 
 def shard_groups(spans: ItemSpans, shards: int) -> list[list[int]]:
     """For each shard, the annotation row groups that hold its items."""
-    return spans.groups([per_image.item_run(spans.items, k, shards) for k in range(shards)])
+    return spans.groups([item_run(spans.items, k, shards) for k in range(shards)])
 
 
 _DERIVED = (
@@ -174,7 +174,7 @@ def _batches(
     row group's other columns only when it holds one of them (exports often list
     annotations image by image); a stable sort by item then hands out each batch's.
     """
-    rows = per_image.item_run(staging.count_rows("items"), task.shard, task.shards)
+    rows = item_run(staging.count_rows("items"), task.shard, task.shards)
     parts = list(staging.scan("items", item_columns, rows=rows))
     if not parts:
         return

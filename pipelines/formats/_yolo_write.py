@@ -34,8 +34,8 @@ from pipelines.errors import LabelflowError
 from pipelines.formats import _image_sets as image_sets
 from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
-from pipelines.formats._item_spans import item_spans
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
+from pipelines.item_spans import item_spans
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output
 

@@ -10,13 +10,14 @@ off than without this.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.staging import Staging
+if TYPE_CHECKING:
+    from pipelines.staging import Staging
 
 
 class ItemSpans(NamedTuple):
@@ -54,12 +55,12 @@ def item_spans(staging: Staging, table: str) -> ItemSpans:
     windows = staging.item_windows()
     for rows in windows:
         ids = pa.concat_tables(staging.scan("items", ["item_id"], rows=rows)).column("item_id")
-        found = _window_spans(staging, table, ids, rows[0])
+        found = window_spans(staging, table, ids, rows[0])
         spans = found if not spans else [_merge(a, b) for a, b in zip(spans, found, strict=True)]
     return ItemSpans(windows[-1][1] if windows else 0, spans)
 
 
-def _window_spans(
+def window_spans(
     staging: Staging, table: str, ids: pa.ChunkedArray, start: int
 ) -> list[tuple[int, int] | None]:
     """`ItemSpans.spans` for the items `ids` (rows from `start` of the items table).
