@@ -424,7 +424,9 @@ class Staging:
             )
         )
         # The run's items, for the streams read in item order without a sort (`item_order`).
-        run = con.sql("SELECT item_id, _pos FROM _sel ORDER BY _pos").to_arrow_table()
+        run = con.sql(
+            "SELECT item_id, _pos, width, height FROM _sel ORDER BY _pos"
+        ).to_arrow_table()
         a_cols = _select(ann_columns, "a")
         anns = self._rows(
             _batches(self._stream("annotations a", a_cols, run))
@@ -465,7 +467,9 @@ class Staging:
         parts: Iterator[dict[str, Any]] = iter(())
         if part_kinds:
             values = f"{point_text} AS text" if point_text else "p.x, p.y"
-            xy = None if point_text else self._stream("points p", "p.part, p.x, p.y", run, True)
+            xy = self._stream("points p", "p.part, p.x, p.y", run, True)
+            if xy is not None and point_text:
+                xy = self._spelt(xy, point_text, run)
             parts = self._runs(
                 (xy and _batches(map(_part_zero, xy)))
                 or self._query(
@@ -498,6 +502,21 @@ class Staging:
         without DuckDB's sort, if the table is in that order (`item_order`); else None."""
         schema = self.con.sql(f"SELECT {columns} FROM {table} LIMIT 0").to_arrow_table().schema
         return ordered_rows(self, table.split()[0], schema, run, vertices)
+
+    def _spelt(self, tables: Iterator[pa.Table], text: str, run: pa.Table) -> Iterator[pa.Table]:
+        """Vertex tables with x and y replaced by `text`, DuckDB's spelling of a vertex
+        `p` of an item of size `s`, row for row (a positional join)."""
+        cursor = self.con.cursor()
+        positions = run.column("_pos").to_numpy()
+        for table in tables:
+            at = pa.array(np.searchsorted(positions, table.column("_pos").to_numpy()))
+            sizes = run.select(["width", "height"]).take(at)
+            cursor.register("_vertices", table)
+            cursor.register("_sizes", sizes)
+            spelt = cursor.sql(
+                f"SELECT {text} AS text FROM _vertices p POSITIONAL JOIN _sizes s"
+            ).to_arrow_table()
+            yield table.drop_columns(["x", "y"]).append_column("text", spelt.column(0))
 
     @staticmethod
     def _rows(batches: Iterator[pa.RecordBatch]) -> Iterator[dict[str, Any]]:

@@ -93,7 +93,8 @@ def _plain(groups: list) -> list:
     """Groups as plain values: arrays of parts as lists."""
     return [
         (g.item, g.annotations, g.points, g.attributes,
-         {a: {k: v.tolist() for k, v in p.items()} for a, p in g.parts.items()})
+         {a: {k: getattr(v, "tolist", lambda v=v: v)() for k, v in p.items()}
+          for a, p in g.parts.items()})
         for g in groups
     ]  # fmt: skip
 
@@ -108,6 +109,12 @@ _ASKS: list[dict[str, Any]] = [
     {"boxed_vertices": False, "point_columns": ("x", "y")},
     {"vertex_kinds": ("keypoints",), "positions": (20, 60)},
     {"vertex_kinds": (), "boxed_vertices": False},
+    {
+        "part_kinds": ("polygon",),
+        "point_columns": (),
+        "positions": (3, 50),
+        "point_text": "CAST(p.x AS VARCHAR) || ',' || CAST(p.y / s.width AS VARCHAR)",
+    },
 ]
 
 
