@@ -100,18 +100,18 @@ def _ranks(item_ids: pa.ChunkedArray, span: pa.Array) -> pa.ChunkedArray:
     )
 
 
-def _conform(part: pa.Table, schema: pa.Schema, vertices: bool) -> pa.Table:
+def _conform(chunk: pa.Table, schema: pa.Schema, vertices: bool) -> pa.Table:
     """The columns as DuckDB gives them (its types; a column a file lacks as nulls), and
     a vertex's annotation, part and index to order by."""
-    names = part.schema.names
+    names = chunk.schema.names
     arrays = [
-        part.column(f.name).cast(f.type) if f.name in names else pa.nulls(len(part), f.type)
+        chunk.column(f.name).cast(f.type) if f.name in names else pa.nulls(len(chunk), f.type)
         for f in schema
     ]
     out = pa.table(arrays, schema=schema)
     if vertices:
         for name, column in (("_ann", "ann_id"), ("_part", "part"), ("_idx", "idx")):
-            out = out.append_column(name, part.column(column))
+            out = out.append_column(name, chunk.column(column))
     return out
 
 

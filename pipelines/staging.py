@@ -404,8 +404,8 @@ class Staging:
         where = f"WHERE {' AND '.join(conds)}" if conds else ""
         if shards > 1:
             assert positions is None, "a shard is a run of positions"
-            count = con.execute(f"SELECT count(*) FROM items {where}", params).fetchone()
-            positions = item_run(count[0] if count else 0, shard, shards)
+            count = self.scalar(f"SELECT count(*) FROM items {where}", params)
+            positions = item_run(count or 0, shard, shards)
         run = (
             ""
             if positions is None
@@ -471,7 +471,7 @@ class Staging:
             if xy is not None and point_text:
                 xy = self._spelt(xy, point_text, run)
             parts = self._runs(
-                (xy and _batches(map(_part_zero, xy)))
+                (_batches(map(_part_zero, xy)) if xy is not None else None)
                 or self._query(
                     f"SELECT s._pos, p.ann_id AS _ann, coalesce(p.part, 0) AS part, {values} "
                     "FROM points p JOIN _sel s USING (item_id) "
