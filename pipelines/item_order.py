@@ -13,7 +13,7 @@ is sorted on its own. A table whose row groups interleave items is left to DuckD
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,13 +30,23 @@ _VERTEX_ORDER = [(key, "ascending", "at_end") for key in ("_pos", "_ann", "_part
 _SORT_ONLY = ("_part", "_idx")
 
 
+Keep = Callable[[pa.ChunkedArray, int], pa.ChunkedArray]
+"""(a row group's annotation ids, the last position it holds) → which rows to keep."""
+
+
 def ordered_rows(
-    staging: Staging, table: str, schema: pa.Schema, run: pa.Table, vertices: bool = False
+    staging: Staging,
+    table: str,
+    schema: pa.Schema,
+    run: pa.Table,
+    vertices: bool = False,
+    keep: Keep | None = None,
 ) -> Iterator[pa.Table] | None:
     """The rows of `table` whose item is in `run` (`item_id`, `_pos`, in `_pos` order),
     as `schema`'s columns and `_pos`; with `vertices`, also `_ann` (the vertex's
-    annotation) and in annotation, part and index order within an item. None when
-    the table is not in item order, or the run names an item twice."""
+    annotation) and in annotation, part and index order within an item; with `keep`,
+    only the vertices it keeps, a row group's other columns read only if it keeps one.
+    None when the table is not in item order, or the run names an item twice."""
     ids = run.column("item_id")
     if pc.count_distinct(ids).as_py() != len(ids):
         return None
@@ -47,7 +57,7 @@ def ordered_rows(
             if span[0] < last:
                 return None
             groups[number], last = span, span[1]
-    return _read(staging, table, schema, run, groups, vertices)
+    return _read(staging, table, schema, run, groups, vertices, keep)
 
 
 def _read(
@@ -57,6 +67,7 @@ def _read(
     run: pa.Table,
     groups: dict[int, tuple[int, int]],
     vertices: bool,
+    keep: Keep | None,
 ) -> Iterator[pa.Table]:
     ids = run.column("item_id").combine_chunks()
     positions = run.column("_pos").to_numpy()
@@ -65,9 +76,7 @@ def _read(
     # Annotation ids as each row group's dictionary: telling runs apart compares codes.
     coded = ["item_id", "ann_id"] if vertices else ["item_id"]
     held: pa.Table | None = None  # the last item's rows: the next row group may hold more
-    chunks = staging.scan(table, columns, dictionary=coded, groups=groups)
-    for (lo, hi), chunk in zip(groups.values(), chunks, strict=True):
-        ranks = _ranks(chunk.column("item_id"), ids[lo : hi + 1])
+    for lo, chunk, ranks in _chunks(staging, table, columns, coded, groups, ids, positions, keep):
         if ranks.null_count:  # rows of items outside the run
             keep = ranks.is_valid()
             chunk, ranks = chunk.filter(keep), ranks.filter(keep)
@@ -88,6 +97,32 @@ def _read(
             yield _in_order(done, vertices)
     if held is not None:
         yield _in_order(held, vertices)
+
+
+def _chunks(
+    staging: Staging,
+    table: str,
+    columns: list[str],
+    coded: list[str],
+    groups: dict[int, tuple[int, int]],
+    ids: pa.Array,
+    positions: np.ndarray,
+    keep: Keep | None,
+) -> Iterator[tuple[int, pa.Table, pa.ChunkedArray]]:
+    """Each row group's rows with their items' ranks (`_ranks`) and its first rank."""
+    if keep is None:
+        chunks = staging.scan(table, columns, dictionary=coded, groups=groups)
+        for (lo, hi), chunk in zip(groups.values(), chunks, strict=True):
+            yield lo, chunk, _ranks(chunk.column("item_id"), ids[lo : hi + 1])
+        return
+    for number, (lo, hi) in groups.items():
+        [keys] = staging.scan(table, ["item_id", "ann_id"], dictionary=coded, groups=[number])
+        ranks = _ranks(keys.column("item_id"), ids[lo : hi + 1])
+        top = int(positions[lo + int(pc.max(ranks).as_py() or 0)])
+        kept = pc.and_(ranks.is_valid(), keep(keys.column("ann_id"), top))
+        if pc.any(kept).as_py():
+            [chunk] = staging.scan(table, columns, dictionary=coded, groups=[number])
+            yield lo, chunk.filter(kept), ranks.filter(kept)
 
 
 def _ranks(item_ids: pa.ChunkedArray, span: pa.Array) -> pa.ChunkedArray:

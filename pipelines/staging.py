@@ -9,6 +9,7 @@ items and annotations in the order the source had them.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import tempfile
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import LabelflowError
-from pipelines.item_order import ordered_rows
+from pipelines.item_order import Keep, ordered_rows
 from pipelines.schema import BOX, TABLES, conform
 from pipelines.storage import fs_for
 
@@ -454,8 +455,15 @@ class Staging:
         )
         pts: Iterator[dict[str, Any]] = iter(())
         if point_columns != ():
+            vertices, keep = None, None
+            if wanted:  # the vertices of the annotations `wanted` keeps
+                owners = self._stream("annotations a", f"a.ann_id, a.kind, {_BOX}", run)
+                if owners is not None:
+                    keep = _Owners(owners, _wanted_test(part_kinds, boxed_vertices, vertex_kinds))
+            if not wanted or keep is not None:
+                vertices = self._stream("points p", p_cols, run, True, keep)
             pts = self._rows(
-                (None if wanted else _batches(self._stream("points p", p_cols, run, True)))
+                _batches(vertices)
                 or self._query(
                     f"SELECT {p_cols}, p.ann_id AS _ann, s._pos FROM points p "
                     f"JOIN _sel s USING (item_id) {as_row} "
@@ -496,12 +504,17 @@ class Staging:
         return iter(self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS))
 
     def _stream(
-        self, table: str, columns: str, run: pa.Table, vertices: bool = False
+        self,
+        table: str,
+        columns: str,
+        run: pa.Table,
+        vertices: bool = False,
+        keep: Keep | None = None,
     ) -> Iterator[pa.Table] | None:
         """`columns` of `table` (with its alias) for the items of `run`, read in item order
         without DuckDB's sort, if the table is in that order (`item_order`); else None."""
         schema = self.con.sql(f"SELECT {columns} FROM {table} LIMIT 0").to_arrow_table().schema
-        return ordered_rows(self, table.split()[0], schema, run, vertices)
+        return ordered_rows(self, table.split()[0], schema, run, vertices, keep)
 
     def _spelt(self, tables: Iterator[pa.Table], text: str, run: pa.Table) -> Iterator[pa.Table]:
         """Vertex tables with x and y replaced by `text`, DuckDB's spelling of a vertex
@@ -588,6 +601,60 @@ def splitext_root_sql(expr: str) -> str:
     """SQL for `posixpath.splitext(expr)[0]`: the path less the extension of its last
     name, where a character other than a dot comes before it (`.profile` has none)."""
     return f"regexp_replace({expr}, '{_SPLITEXT_ROOT}', '\\1')"
+
+
+_BOX = ", ".join(f"a.{c}" for c in BOX)
+
+
+def _wanted_test(
+    part_kinds: Collection[str], boxed_vertices: bool, vertex_kinds: Collection[str] | None
+) -> Callable[[pa.Table], pa.Array]:
+    """`iter_items`' SQL test of the annotations whose vertices come as rows (`wanted`),
+    for Arrow tables of them (ann_id, kind and the box)."""
+
+    def test(anns: pa.Table) -> pa.Array:
+        kind = anns.column("kind")
+        keep = pc.is_valid(kind) if part_kinds or vertex_kinds is not None else None
+        if part_kinds:
+            keep = pc.and_(keep, pc.invert(pc.is_in(kind, pa.array(list(part_kinds)))))
+        if vertex_kinds is not None:
+            keep = pc.and_(keep, pc.is_in(kind, pa.array(list(vertex_kinds), pa.string())))
+        if not boxed_vertices:
+            boxed = functools.reduce(pc.and_, [pc.is_valid(anns.column(c)) for c in BOX])
+            keep = pc.invert(boxed) if keep is None else pc.and_(keep, pc.invert(boxed))
+        return keep
+
+    return test
+
+
+class _Owners:
+    """`item_order.Keep` for vertices: the annotations `test` keeps, read in item order
+    in step with the vertices. Annotation ids are unique within a dataset, and a row
+    group's items are a few of one dataset."""
+
+    def __init__(self, owners: Iterator[pa.Table], test: Callable[[pa.Table], pa.Array]):
+        self.owners, self.test = owners, test
+        self.kept = pa.table({"ann_id": pa.array([], pa.string()),
+                              "_pos": pa.array([], pa.int64())})  # fmt: skip
+        self.read_to = -1  # the last item whose annotations are all read
+
+    def __call__(self, ann_ids: pa.ChunkedArray, top: int) -> pa.ChunkedArray:
+        while self.read_to < top:
+            anns = next(self.owners, None)
+            if anns is None:
+                self.read_to = top
+                break
+            passed = anns.filter(self.test(anns)).select(["ann_id", "_pos"])
+            self.kept = pa.concat_tables([self.kept, passed])
+            self.read_to = anns.column("_pos")[len(anns) - 1].as_py()
+        wanted = self.kept.column("ann_id")
+        found = pa.chunked_array(
+            [pc.is_in(c.dictionary, value_set=wanted).take(c.indices) for c in ann_ids.chunks],
+            pa.bool_(),
+        )
+        # Later row groups start at `top` or after: what comes before it is done with.
+        self.kept = self.kept.filter(pc.greater_equal(self.kept.column("_pos"), top))
+        return found
 
 
 def _batches(tables: Iterator[pa.Table] | None) -> Iterator[pa.RecordBatch] | None:
