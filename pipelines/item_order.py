@@ -34,22 +34,27 @@ Keep = Callable[[pa.ChunkedArray, int], pa.ChunkedArray]
 """(a row group's annotation ids, the last position it holds) → which rows to keep."""
 
 
-def ordered_rows(
-    staging: Staging,
-    table: str,
-    schema: pa.Schema,
-    run: pa.Table,
-    vertices: bool = False,
-    keep: Keep | None = None,
-) -> Iterator[pa.Table] | None:
-    """The rows of `table` whose item is in `run` (`item_id`, `_pos`, in `_pos` order),
-    as `schema`'s columns and `_pos`; with `vertices`, also `_ann` (the vertex's
-    annotation) and in annotation, part and index order within an item; with `keep`,
-    only the vertices it keeps, a row group's other columns read only if it keeps one.
-    None when the table is not in item order, or the run names an item twice."""
-    ids = run.column("item_id")
-    if pc.count_distinct(ids).as_py() != len(ids):
-        return None
+class Run:
+    """The items of a run (`item_id`, `_pos`, `width`, `height`, in `_pos` order) and, per
+    table, the row groups holding their rows: found once for all of a run's streams."""
+
+    def __init__(self, items: pa.Table) -> None:
+        self.items = items
+        self.ids = items.column("item_id").combine_chunks()
+        self.positions = items.column("_pos").to_numpy()
+        self._unique = pc.count_distinct(self.ids).as_py() == len(self.ids)
+        self._groups: dict[str, dict[int, tuple[int, int]] | None] = {}
+
+    def groups(self, staging: Staging, table: str) -> dict[int, tuple[int, int]] | None:
+        """Row group → the span of the run's items it may hold (`window_spans`), for the
+        row groups holding any; None when they are not in item order, or the run names
+        an item twice."""
+        if table not in self._groups:
+            self._groups[table] = _spans(staging, table, self.ids) if self._unique else None
+        return self._groups[table]
+
+
+def _spans(staging: Staging, table: str, ids: pa.Array) -> dict[int, tuple[int, int]] | None:
     groups: dict[int, tuple[int, int]] = {}
     last = -1
     for number, span in enumerate(window_spans(staging, table, ids, 0)):
@@ -57,29 +62,44 @@ def ordered_rows(
             if span[0] < last:
                 return None
             groups[number], last = span, span[1]
-    return _read(staging, table, schema, run, groups, vertices, keep)
+    return groups
+
+
+def ordered_rows(
+    staging: Staging,
+    table: str,
+    schema: pa.Schema,
+    run: Run,
+    vertices: bool = False,
+    keep: Keep | None = None,
+) -> Iterator[pa.Table] | None:
+    """The rows of `table` whose item is in `run`, as `schema`'s columns and `_pos`; with
+    `vertices`, also `_ann` (the vertex's annotation) and in annotation, part and index
+    order within an item; with `keep`, only the vertices it keeps, a row group's other
+    columns read only if it keeps one. None when the table is not in item order."""
+    groups = run.groups(staging, table)
+    return None if groups is None else _read(staging, table, schema, run, groups, vertices, keep)
 
 
 def _read(
     staging: Staging,
     table: str,
     schema: pa.Schema,
-    run: pa.Table,
+    run: Run,
     groups: dict[int, tuple[int, int]],
     vertices: bool,
     keep: Keep | None,
 ) -> Iterator[pa.Table]:
-    ids = run.column("item_id").combine_chunks()
-    positions = run.column("_pos").to_numpy()
+    positions = run.positions
     extra = ["ann_id", "part", "idx"] if vertices else []
     columns = list(dict.fromkeys(["item_id", *schema.names, *extra]))
     # Annotation ids as each row group's dictionary: telling runs apart compares codes.
     coded = ["item_id", "ann_id"] if vertices else ["item_id"]
     held: pa.Table | None = None  # the last item's rows: the next row group may hold more
-    for lo, chunk, ranks in _chunks(staging, table, columns, coded, groups, ids, positions, keep):
+    for lo, chunk, ranks in _chunks(staging, table, columns, coded, groups, run, keep):
         if ranks.null_count:  # rows of items outside the run
-            keep = ranks.is_valid()
-            chunk, ranks = chunk.filter(keep), ranks.filter(keep)
+            valid = ranks.is_valid()
+            chunk, ranks = chunk.filter(valid), ranks.filter(valid)
         if not len(ranks):
             continue
         pos = positions[ranks.to_numpy() + lo]
@@ -105,24 +125,28 @@ def _chunks(
     columns: list[str],
     coded: list[str],
     groups: dict[int, tuple[int, int]],
-    ids: pa.Array,
-    positions: np.ndarray,
+    run: Run,
     keep: Keep | None,
 ) -> Iterator[tuple[int, pa.Table, pa.ChunkedArray]]:
-    """Each row group's rows with their items' ranks (`_ranks`) and its first rank."""
+    """Each row group's rows with their items' ranks (`_ranks`) and its first rank; with
+    `keep`, only the rows it keeps (`Staging.scan`'s match: item and annotation ids
+    first, the other columns of a row group only where a row is kept)."""
     if keep is None:
         chunks = staging.scan(table, columns, dictionary=coded, groups=groups)
         for (lo, hi), chunk in zip(groups.values(), chunks, strict=True):
-            yield lo, chunk, _ranks(chunk.column("item_id"), ids[lo : hi + 1])
+            yield lo, chunk, _ranks(chunk.column("item_id"), run.ids[lo : hi + 1])
         return
     for number, (lo, hi) in groups.items():
-        [keys] = staging.scan(table, ["item_id", "ann_id"], dictionary=coded, groups=[number])
-        ranks = _ranks(keys.column("item_id"), ids[lo : hi + 1])
-        top = int(positions[lo + int(pc.max(ranks).as_py() or 0)])
-        kept = pc.and_(ranks.is_valid(), keep(keys.column("ann_id"), top))
-        if pc.any(kept).as_py():
-            [chunk] = staging.scan(table, columns, dictionary=coded, groups=[number])
-            yield lo, chunk.filter(kept), ranks.filter(kept)
+        span = run.ids[lo : hi + 1]
+
+        def kept(keys: pa.Table, span: pa.Array = span, lo: int = lo) -> pa.Array:
+            ranks = _ranks(keys.column("item_id"), span)
+            top = int(run.positions[lo + int(pc.max(ranks).as_py() or 0)])
+            return pc.and_(ranks.is_valid(), keep(keys.column("ann_id"), top))
+
+        match = (["item_id", "ann_id"], kept)
+        for chunk in staging.scan(table, columns, dictionary=coded, groups=[number], match=match):
+            yield lo, chunk, _ranks(chunk.column("item_id"), span)
 
 
 def _ranks(item_ids: pa.ChunkedArray, span: pa.Array) -> pa.ChunkedArray:

@@ -9,7 +9,6 @@ items and annotations in the order the source had them.
 
 from __future__ import annotations
 
-import functools
 import os
 import posixpath
 import tempfile
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import LabelflowError
-from pipelines.item_order import Keep, ordered_rows
+from pipelines.item_order import Keep, Run, ordered_rows
 from pipelines.schema import BOX, TABLES, conform
 from pipelines.storage import fs_for
 
@@ -192,7 +191,7 @@ class Staging:
         columns: Sequence[str],
         rows: tuple[int, int] | None = None,
         dictionary: Sequence[str] = (),
-        match: tuple[str, Callable[[pa.ChunkedArray], pa.Array]] | None = None,
+        match: tuple[Sequence[str], Callable[[pa.Table], pa.Array]] | None = None,
         groups: Collection[int] | None = None,
     ) -> Iterator[pa.Table]:
         """The table's `columns` in source order, a row group at a time, read by pyarrow
@@ -200,9 +199,10 @@ class Staging:
 
         `rows`: only rows [start, stop) of the whole table; row groups outside it are
         not read. `dictionary`: string columns kept dictionary-encoded (labels and
-        kinds repeat: a few bytes a row instead of the string). `match`: (column,
-        test): only the rows whose value in that column passes the test (a boolean
-        array); the other columns of a row group are read only when a row passes.
+        kinds repeat: a few bytes a row instead of the string). `match`: (columns,
+        test): only the rows whose values in those columns pass the test (a table of
+        them → a boolean array); the other columns of a row group are read only when
+        a row passes.
         `groups`: only these row groups, numbered across the part files in order.
         """
         import pyarrow.compute as pc
@@ -242,7 +242,7 @@ class Staging:
                     if match is None:
                         yield _row_group(pf, group, columns, window)
                         continue
-                    passed = match[1](_row_group(pf, group, [match[0]], window).column(0))
+                    passed = match[1](_row_group(pf, group, match[0], window))
                     if pc.any(passed).as_py():
                         yield _row_group(pf, group, columns, window).filter(passed)
 
@@ -425,9 +425,8 @@ class Staging:
             )
         )
         # The run's items, for the streams read in item order without a sort (`item_order`).
-        run = con.sql(
-            "SELECT item_id, _pos, width, height FROM _sel ORDER BY _pos"
-        ).to_arrow_table()
+        sizes = "SELECT item_id, _pos, width, height FROM _sel ORDER BY _pos"
+        run = Run(con.sql(sizes).to_arrow_table())
         a_cols = _select(ann_columns, "a")
         anns = self._rows(
             _batches(self._stream("annotations a", a_cols, run))
@@ -459,7 +458,7 @@ class Staging:
             if wanted:  # the vertices of the annotations `wanted` keeps
                 owners = self._stream("annotations a", f"a.ann_id, a.kind, {_BOX}", run)
                 if owners is not None:
-                    keep = _Owners(owners, _wanted_test(part_kinds, boxed_vertices, vertex_kinds))
+                    keep = _Owners(owners, self.con.cursor(), " AND ".join(wanted))
             if not wanted or keep is not None:
                 vertices = self._stream("points p", p_cols, run, True, keep)
             pts = self._rows(
@@ -507,7 +506,7 @@ class Staging:
         self,
         table: str,
         columns: str,
-        run: pa.Table,
+        run: Run,
         vertices: bool = False,
         keep: Keep | None = None,
     ) -> Iterator[pa.Table] | None:
@@ -516,14 +515,13 @@ class Staging:
         schema = self.con.sql(f"SELECT {columns} FROM {table} LIMIT 0").to_arrow_table().schema
         return ordered_rows(self, table.split()[0], schema, run, vertices, keep)
 
-    def _spelt(self, tables: Iterator[pa.Table], text: str, run: pa.Table) -> Iterator[pa.Table]:
+    def _spelt(self, tables: Iterator[pa.Table], text: str, run: Run) -> Iterator[pa.Table]:
         """Vertex tables with x and y replaced by `text`, DuckDB's spelling of a vertex
         `p` of an item of size `s`, row for row (a positional join)."""
         cursor = self.con.cursor()
-        positions = run.column("_pos").to_numpy()
         for table in tables:
-            at = pa.array(np.searchsorted(positions, table.column("_pos").to_numpy()))
-            sizes = run.select(["width", "height"]).take(at)
+            at = pa.array(np.searchsorted(run.positions, table.column("_pos").to_numpy()))
+            sizes = run.items.select(["width", "height"]).take(at)
             cursor.register("_vertices", table)
             cursor.register("_sizes", sizes)
             spelt = cursor.sql(
@@ -606,34 +604,14 @@ def splitext_root_sql(expr: str) -> str:
 _BOX = ", ".join(f"a.{c}" for c in BOX)
 
 
-def _wanted_test(
-    part_kinds: Collection[str], boxed_vertices: bool, vertex_kinds: Collection[str] | None
-) -> Callable[[pa.Table], pa.Array]:
-    """`iter_items`' SQL test of the annotations whose vertices come as rows (`wanted`),
-    for Arrow tables of them (ann_id, kind and the box)."""
-
-    def test(anns: pa.Table) -> pa.Array:
-        kind = anns.column("kind")
-        keep = pc.is_valid(kind) if part_kinds or vertex_kinds is not None else None
-        if part_kinds:
-            keep = pc.and_(keep, pc.invert(pc.is_in(kind, pa.array(list(part_kinds)))))
-        if vertex_kinds is not None:
-            keep = pc.and_(keep, pc.is_in(kind, pa.array(list(vertex_kinds), pa.string())))
-        if not boxed_vertices:
-            boxed = functools.reduce(pc.and_, [pc.is_valid(anns.column(c)) for c in BOX])
-            keep = pc.invert(boxed) if keep is None else pc.and_(keep, pc.invert(boxed))
-        return keep
-
-    return test
-
-
 class _Owners:
-    """`item_order.Keep` for vertices: the annotations `test` keeps, read in item order
-    in step with the vertices. Annotation ids are unique within a dataset, and a row
-    group's items are a few of one dataset."""
+    """`item_order.Keep` for vertices: the annotations that pass `condition` (the SQL
+    test of `iter_items`' semi-join, on `a`), read in item order in step with the
+    vertices. Annotation ids are unique within a dataset, and a row group's items are a
+    few of one dataset."""
 
-    def __init__(self, owners: Iterator[pa.Table], test: Callable[[pa.Table], pa.Array]):
-        self.owners, self.test = owners, test
+    def __init__(self, owners: Iterator[pa.Table], cursor: Any, condition: str) -> None:
+        self.owners, self.cursor, self.condition = owners, cursor, condition
         self.kept = pa.table({"ann_id": pa.array([], pa.string()),
                               "_pos": pa.array([], pa.int64())})  # fmt: skip
         self.read_to = -1  # the last item whose annotations are all read
@@ -644,7 +622,10 @@ class _Owners:
             if anns is None:
                 self.read_to = top
                 break
-            passed = anns.filter(self.test(anns)).select(["ann_id", "_pos"])
+            self.cursor.register("_owners", anns)
+            passed = self.cursor.sql(
+                f"SELECT ann_id, _pos FROM _owners a WHERE {self.condition}"
+            ).to_arrow_table()
             self.kept = pa.concat_tables([self.kept, passed])
             self.read_to = anns.column("_pos")[len(anns) - 1].as_py()
         wanted = self.kept.column("ann_id")

@@ -188,7 +188,7 @@ def test_staging_scan_reads_what_duckdb_reads_in_the_same_order(tmp_path: Path) 
             "annotations",
             columns,
             dictionary=["label"],
-            match=("item_id", lambda values: pc.is_in(values, value_set=wanted)),
+            match=(["item_id"], lambda rows: pc.is_in(rows.column(0), value_set=wanted)),
         )
     )
     assert all(pa.types.is_dictionary(t.schema.field("label").type) for t in picked)

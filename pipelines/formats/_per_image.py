@@ -448,7 +448,7 @@ def class_names(staging: Staging, sources: tuple[str, ...], key: str) -> list[st
     """
     given: dict[str, int] = {}
     columns = ["owner_kind", "key", "source", "owner_id", "value"]
-    for part in staging.scan("attributes", columns, match=("owner_kind", _is_label)):
+    for part in staging.scan("attributes", columns, match=(["owner_kind"], _is_label)):
         for _, k, source, owner, value in zip(*part.to_pydict().values(), strict=True):
             label = owner.removeprefix("label:")
             if k == key and source in sources and label not in given and _is_int(value):
@@ -466,8 +466,8 @@ def class_names(staging: Staging, sources: tuple[str, ...], key: str) -> list[st
     return [by_id.get(n, f"class_{n}") for n in range(top + 1)]
 
 
-def _is_label(owner_kind: pa.ChunkedArray) -> pa.ChunkedArray:
-    return pc.equal(owner_kind, "label")
+def _is_label(rows: pa.Table) -> pa.ChunkedArray:
+    return pc.equal(rows.column("owner_kind"), "label")
 
 
 def _is_int(value: Any) -> bool:

@@ -186,7 +186,7 @@ def _batches(
         "annotations",
         _ANN_COLUMNS,
         dictionary=_DICTIONARY_COLUMNS,
-        match=("item_id", lambda values: pc.is_in(values, value_set=ids)),
+        match=(["item_id"], lambda t: pc.is_in(t.column(0), value_set=ids)),
         groups=wanted[task.shard] if wanted else None,
     ):
         pos = pc.index_in(part.column("item_id"), value_set=ids)
