@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import re
 from collections.abc import Iterable, Iterator
 from datetime import timezone
 from email.utils import format_datetime
 from typing import Any
 
-import numpy as np
 import orjson
 
 from pipelines.builder import parse_attribute
@@ -453,11 +453,13 @@ def _geometry(a, g: ItemGroup, layout, sx: float, sy: float) -> dict[str, Any]:
         raise ValueError("no vertices")
     # Divided as each coordinate was (x / sx): the same floats. A vertex without
     # coordinates comes as NaN.
-    rings = [parts[k].reshape(-1, 2) / (sx, sy) for k in sorted(parts)]
-    if any(np.isnan(ring).any() for ring in rings):
+    flat = [(parts[k].reshape(-1, 2) / (sx, sy)).ravel().tolist() for k in sorted(parts)]
+    # A NaN makes the sum NaN (so does inf - inf: then the vertices are looked at).
+    if any(math.isnan(sum(f)) and any(map(math.isnan, f)) for f in flat):
         raise ValueError("a vertex without coordinates")
-    flat = [ring.ravel().tolist() for ring in rings]
-    vertices = {str(i): {"x": x, "y": y} for i, (x, y) in enumerate(rings[0].tolist())}
+    first = flat[0]
+    xy = zip(_vertex_keys(len(first) // 2), first[0::2], first[1::2], strict=True)
+    vertices = {key: {"x": x, "y": y} for key, x, y in xy}
     if kind == "point":
         return {"point": {"0": vertices["0"]}}
     if kind == "polyline":
@@ -468,3 +470,13 @@ def _geometry(a, g: ItemGroup, layout, sx: float, sy: float) -> dict[str, Any]:
         polygons.append(flat[at : at + n])
         at += n
     return {"polygon": layout.get("polygon") or vertices, "polygons": polygons}
+
+
+_KEYS: list[str] = []
+
+
+def _vertex_keys(n: int) -> list[str]:
+    """Encord's keys of `n` vertices, "0" to str(n - 1), spelt once a process."""
+    if n > len(_KEYS):
+        _KEYS.extend(map(str, range(len(_KEYS), n)))
+    return _KEYS[:n]
