@@ -374,7 +374,7 @@ class Staging:
         with_attributes: bool = True,
         positions: tuple[int, int] | None = None,
         part_kinds: Collection[str] = (),
-        point_text: str | None = None,
+        point_text: Callable[[pa.RecordBatch], pa.Array] | None = None,
         boxed_vertices: bool = True,
         vertex_kinds: Collection[str] | None = None,
     ) -> Iterator[ItemGroup]:
@@ -388,8 +388,8 @@ class Staging:
         task's over all of them. Only the listed columns are fetched.
 
         With `part_kinds`, vertices also come a row per part (`ItemGroup.parts`): as
-        arrays, or as text where `point_text`, an SQL expression over a vertex `p` and
-        its item's size (`s.width`, `s.height`), spells a vertex as the writer does;
+        arrays, or as text where `point_text`, given vertices (`x`, `y`) and their items'
+        sizes (`width`, `height`) as a batch, spells each vertex as the writer does;
         `points` then holds only the vertices of annotations of other kinds.
         Without `boxed_vertices`, it leaves out those of annotations that state their
         box (all four `BOX` columns), for a writer that reads the box alone; with
@@ -474,18 +474,20 @@ class Staging:
         # part 0 (`_merge` puts it after part 0's own).
         parts: Iterator[dict[str, Any]] = iter(())
         if part_kinds:
-            values = f"{point_text} AS text" if point_text else "p.x, p.y"
             xy = self._stream("points p", "p.part, p.x, p.y", run, True)
-            if xy is not None and point_text:
-                xy = self._spelt(xy, point_text, run)
-            parts = self._runs(
-                (_batches(map(_part_zero, xy)) if xy is not None else None)
-                or self._query(
-                    f"SELECT s._pos, p.ann_id AS _ann, coalesce(p.part, 0) AS part, {values} "
-                    "FROM points p JOIN _sel s USING (item_id) "
+            sizes = ", s.width, s.height" if point_text else ""
+            batches = (
+                _batches(_sized(t, run) if point_text else t for t in map(_part_zero, xy))
+                if xy is not None
+                else self._query(
+                    f"SELECT s._pos, p.ann_id AS _ann, coalesce(p.part, 0) AS part, p.x, p.y"
+                    f"{sizes} FROM points p JOIN _sel s USING (item_id) "
                     "ORDER BY s._pos, p.ann_id, p.part, p.idx"
                 )
             )
+            if point_text:
+                batches = (_spelt(b, point_text) for b in batches)
+            parts = self._runs(batches)
         attrs = (
             self._rows(
                 _batches(self._stream("attributes t", _select(None, "t"), run))
@@ -515,20 +517,6 @@ class Staging:
         without DuckDB's sort, if the table is in that order (`item_order`); else None."""
         schema = self.con.sql(f"SELECT {columns} FROM {table} LIMIT 0").to_arrow_table().schema
         return ordered_rows(self, table.split()[0], schema, run, vertices, keep)
-
-    def _spelt(self, tables: Iterator[pa.Table], text: str, run: Run) -> Iterator[pa.Table]:
-        """Vertex tables with x and y replaced by `text`, DuckDB's spelling of a vertex
-        `p` of an item of size `s`, row for row (a positional join)."""
-        cursor = self.con.cursor()
-        for table in tables:
-            at = pa.array(np.searchsorted(run.positions, table.column("_pos").to_numpy()))
-            sizes = run.items.select(["width", "height"]).take(at)
-            cursor.register("_vertices", table)
-            cursor.register("_sizes", sizes)
-            spelt = cursor.sql(
-                f"SELECT {text} AS text FROM _vertices p POSITIONAL JOIN _sizes s"
-            ).to_arrow_table()
-            yield table.drop_columns(["x", "y"]).append_column("text", spelt.column(0))
 
     @staticmethod
     def _rows(batches: Iterator[pa.RecordBatch]) -> Iterator[dict[str, Any]]:
@@ -650,6 +638,21 @@ def _batches(tables: Iterator[pa.Table] | None) -> Iterator[pa.RecordBatch] | No
     if tables is None:
         return None
     return (batch for t in tables for batch in t.to_batches(_FETCH_ROWS))
+
+
+def _sized(vertices: pa.Table, run: Run) -> pa.Table:
+    """Vertices with their items' `width` and `height` (from the run, by position)."""
+    at = pa.array(np.searchsorted(run.positions, vertices.column("_pos").to_numpy()))
+    sizes = run.items.select(["width", "height"]).take(at)
+    return pa.Table.from_arrays(
+        [*vertices.columns, *sizes.columns], [*vertices.schema.names, *sizes.schema.names]
+    )
+
+
+def _spelt(vertices: pa.RecordBatch, text: Callable[[pa.RecordBatch], pa.Array]) -> pa.RecordBatch:
+    """The vertices with `x`, `y`, `width` and `height` replaced by their `text`."""
+    spelt = text(vertices)
+    return vertices.drop_columns(["x", "y", "width", "height"]).append_column("text", spelt)
 
 
 def _part_zero(table: pa.Table) -> pa.Table:

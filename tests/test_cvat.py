@@ -461,26 +461,30 @@ def test_a_mask_s_box_found_from_its_rle_is_the_one_its_pixels_give() -> None:
         assert got == (None if expected is None else tuple(int(v) for v in expected)), ann
 
 
-def test_vertex_text_from_duckdb_is_what_the_writer_formats() -> None:
-    """`num_sql` (vertices, formatted by DuckDB) and `_num` (boxes, in Python) must
-    spell every number alike: on every magnitude, at the rounding edges, and -0,
-    NaN and the infinities."""
-    import duckdb
+def test_vertex_text_spelt_by_arrays_is_what_the_writer_formats() -> None:
+    """Vertices (spelt a batch at a time by numpy, `_vertex_text`) and boxes (`_num`, a
+    number at a time in Python) must spell every number alike: on every magnitude, at
+    the rounding edges and exact ties, past exact integers, -0, NaN and the infinities."""
     import pyarrow as pa
 
     rng = np.random.default_rng(9)
     edges = [0.0, -0.0, 5e-7, -5e-7, np.nextafter(-5e-7, -1), np.nextafter(-5e-7, 1), -4.9e-7,
-             1234.5678905, 0.1234565, 1e15, np.nan, np.inf, -np.inf]  # fmt: skip
+             1234.5678905, 0.1234565, 0.9999995, 4503599627.370496, 1e15, 1e300, 5e-324,
+             np.nan, np.inf, -np.inf]  # fmt: skip
     values = np.concatenate([
         rng.random(50_000) * 4000,
         np.round(rng.random(20_000) * 4000, 2),
         rng.integers(-5000, 5000, 20_000).astype(float),
         10.0 ** rng.uniform(-9, 15, 20_000) * rng.choice([-1, 1], 20_000),
+        np.arange(-20_000, 20_000) / 128,  # ties at the seventh decimal
         edges,
     ])  # fmt: skip
-    vertices = pa.table({"x": values})  # noqa: F841 - DuckDB reads it by name
-    got = [r[0] for r in duckdb.sql(f"SELECT {_cvat_write.num_sql('x')} FROM vertices").fetchall()]
-    assert got == [_cvat_write._num(v) for v in values.tolist()]
+    ys = rng.permutation(values)
+    got = _cvat_write._vertex_text(pa.record_batch({"x": values, "y": ys})).to_pylist()
+    want = [f"{_cvat_write._num(x)},{_cvat_write._num(y)}" for x, y in zip(values, ys, strict=True)]
+    assert got == want
+    with_null = pa.record_batch({"x": [1.0, None, 2.5], "y": [0.5, 1.0, None]})
+    assert _cvat_write._vertex_text(with_null).to_pylist() == ["1,0.5", None, None]
 
 
 def test_a_mask_decoded_in_its_box_is_the_box_of_the_decoded_image() -> None:

@@ -113,7 +113,11 @@ _ASKS: list[dict[str, Any]] = [
         "part_kinds": ("polygon",),
         "point_columns": (),
         "positions": (3, 50),
-        "point_text": "CAST(p.x AS VARCHAR) || ',' || CAST(p.y / s.width AS VARCHAR)",
+        "point_text": lambda v: pc.binary_join_element_wise(
+            v["x"].cast(pa.string()),
+            pc.divide(v["y"], v["width"].cast(pa.float64())).cast(pa.string()),
+            ",",
+        ),
     },
 ]
 

@@ -123,7 +123,11 @@ def test_point_text_joins_each_part_s_vertices_as_the_vertex_rows_give_them(
         lose = pc.and_(pc.is_in(points["idx"], pa.array([0, 1])), pc.equal(points["part"], 2))
         part = pc.if_else(lose, pa.scalar(None, points["part"].type), points["part"])
         pq.write_table(points.set_column(points.schema.get_field_index("part"), "part", part), path)
-    text = "CAST(p.x AS VARCHAR) || ',' || CAST(p.y AS VARCHAR)"
+
+    def text(v: pa.RecordBatch) -> pa.Array:
+        xy = zip(v["x"].to_pylist(), v["y"].to_pylist(), strict=True)
+        return pa.array([f"{x},{y}" for x, y in xy])
+
     staging = Staging(str(staged))
     [by_vertex] = staging.iter_items(point_columns=("part", "x", "y"))
     [by_part] = staging.iter_items(point_columns=(), part_kinds=("polygon",), point_text=text)
@@ -166,7 +170,7 @@ def test_a_vertex_without_coordinates_is_named_not_written_as_text(tmp_path: Pat
     pq.write_table(points.set_column(points.schema.get_field_index("x"), "x", pa.array(x)), path)
     owner = points["ann_id"][3].as_py()
     texts = Staging(str(staged)).iter_items(
-        point_columns=(), part_kinds=("polygon",), point_text="CAST(p.x AS VARCHAR)"
+        point_columns=(), part_kinds=("polygon",), point_text=lambda v: v["x"].cast(pa.string())
     )
     with pytest.raises(LabelflowError, match=f"annotation '{owner}' has a vertex without"):
         list(texts)

@@ -419,11 +419,10 @@ def test_a_server_that_cannot_be_reached_is_asked_once_per_task(
     assert asked == [items[0]["media_uri"], items[3]["media_uri"]]
 
 
-def test_segment_vertex_text_from_duckdb_is_what_the_writer_formats() -> None:
-    """A segment polygon's vertices are spelled by DuckDB (`_SEGMENT_TEXT`), boxes'
+def test_segment_vertex_text_spelt_by_arrays_is_what_the_writer_formats() -> None:
+    """A segment polygon's vertices are spelt a batch at a time (`_segment_text`), boxes'
     corners in Python (`_coords`): alike on every magnitude, at the rounding edges,
     -0, NaN and the infinities; empty for an item without a size."""
-    import duckdb
     import numpy as np
     import pyarrow as pa
 
@@ -436,9 +435,8 @@ def test_segment_vertex_text_from_duckdb_is_what_the_writer_formats() -> None:
     sizes = rng.integers(1, 5000, len(xs))
     widths, heights = sizes.copy(), sizes[::-1].copy()
     widths[:50], heights[50:100] = 0, 0  # no size: no lines
-    vertices = pa.table({"x": xs, "y": ys, "width": widths, "height": heights})  # noqa: F841
-    sql = _yolo_write._SEGMENT_TEXT.replace("p.", "v.").replace("s.", "v.")
-    got = [r[0] for r in duckdb.sql(f"SELECT {sql} FROM vertices v").fetchall()]
+    vertices = pa.record_batch({"x": xs, "y": ys, "width": widths, "height": heights})
+    got = _yolo_write._segment_text(vertices).to_pylist()
     expected = [
         _yolo_write._coords([(x, y)], float(w), float(h)) if w and h else ""
         for x, y, w, h in zip(
@@ -446,3 +444,16 @@ def test_segment_vertex_text_from_duckdb_is_what_the_writer_formats() -> None:
         )
     ]
     assert got == expected
+    gaps = pa.record_batch(
+        {"x": [None, None, 1.0], "y": [1.0, 1.0, 1.0], "width": [2, 0, None], "height": [2, 2, 2]},
+        schema=pa.schema(
+            [
+                ("x", pa.float64()),
+                ("y", pa.float64()),
+                ("width", pa.int32()),
+                ("height", pa.int32()),
+            ]
+        ),
+    )
+    # A vertex without coordinates has no text (the writer names it); no size, no line.
+    assert _yolo_write._segment_text(gaps).to_pylist() == [None, "", ""]

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from lxml import etree
 
 from pipelines import masks
@@ -36,6 +37,7 @@ from pipelines.formats._fragments import (
 )
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.grouping import IntGroups
+from pipelines.numtext import fixed, fixed_rows
 from pipelines.skeleton import flags, point_owner
 from pipelines.staging import ItemGroup, Staging
 
@@ -44,24 +46,20 @@ _NOT_WRITTEN = "annotations with no CVAT shape not written ({kind})"
 
 
 def _num(v: float) -> str:
-    text = f"{v:.6f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    return fixed(v, trim=True)
 
 
-def num_sql(column: str) -> str:
-    """`_num` as DuckDB SQL, the same text (a test compares them on every magnitude).
-    What rounds to zero is written as 0 first: printf would keep its sign."""
-    zeroed = f"CASE WHEN {column} >= -5e-7 AND {column} <= 0 THEN 0.0 ELSE {column} END"
-    return f"rtrim(rtrim(printf('%.6f', {zeroed}), '0'), '.')"
+def _vertex_text(vertices: pa.RecordBatch) -> pa.Array:
+    return fixed_rows([vertices.column("x"), vertices.column("y")], ",", trim=True)
 
 
 _POINTS = {
     "point_columns": ("part", "idx", "x", "y", "name", "visibility"),
     "part_kinds": ("polygon", "polyline", "points", "point"),
-    "point_text": f"{num_sql('p.x')} || ',' || {num_sql('p.y')}",
+    "point_text": _vertex_text,
 }
 """Skeletons and cuboids read their vertices one by one; the other shapes their parts'
-"x,y;x,y..." as DuckDB formats and joins them: a dict and two formatted numbers
+"x,y;x,y..." spelt a whole batch at a time (`fixed_rows`): a dict and two formatted numbers
 per vertex were half the writer's time (staging 200 MB → CVAT XML)."""
 
 

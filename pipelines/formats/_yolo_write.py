@@ -36,6 +36,7 @@ from pipelines.formats import _per_image as per_image
 from pipelines.formats import _yolo_fast
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
 from pipelines.item_spans import item_spans
+from pipelines.numtext import fixed, fixed_rows
 from pipelines.staging import ItemGroup, Staging
 from pipelines.storage import Output
 
@@ -300,17 +301,18 @@ def _item_groups(staging: Staging, task: WriteTask):
         with_attributes=False,
         # Polygons of a segment dataset come a line's text per part (`_Lines._polygon`).
         part_kinds=("polygon",) if segment else (),
-        point_text=_SEGMENT_TEXT,
+        point_text=_segment_text,
     )
 
 
-_SEGMENT_TEXT = (
-    "CASE WHEN s.width <> 0 AND s.height <> 0 THEN printf('%.6f', p.x / s.width) || ' ' || "
-    "printf('%.6f', p.y / s.height) ELSE '' END"
-)
-"""A vertex of a segment line as `_coords` spells it (a test compares them); an item
-without a size has no lines (`_has_size`). Formatting every vertex in Python, from a
-dict per vertex, was most of a segment write."""
+def _segment_text(vertices: pa.RecordBatch) -> pa.Array:
+    """A vertex of a segment line as `_coords` spells it (a test compares them); an item
+    without a size has no lines (`_has_size`). Formatting every vertex in Python, from a
+    dict per vertex, was most of a segment write."""
+    w, h = (pc.cast(vertices.column(c), pa.float64()) for c in ("width", "height"))
+    x, y = pc.divide(vertices.column("x"), w), pc.divide(vertices.column("y"), h)
+    sized = pc.fill_null(pc.and_(pc.not_equal(w, 0), pc.not_equal(h, 0)), False)
+    return pc.if_else(sized, fixed_rows([x, y], " "), "")
 
 
 def corners(x: float, y: float, w: float, h: float, angle: float) -> list[tuple[float, float]]:
@@ -388,18 +390,14 @@ class _Lines:
                 out.append("0 0 0")
                 continue
             vis = p.get("visibility")
-            out.append(f"{_n(p['x'] / w)} {_n(p['y'] / h)} {2 if vis is None else int(vis)}")
+            out.append(f"{fixed(p['x'] / w)} {fixed(p['y'] / h)} {2 if vis is None else int(vis)}")
         return " ".join(out)
-
-
-def _n(v: float) -> str:
-    return f"{v:.6f}"
 
 
 def _centre(box: tuple[float, ...], w: float, h: float) -> str:
     x, y, bw, bh = box
-    return f"{_n((x + bw / 2) / w)} {_n((y + bh / 2) / h)} {_n(bw / w)} {_n(bh / h)}"
+    return f"{fixed((x + bw / 2) / w)} {fixed((y + bh / 2) / h)} {fixed(bw / w)} {fixed(bh / h)}"
 
 
 def _coords(points: list[tuple[float, float]], w: float, h: float) -> str:
-    return " ".join(f"{_n(x / w)} {_n(y / h)}" for x, y in points)
+    return " ".join(f"{fixed(x / w)} {fixed(y / h)}" for x, y in points)
