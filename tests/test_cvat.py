@@ -469,7 +469,7 @@ def test_vertex_text_spelt_by_arrays_is_what_the_writer_formats() -> None:
 
     rng = np.random.default_rng(9)
     edges = [0.0, -0.0, 5e-7, -5e-7, np.nextafter(-5e-7, -1), np.nextafter(-5e-7, 1), -4.9e-7,
-             1234.5678905, 0.1234565, 0.9999995, 4503599627.370496, 1e15, 1e300, 5e-324,
+             1234.5678905, 0.1234565, 0.9999995, 1.5e9, 4503599627.370496, 1e15, 1e300, 5e-324,
              np.nan, np.inf, -np.inf]  # fmt: skip
     values = np.concatenate([
         rng.random(50_000) * 4000,
@@ -483,6 +483,9 @@ def test_vertex_text_spelt_by_arrays_is_what_the_writer_formats() -> None:
     got = _cvat_write._vertex_text(pa.record_batch({"x": values, "y": ys})).to_pylist()
     want = [f"{_cvat_write._num(x)},{_cvat_write._num(y)}" for x, y in zip(values, ys, strict=True)]
     assert got == want
+    # Whole parts of ten digits that fit 32-bit integers, alone in a batch.
+    large = pa.record_batch({"x": [1.5e9, 2e9 + 0.125], "y": [3.25, -0.0]})
+    assert _cvat_write._vertex_text(large).to_pylist() == ["1500000000,3.25", "2000000000.125,0"]
     with_null = pa.record_batch({"x": [1.0, None, 2.5], "y": [0.5, 1.0, None]})
     assert _cvat_write._vertex_text(with_null).to_pylist() == ["1,0.5", None, None]
 
