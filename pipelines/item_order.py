@@ -150,13 +150,17 @@ def _chunks(
 
 
 def _ranks(item_ids: pa.ChunkedArray, span: pa.Array) -> pa.ChunkedArray:
-    """Each row's item as its index in `span` (null: not there), from the row group's
-    dictionary: an id is looked up once, not once a row, among the few ids the row group
-    may hold (`window_spans`), not among the whole run's."""
-    return pa.chunked_array(
-        [pc.index_in(c.dictionary, value_set=span).take(c.indices) for c in item_ids.chunks],
-        pa.int32(),
-    )
+    """Each row's item as its index in `span` (null: not there), among the few ids the
+    row group may hold (`window_spans`), not among the whole run's."""
+    return per_entry(item_ids, lambda ids: pc.index_in(ids, value_set=span), pa.int32())
+
+
+def per_entry(
+    coded: pa.ChunkedArray, compute: Callable[[pa.Array], pa.Array], out_type: pa.DataType
+) -> pa.ChunkedArray:
+    """`compute` of a dictionary-encoded column's values, computed once a dictionary
+    entry (a row group's ids repeat a row each) and handed to each row."""
+    return pa.chunked_array([compute(c.dictionary).take(c.indices) for c in coded.chunks], out_type)
 
 
 def _conform(chunk: pa.Table, schema: pa.Schema, vertices: bool) -> pa.Table:

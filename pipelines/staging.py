@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import LabelflowError
-from pipelines.item_order import Keep, Run, ordered_rows
+from pipelines.item_order import Keep, Run, ordered_rows, per_entry
 from pipelines.schema import BOX, TABLES, conform
 from pipelines.storage import fs_for
 
@@ -624,10 +624,7 @@ class _Owners:
             self.kept = pa.concat_tables([self.kept, passed])
             self.read_to = anns.column("_pos")[len(anns) - 1].as_py()
         wanted = self.kept.column("ann_id")
-        found = pa.chunked_array(
-            [pc.is_in(c.dictionary, value_set=wanted).take(c.indices) for c in ann_ids.chunks],
-            pa.bool_(),
-        )
+        found = per_entry(ann_ids, lambda ids: pc.is_in(ids, value_set=wanted), pa.bool_())
         # Later row groups start at `top` or after: what comes before it is done with.
         self.kept = self.kept.filter(pc.greater_equal(self.kept.column("_pos"), top))
         return found
