@@ -1,23 +1,29 @@
 """Where a run's tasks execute: inline, on a local pool of worker processes, or on
 a Dask cluster.
 
-A local pool forks its workers from a `forkserver` that has imported the engine
-once (threads would serialize on the GIL; `fork` after DuckDB's or Polars'
-threads have started is unsafe). This module imports neither pyarrow nor the
-engine, so the command line can start that forkserver (`prepare`) before it
-imports them itself: the two imports then overlap.
+The calling process runs tasks beside its pool's workers (`Executor._shared`): a
+run on N workers has N - 1 worker processes. Several fork from a `forkserver` that
+has imported the engine once and shares it with them (threads would serialize on
+the GIL; `fork` after DuckDB's or Polars' threads have started is unsafe). A single
+worker is spawned: a forkserver would be one more process holding the same imports,
+shared with nobody. This module imports neither pyarrow nor the engine, so the
+command line can start a forkserver (`prepare`) before it imports them itself: the
+two imports then overlap.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import importlib
 import os
+import queue
 import select
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from concurrent import futures
 from typing import Any
 
 from pipelines import memory
@@ -27,9 +33,9 @@ Progress = Callable[[int, int, str], None]
 """Called as progress(done, total, what) after each task."""
 
 ENGINE = ("__main__", "pipelines.runner")
-"""What the forkserver imports before it forks a worker: the caller's main module
-first (every worker would otherwise import the CLI's typer and rich again after the
-fork), then the engine."""
+"""What a worker imports before its first task (a forkserver, before it forks one):
+the caller's main module first (every forked worker would otherwise import the CLI's
+typer and rich again after the fork), then the engine."""
 
 WARM_NOW_BYTES = 32 << 20
 """A single source file this large starts the local pool at once, not `WARM_AFTER_S`
@@ -52,7 +58,8 @@ def _sized(url: str) -> str:
 
 
 def prepare(kind: str, workers: int | None, sources: Sequence[str]) -> None:
-    """Start the forkserver of a local pool now, if the run is likely to have one.
+    """Start the forkserver of a local pool now, if the run is likely to have one
+    (`_start_method`).
 
     For a caller that has not imported the engine yet (the command line): the
     forkserver's imports and the caller's then run side by side, where the pool
@@ -61,7 +68,7 @@ def prepare(kind: str, workers: int | None, sources: Sequence[str]) -> None:
     ends first). A small file starts nothing. Remote sources are not asked: a
     request each would delay the start for what the runner decides anyway.
     """
-    if kind != "local" or _worker_count(workers) < 2:
+    if kind != "local" or _start_method(_worker_count(workers)) != "forkserver":
         return
     local = [url for url in sources if "://" not in url or url.startswith("file://")]
     if not any(_sized(url) in ("big", "folder") for url in local):
@@ -75,6 +82,11 @@ def prepare(kind: str, workers: int | None, sources: Sequence[str]) -> None:
 
 def _worker_count(workers: int | None) -> int:
     return max(1, workers or os.cpu_count() or 1)
+
+
+def _start_method(workers: int) -> str:
+    """How a run on `workers` starts its pool's processes (`workers` - 1 of them)."""
+    return "spawn" if workers <= 2 else "forkserver"
 
 
 def _adopt_environment(env: dict[str, str]) -> None:
@@ -95,7 +107,8 @@ def _start_worker(env: dict[str, str], modules: Sequence[str], temp: str, caller
     _adopt_environment(env)
     tempfile.tempdir = temp  # the caller's: it removes its own temporary folder
     _end_with(caller)
-    # What a forkserver started earlier (`prepare`, another run) did not preload.
+    # Everything, when spawned; else what a forkserver started earlier (`prepare`,
+    # another run) did not preload.
     for name in modules:
         importlib.import_module(name)
     memory.use_system_allocator()
@@ -128,8 +141,8 @@ def _ready() -> None:
 
 WARM_AFTER_S = 0.25
 """Start a local pool this long after the executor is made unless it is used or closed
-before: planning a big source (framing a large JSON file) takes longer, and the
-forkserver imports the engine (about a second) meanwhile; a small run that ends
+before: planning a big source (framing a large JSON file) takes longer, and the pool's
+first process imports the engine (about a second) meanwhile; a small run that ends
 up inline never pays for a pool."""
 
 
@@ -169,10 +182,11 @@ class Executor:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(self.preload)  # unless it runs already (`prepare`)
+            ctx = multiprocessing.get_context(_start_method(self.workers))
+            if ctx.get_start_method() == "forkserver":
+                ctx.set_forkserver_preload(self.preload)  # unless it runs already (`prepare`)
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers,
+                max_workers=self._pool_size,
                 mp_context=ctx,
                 initializer=_start_worker,
                 initargs=(dict(os.environ), self.preload, tempfile.gettempdir(), os.getpid()),
@@ -190,8 +204,13 @@ class Executor:
             return
         with contextlib.suppress(Exception):  # a pool closed meanwhile: nothing to warm
             pool = self._local_pool()
-            for fut in [pool.submit(_ready) for _ in range(self.workers)]:
+            for fut in [pool.submit(_ready) for _ in range(self._pool_size)]:
                 fut.result()
+
+    @property
+    def _pool_size(self) -> int:
+        """A local pool's workers: this process is the run's other one (`_shared`)."""
+        return self.workers - 1
 
     @property
     def started(self) -> bool:
@@ -211,8 +230,9 @@ class Executor:
         what: str,
         place: str = "auto",
     ) -> Iterable:
-        """`place`: "auto" runs a single call inline and more on the pool; "pool" and
-        "inline" say where, whatever the number (one worker is always inline)."""
+        """`place`: "auto" runs a single call inline and more on the pool and here;
+        "pool" and "inline" say where, whatever the number (one worker is always
+        inline)."""
         total = len(calls)
         if self._pool is None:
             self._settled.set()  # inline, or a pool made now: no warming needed any more
@@ -226,36 +246,65 @@ class Executor:
                 if progress:
                     progress(i + 1, total, what)
             return
-        from concurrent.futures import as_completed, wait
+        yield from self._shared(fn, calls, progress, what, here=place != "pool")
 
+    def _shared(
+        self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str, here: bool
+    ) -> Iterable:
+        """The calls on the pool's workers and, with `here`, in this process too: each
+        takes the next call as soon as it is free. This process would otherwise sit
+        idle beside a worker of its own, the same engine imported (COCO → YOLO, 200 MB,
+        2 workers: RSS of the tree 403 → ~300 MB). Results come in call order, each as
+        soon as it and those before it are done, and are let go of: a big write's
+        results (the files of every task) would otherwise pile up in this process until
+        the last task ends (35 MB on 1 GB → YOLO)."""
         pool = self._local_pool()
-        futures: list[Any] = []
-        done: set[int] = set()
-        first = 0  # the first result not yet handed out
-        # In submission order, each as soon as it and those before it are done, and
-        # let go of: a big write's results (the files of every task) would otherwise
-        # pile up in this process until the last task ends (35 MB on 1 GB → YOLO).
+        todo = collections.deque(enumerate(calls))
+        taking = threading.Lock()
+        finished: queue.SimpleQueue = queue.SimpleQueue()  # (index, future) from the pool
+        stopping = threading.Event()
+
+        def take() -> tuple[int, tuple] | None:
+            with taking:
+                return todo.popleft() if todo and not stopping.is_set() else None
+
+        def feed() -> None:  # one a worker: hands it the next call once it is done with one
+            while (call := take()) is not None:
+                try:
+                    fut = pool.submit(fn, *call[1])
+                    futures.wait([fut])
+                except BaseException as exc:  # a stop, a broken pool: the caller raises it
+                    fut = futures.Future()
+                    fut.set_exception(exc)
+                finished.put((call[0], fut))
+
+        feeders = [threading.Thread(target=feed, daemon=True) for _ in range(self._pool_size)]
+        for feeder in feeders:
+            feeder.start()
+        results: dict[int, Any] = {}
+        count = 0
         try:
             # Handed out within the `try`: a stop meanwhile ends the tasks already running,
             # which would go on writing into an output their caller then removes.
-            for args in calls:
-                futures.append(pool.submit(fn, *args))
-            order = {fut: i for i, fut in enumerate(futures)}
-            for n, fut in enumerate(as_completed(futures), 1):
-                if progress:
-                    progress(n, total, what)
-                done.add(order.pop(fut))
-                while first in done:
-                    done.discard(first)
-                    result, futures[first] = futures[first].result(), None
-                    first += 1
-                    yield result
+            for first in range(len(calls)):
+                while first not in results:
+                    call = take() if here else None
+                    if call is not None:
+                        results[call[0]] = fn(*call[1])
+                    else:
+                        i, fut = finished.get()
+                        results[i] = fut.result()
+                    count += 1
+                    if progress:
+                        progress(count, len(calls), what)
+                yield results.pop(first)
         except (KeyboardInterrupt, SystemExit):  # a stop (Ctrl-C, a signal): not after the tasks
             self.stop()
             raise
         finally:  # stopped early (a failure): no task may outlive the call
-            rest = [f for f in futures if f is not None and not f.cancel()]
-            wait(rest)
+            stopping.set()
+            for feeder in feeders:
+                feeder.join()
 
     def _dask(self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str):
         from distributed import Client, as_completed

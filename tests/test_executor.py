@@ -27,24 +27,6 @@ def test_a_single_call_runs_inline_unless_the_run_has_a_pool() -> None:
         ex.close()
 
 
-def test_writing_from_staging_keeps_duckdb_out_of_the_calling_process(tmp_path: Path) -> None:
-    """Planning a write that queries DuckDB (COCO's) runs on a worker; counting the
-    staged rows reads footers: DuckDB never loads in the calling process."""
-    staged = tmp_path / "staged"
-    source = PEER / "coco_instances" / "coco_instances"
-    assert convert([str(source)], "parquet", str(staged), workers=1).ok
-    code = (
-        "import sys\n"
-        "from pipelines.runner import convert\n"
-        f"report = convert([{str(staged)!r}], 'coco', {str(tmp_path / 'coco')!r}, workers=2)\n"
-        "assert report.ok and report.files, report\n"
-        "print('duckdb' in sys.modules)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
-
-
 def test_a_small_run_writes_without_starting_a_pool(tmp_path: Path, monkeypatch) -> None:
     """The read ran inline and the write is small: a pool would cost more than it saves."""
 
@@ -78,11 +60,30 @@ def _sleep_then_touch(path: str, seconds: float) -> str:
     return path
 
 
+def _pid_after(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_two_workers_are_this_process_and_one_spawned_worker() -> None:
+    """The calling process takes calls too; a pool of one is spawned, not forked from
+    a forkserver that would hold the same imports beside it."""
+    ex = Executor("local", 2)
+    try:
+        pids = list(ex.map(_pid_after, [(0.2,)] * 6, None, "test"))
+        workers = list(ex._pool._processes.values())
+        assert len(workers) == 1
+        assert set(pids) == {os.getpid(), workers[0].pid}
+        assert type(workers[0]).__name__ == "SpawnProcess"
+    finally:
+        ex.close()
+
+
 def test_results_in_order_and_no_task_outlives_an_early_stop(tmp_path: Path) -> None:
     """Results come in submission order as soon as they can (a run's results are not
     held until its last task ends); a caller that stops early (a failure) gets control
     back only when no task can still write."""
-    ex = Executor("local", 2)
+    ex = Executor("local", 3)
     try:
         ex.warm_now()
         calls = [(str(tmp_path / str(i)), s) for i, s in enumerate([0.3, 0.0, 0.0, 0.0, 0.6])]
@@ -160,12 +161,14 @@ def test_the_command_line_starts_the_forkserver_before_it_imports_the_engine(
         "heavy = [m for m in ('pyarrow', 'pipelines.runner') if m in sys.modules]\n"
         f"executor.prepare('local', 1, [{str(tmp_path)!r}])\n"
         "alone = forkserver._forkserver._forkserver_pid\n"
-        f"executor.prepare('local', 2, [{str(tmp_path / 'missing.json')!r}])\n"
-        "small = forkserver._forkserver._forkserver_pid\n"
         f"executor.prepare('local', 2, [{str(tmp_path)!r}])\n"
-        "print(heavy, alone, small, forkserver._forkserver._forkserver_pid is not None)\n"
+        "spawned = forkserver._forkserver._forkserver_pid\n"
+        f"executor.prepare('local', 3, [{str(tmp_path / 'missing.json')!r}])\n"
+        "small = forkserver._forkserver._forkserver_pid\n"
+        f"executor.prepare('local', 3, [{str(tmp_path)!r}])\n"
+        "print(heavy, alone, spawned, small, forkserver._forkserver._forkserver_pid is not None)\n"
     )
-    assert _run_python(code) == "[] None None True"
+    assert _run_python(code) == "[] None None None True"
 
 
 def _imported(name: str) -> bool:
@@ -176,8 +179,8 @@ def test_workers_import_what_a_forkserver_started_earlier_did_not_preload() -> N
     code = (
         "from pipelines import executor\n"
         "from tests.test_executor import _imported\n"
-        "executor.prepare('local', 2, ['.'])\n"
-        "ex = executor.Executor('local', 2, preload=['duckdb'])\n"
+        "executor.prepare('local', 3, ['.'])\n"
+        "ex = executor.Executor('local', 3, preload=['duckdb'])\n"
         "ex.warm_now()\n"
         "print(ex.call(_imported, 'duckdb'))\n"
         "ex.close()\n"

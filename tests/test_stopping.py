@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -29,8 +30,8 @@ def slow_sources(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return sources
 
 
-def _start(sources: list[str], out: Path, temp: Path) -> subprocess.Popen:
-    """`labelflow convert` to Open Images on two workers, in a process group of its own,
+def _start(sources: list[str], out: Path, temp: Path, workers: int = 2) -> subprocess.Popen:
+    """`labelflow convert` to Open Images on `workers`, in a process group of its own,
     its temporary files under `temp`; it returns once the write has begun."""
     out.mkdir()
     (out / "kept.txt").write_text("the previous output")
@@ -39,7 +40,7 @@ def _start(sources: list[str], out: Path, temp: Path) -> subprocess.Popen:
     assert command is not None
     args = [command, "convert", *sources, "--to", "open_images", "--out", str(out)]
     run = subprocess.Popen(
-        [*args, "--workers", "2", "-q"],
+        [*args, "--workers", str(workers), "-q"],
         env={**os.environ, "TMPDIR": str(temp)},
         stderr=subprocess.PIPE,
         text=True,
@@ -92,12 +93,18 @@ def test_a_stop_signal_ends_the_run_and_leaves_nothing_behind(
     assert list(temp.iterdir()) == []
 
 
-def test_workers_end_with_a_run_killed_outright(slow_sources: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("workers", "processes"),
+    [(2, 3), (3, 5)],  # the command, the resource tracker, [a forkserver,] 1 or 2 workers
+)
+def test_workers_end_with_a_run_killed_outright(
+    workers: int, processes: int, slow_sources: list[str], tmp_path: Path
+) -> None:
     """SIGKILL (or the OOM killer) gives the run no chance to clean up; its workers
-    and their forkserver still end instead of waiting for tasks forever."""
+    (and their forkserver) still end instead of waiting for tasks forever."""
     out, temp = tmp_path / "out", tmp_path / "tmp"
-    run = _start(slow_sources, out, temp)
-    assert len(_running(run.pid)) >= 4  # the command, the forkserver and two workers
+    run = _start(slow_sources, out, temp, workers)
+    assert len(_running(run.pid)) == processes
     os.kill(run.pid, signal.SIGKILL)
     run.communicate(timeout=30)
     assert _wait_until_gone(run.pid) == []
@@ -130,32 +137,25 @@ def test_a_stop_during_the_commit_waits_for_its_end(tmp_path: Path, monkeypatch)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_stop_while_tasks_are_submitted_ends_those_already_running(
+def _stopped_in_the_caller(*args: object) -> object:
+    """A write task; in the calling process, a stop signal arrives (its SystemExit)
+    once the pool's worker has had time to begin a task of its own."""
+    from pipelines import runner
+
+    if multiprocessing.parent_process() is None:
+        time.sleep(1)
+        raise SystemExit(128 + signal.SIGTERM)
+    return runner.run_write_task(*args)
+
+
+def test_a_stop_in_the_caller_leaves_no_task_of_the_pool_writing(
     slow_sources: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A stop (a signal's SystemExit) while the write's tasks are being handed to the
-    pool: the ones already running would go on writing into the output being removed,
-    and leave its folder behind."""
-    from pipelines import executor, runner
+    """A stop while the calling process runs a task of its own: the worker's task
+    would go on writing into the output being removed, and leave its folder behind."""
+    from pipelines import runner
 
-    real = executor.Executor._local_pool
-
-    def stopping_pool(self: executor.Executor) -> object:
-        pool = real(self)
-
-        class Submitting:
-            writes = 0
-
-            def submit(self, fn, *args):
-                if fn is runner.run_write_task:
-                    Submitting.writes += 1
-                    if Submitting.writes == 3:
-                        raise SystemExit(128 + signal.SIGTERM)
-                return pool.submit(fn, *args)
-
-        return Submitting()
-
-    monkeypatch.setattr(executor.Executor, "_local_pool", stopping_pool)
+    monkeypatch.setattr(runner, "run_write_task", _stopped_in_the_caller)
     with pytest.raises(SystemExit):
         runner.convert(slow_sources, "open_images", str(tmp_path / "out"), workers=2)
     time.sleep(3)  # what a task still running would write by now
