@@ -282,21 +282,28 @@ class Executor:
         for feeder in feeders:
             feeder.start()
         results: dict[int, Any] = {}
-        count = 0
+        done = 0
+
+        def settle(i: int, result: Any) -> None:
+            nonlocal done
+            results[i] = result
+            done += 1
+            if progress:
+                progress(done, len(calls), what)
+
         try:
             # Handed out within the `try`: a stop meanwhile ends the tasks already running,
             # which would go on writing into an output their caller then removes.
             for first in range(len(calls)):
                 while first not in results:
-                    call = take() if here else None
-                    if call is not None:
-                        results[call[0]] = fn(*call[1])
-                    else:
+                    # The pool's results before a call of our own: held back, they piled
+                    # up while this process had calls left (1 GB → YOLO: 410k file names).
+                    call = take() if here and finished.empty() else None
+                    if call is None:
                         i, fut = finished.get()
-                        results[i] = fut.result()
-                    count += 1
-                    if progress:
-                        progress(count, len(calls), what)
+                        settle(i, fut.result())
+                    else:
+                        settle(call[0], fn(*call[1]))
                 yield results.pop(first)
         except (KeyboardInterrupt, SystemExit):  # a stop (Ctrl-C, a signal): not after the tasks
             self.stop()

@@ -79,6 +79,25 @@ def test_two_workers_are_this_process_and_one_spawned_worker() -> None:
         ex.close()
 
 
+def _started_at(seconds: float) -> float:
+    started = time.time()
+    time.sleep(seconds)
+    return started
+
+
+def test_results_come_while_the_calling_process_still_has_calls_to_take() -> None:
+    """Held back while this process had calls left, every result of a big write (the
+    file names of each task) piled up here until the last call began."""
+    ex = Executor("local", 2)
+    try:
+        ex.call(os.getpid)  # the pool's worker is up
+        results = ex.map(_started_at, [(0.2,)] * 8, None, "test")
+        first_out = (next(results), time.time())[1]
+        assert first_out < max([*results])
+    finally:
+        ex.close()
+
+
 def test_results_in_order_and_no_task_outlives_an_early_stop(tmp_path: Path) -> None:
     """Results come in submission order as soon as they can (a run's results are not
     held until its last task ends); a caller that stops early (a failure) gets control
