@@ -104,6 +104,7 @@ def _adopt_environment(env: dict[str, str]) -> None:
 
 
 def _start_worker(env: dict[str, str], modules: Sequence[str], temp: str, caller: int) -> None:
+    memory.one_heap()  # before `_end_with` starts a thread
     _adopt_environment(env)
     tempfile.tempdir = temp  # the caller's: it removes its own temporary folder
     _end_with(caller)

@@ -116,6 +116,32 @@ def test_a_padded_heap_keeps_its_top_between_batches() -> None:
     assert _glibc_run(_CHURN, "padded") * 4 < _glibc_run(_CHURN, "default")
 
 
+_ARENAS = """
+import ctypes, os, sys, tempfile, threading
+from pipelines import memory
+if sys.argv[1] == "one":
+    memory.one_heap()
+def work():
+    kept = [bytearray(100_000) for _ in range(20)]  # malloc'd, not Python's small blocks
+    del kept
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+with tempfile.TemporaryFile() as f:  # malloc_stats writes to stderr
+    saved = os.dup(2)
+    os.dup2(f.fileno(), 2)
+    ctypes.CDLL(None).malloc_stats()
+    os.dup2(saved, 2)
+    f.seek(0)
+    print(f.read().count(b"Arena "))
+"""
+
+
+def test_one_heap_keeps_every_threads_blocks_in_one_arena() -> None:
+    assert _glibc_run(_ARENAS, "one") == 1
+    assert _glibc_run(_ARENAS, "default") > 1
+
+
 @pytest.mark.parametrize(("target", "threshold"), [("coco", 4 << 20), ("yolo", 128 * 1024)])
 def test_write_tasks_map_blocks_from_their_formats_size(
     tmp_path, monkeypatch, target: str, threshold: int
