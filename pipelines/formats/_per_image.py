@@ -230,9 +230,20 @@ def colliding_stems(staging: Staging, per_subset: bool) -> set[tuple[str | None,
         keys.append(pa.table({"s": subsets, "k": pc.utf8_lower(stems)}))
     if not keys:
         return set()
-    counts = pa.concat_tables(keys).group_by(["s", "k"]).aggregate([([], "count_all")])
-    twice = counts.filter(pc.greater(counts.column("count_all"), 1))
-    return set(zip(twice.column("s").to_pylist(), twice.column("k").to_pylist(), strict=True))
+    # Sorted, a key that repeats is equal to the one before it. A `group_by` held a
+    # third as much again (staging 1 GB, 410k items: +71-80 MB vs +25-28 MB, and
+    # 0.33-0.39 s vs 0.27-0.30 s), in a plan whose other scans run beside it.
+    table = pa.concat_tables(keys).combine_chunks()
+    del keys
+    table = table.take(pc.sort_indices(table, [("s", "ascending"), ("k", "ascending")]))
+    s, k = table.column("s"), table.column("k")
+    repeats = table.slice(1).filter(pc.and_(_same(k[1:], k[:-1]), _same(s[1:], s[:-1])))
+    return set(zip(repeats.column("s").to_pylist(), repeats.column("k").to_pylist(), strict=True))
+
+
+def _same(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Element-wise equality where two nulls are the same (items without a subset)."""
+    return pc.fill_null(pc.equal(a, b), pc.and_(pc.is_null(a), pc.is_null(b)))
 
 
 def output_stem(
