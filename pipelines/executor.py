@@ -218,11 +218,6 @@ class Executor:
         """Whether the run has a pool of workers, or asked for one."""
         return self._pool is not None or self._wanted
 
-    def call(self, fn: Callable, *args: Any) -> Any:
-        """One call: on a worker if the run has a pool (what it imports stays there),
-        else inline; a run too small for a pool does not start one for this."""
-        return next(iter(self.map(fn, [args], None, "", "pool" if self.started else "inline")))
-
     def map(
         self,
         fn: Callable,
@@ -232,8 +227,7 @@ class Executor:
         place: str = "auto",
     ) -> Iterable:
         """`place`: "auto" runs a single call inline and more on the pool and here;
-        "pool" and "inline" say where, whatever the number (one worker is always
-        inline)."""
+        "inline" runs them all here (as does one worker)."""
         total = len(calls)
         if self._pool is None:
             self._settled.set()  # inline, or a pool made now: no warming needed any more
@@ -247,13 +241,13 @@ class Executor:
                 if progress:
                     progress(i + 1, total, what)
             return
-        yield from self._shared(fn, calls, progress, what, here=place != "pool")
+        yield from self._shared(fn, calls, progress, what)
 
     def _shared(
-        self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str, here: bool
+        self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str
     ) -> Iterable:
-        """The calls on the pool's workers and, with `here`, in this process too: each
-        takes the next call as soon as it is free. This process would otherwise sit
+        """The calls on the pool's workers and in this process: each takes the next call
+        as soon as it is free. This process would otherwise sit
         idle beside a worker of its own, the same engine imported (COCO → YOLO, 200 MB,
         2 workers: RSS of the tree 403 → ~300 MB). Results come in call order, each as
         soon as it and those before it are done, and are let go of: a big write's
@@ -299,7 +293,7 @@ class Executor:
                 while first not in results:
                     # The pool's results before a call of our own: held back, they piled
                     # up while this process had calls left (1 GB → YOLO: 410k file names).
-                    call = take() if here and finished.empty() else None
+                    call = take() if finished.empty() else None
                     if call is None:
                         i, fut = finished.get()
                         settle(i, fut.result())

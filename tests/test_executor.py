@@ -16,17 +16,6 @@ from pipelines.runner import convert
 from tests.conftest import PEER
 
 
-def test_a_single_call_runs_inline_unless_the_run_has_a_pool() -> None:
-    ex = Executor("local", 2)
-    try:
-        assert ex.call(os.getpid) == os.getpid()
-        assert ex._pool is None  # a run too small for a pool does not start one for it
-        ex.warm_now()
-        assert ex.call(os.getpid) != os.getpid()
-    finally:
-        ex.close()
-
-
 def test_a_small_run_writes_without_starting_a_pool(tmp_path: Path, monkeypatch) -> None:
     """The read ran inline and the write is small: a pool would cost more than it saves."""
 
@@ -90,7 +79,7 @@ def test_results_come_while_the_calling_process_still_has_calls_to_take() -> Non
     file names of each task) piled up here until the last call began."""
     ex = Executor("local", 2)
     try:
-        ex.call(os.getpid)  # the pool's worker is up
+        ex._local_pool().submit(os.getpid).result()  # the pool's worker is up
         results = ex.map(_started_at, [(0.2,)] * 8, None, "test")
         first_out = (next(results), time.time())[1]
         assert first_out < max([*results])
@@ -106,7 +95,7 @@ def test_results_in_order_and_no_task_outlives_an_early_stop(tmp_path: Path) -> 
     try:
         ex.warm_now()
         calls = [(str(tmp_path / str(i)), s) for i, s in enumerate([0.3, 0.0, 0.0, 0.0, 0.6])]
-        results = ex.map(_sleep_then_touch, calls, None, "test", "pool")
+        results = ex.map(_sleep_then_touch, calls, None, "test")
         assert next(results) == calls[0][0]  # the second call finished first
         results.close()
         finished = {p.name for p in tmp_path.iterdir()}
@@ -114,29 +103,6 @@ def test_results_in_order_and_no_task_outlives_an_early_stop(tmp_path: Path) -> 
         assert {p.name for p in tmp_path.iterdir()} == finished
     finally:
         ex.close()
-
-
-def test_a_staged_write_without_duckdb_is_planned_while_the_pool_starts(
-    tmp_path: Path, monkeypatch
-) -> None:
-    """A staged source leaves the pool starting: a writer that needs no DuckDB plans in
-    this process meanwhile; one that queries DuckDB plans on a worker, keeping DuckDB
-    out of this process. Counting a staged source reads footers, here."""
-    staged = tmp_path / "staged"
-    source = PEER / "coco_instances" / "coco_instances"
-    assert convert([str(source)], "parquet", str(staged), workers=1).ok
-    called: list[str] = []
-    real = Executor.call
-
-    def call(self, fn, *args):
-        called.append(fn.__name__)
-        return real(self, fn, *args)
-
-    monkeypatch.setattr(Executor, "call", call)
-    assert convert([str(staged)], "yolo", str(tmp_path / "yolo"), workers=2).ok
-    assert called == []
-    assert convert([str(staged)], "coco", str(tmp_path / "coco"), workers=2).ok
-    assert called == ["plan_write"]
 
 
 @pytest.mark.parametrize(("big", "first"), [(1, "warm"), (1 << 40, "plan")])
@@ -201,7 +167,7 @@ def test_workers_import_what_a_forkserver_started_earlier_did_not_preload() -> N
         "executor.prepare('local', 3, ['.'])\n"
         "ex = executor.Executor('local', 3, preload=['duckdb'])\n"
         "ex.warm_now()\n"
-        "print(ex.call(_imported, 'duckdb'))\n"
+        "print(ex._local_pool().submit(_imported, 'duckdb').result())\n"
         "ex.close()\n"
     )
     assert _run_python(code) == "True"
