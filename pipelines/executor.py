@@ -247,12 +247,12 @@ class Executor:
         self, fn: Callable, calls: list[tuple], progress: Progress | None, what: str
     ) -> Iterable:
         """The calls on the pool's workers and in this process: each takes the next call
-        as soon as it is free. This process would otherwise sit
-        idle beside a worker of its own, the same engine imported (COCO → YOLO, 200 MB,
-        2 workers: RSS of the tree 403 → ~300 MB). Results come in call order, each as
-        soon as it and those before it are done, and are let go of: a big write's
-        results (the files of every task) would otherwise pile up in this process until
-        the last task ends (35 MB on 1 GB → YOLO)."""
+        as soon as it is free. This process would otherwise sit idle beside a worker of
+        its own, the same engine imported (COCO → YOLO, 200 MB, 2 workers: RSS of the
+        tree 403 → 298 MB). Results come in call order, each as soon as it and those
+        before it are done, and are let go of: a big write's results (the files of
+        every task) would otherwise pile up in this process until the last task ends
+        (35 MB on 1 GB → YOLO)."""
         pool = self._local_pool()
         todo = collections.deque(enumerate(calls))
         taking = threading.Lock()
@@ -301,6 +301,7 @@ class Executor:
                         settle(call[0], fn(*call[1]))
                 yield results.pop(first)
         except (KeyboardInterrupt, SystemExit):  # a stop (Ctrl-C, a signal): not after the tasks
+            stopping.set()  # before the workers end: no call is handed to a broken pool
             self.stop()
             raise
         finally:  # stopped early (a failure): no task may outlive the call
