@@ -39,12 +39,12 @@ def main() -> None:
 def run() -> int:
     """Run the command line; its exit code.
 
-    Arrow's allocator and glibc's heap are settled first (`memory.settle_before_pyarrow`,
-    `memory.one_heap`). Every
-    temporary file of the run, its workers' included (staging, DuckDB's spill),
-    goes into one folder of its own, removed at the end however the run ends: a
-    stop signal unwinds the run as an exception would (the destination is left as
-    it was), and the exit code says which signal (128 + its number).
+    Arrow's allocator and glibc's heap are settled first
+    (`memory.settle_before_pyarrow`, `memory.one_heap`). Every temporary file of the
+    run, its workers' included (staging, DuckDB's spill), goes into one folder of its
+    own, removed at the end however the run ends: a stop signal unwinds the run as an
+    exception would (the destination is left as it was), and the exit code says which
+    signal (128 + its number).
     """
     memory.settle_before_pyarrow()
     memory.one_heap()
