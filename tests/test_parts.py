@@ -16,7 +16,7 @@ import pytest
 from pipelines import formats
 from pipelines.formats import _datumaro_write, _encord_write, _fragments, mot, mots
 from pipelines.formats._mot import frame_stem
-from pipelines.formats.base import WriteOptions
+from pipelines.formats.base import WriteOptions, WriteTask
 from pipelines.runner import convert
 from pipelines.schema import TABLES
 from pipelines.staging import Staging, splitext_root_sql
@@ -136,6 +136,36 @@ def test_datumaro_subset_is_split_unless_two_items_want_one_id(
     assert convert([str(staged)], "datumaro", str(out), workers=1, write_options=options).ok
     doc = json.loads(next((out / "annotations").iterdir()).read_bytes())
     assert [i["id"] for i in doc["items"]] == ids
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+@pytest.mark.parametrize(
+    "chunks",
+    [[[], [b"a"], [], [b"b", b"c"]], [[b"a", b"b"], [], [b"c"], []], [[], [], [], []]],
+    ids=["first-empty", "last-empty", "all-empty"],
+)
+def test_joined_parts_give_one_tasks_bytes_in_any_order_they_finish(
+    chunks: list[list[bytes]], where: str, tmp_path: Path
+) -> None:
+    """Part 0 begins the file (renamed into place on a local disk, copied elsewhere); `lead`
+    comes before the first chunk of any part, `sep` between two."""
+
+    def write(name: str, order: list[int]) -> bytes:
+        url = str(tmp_path / name) if where == "local" else f"memory://joined/{name}"
+        out = Output(url)
+        for k in order:
+            task = WriteTask("itag", None, k, len(chunks))
+            frame = lambda: (b"<", b">")  # noqa: E731
+            _fragments.write_joined(task, out, "x.txt", chunks[k], frame, lead=b"[", sep=b",")
+        out.commit()
+        data = out.fs.cat_file(f"{out.final}/x.txt")
+        out.fs.rm(out.final, recursive=True)
+        return data
+
+    flat = [c for part in chunks for c in part]
+    expected = b"<" + (b"[" + b",".join(flat) if flat else b"") + b">"
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        assert write(f"o{''.join(map(str, order))}", order) == expected
 
 
 def test_a_single_file_output_keeps_its_fragments_beside_it_until_the_run_ends(

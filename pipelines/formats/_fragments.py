@@ -15,6 +15,7 @@ and `write_joined` writes a file of one chunk per item (or row) that way.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -122,18 +123,33 @@ class Fragments:
         """Delete the fragments (joined, or not wanted after all)."""
         self.out.fs.rm(self.dir, recursive=True)
 
+    def extend(self, piece: str) -> IO[bytes]:
+        """The file, begun by `piece`'s fragment of part 0 (which wrote all that goes
+        before it), open for the rest. On a local disk that fragment is renamed into
+        place, not copied: staged 200 MB → Encord, 729 MB in two parts, copied whole
+        in 0.8–0.9 s while the other worker sat idle."""
+        first, path = self._path(piece, 0), self.out.path(self.name)
+        if self.out.local:
+            os.replace(first, path)
+            return open(path, "ab")
+        f = self.out.open(self.name)
+        self.copy(piece, 0, f)
+        return f
+
+    def copy(self, piece: str, part: int, f: IO[bytes]) -> None:
+        """Append `piece`'s fragment of `part` to `f`."""
+        with self.out.fs.open(self._path(piece, part), "rb") as src:
+            copy_stream(src, f)
+
     def _copy_piece(self, piece: Piece, f: IO[bytes]) -> None:
-        fs = self.out.fs
         first = True
         for k in range(self.parts):
-            path = self._path(piece.name, k)
-            if not fs.size(path):
+            if not self.out.fs.size(self._path(piece.name, k)):
                 continue
             if not first:
                 f.write(piece.sep)
             first = False
-            with fs.open(path, "rb") as src:
-                copy_stream(src, f)
+            self.copy(piece.name, k, f)
 
 
 def write_joined(
@@ -149,8 +165,9 @@ def write_joined(
 ) -> list[bytes] | None:
     """Write the task's chunks into the file `name`: the head `frame()` gives, then `lead`
     if any part has a chunk, the chunks of every part in order with `sep` between two,
-    then the tail. The last part to finish joins the file, and only it calls `frame`;
-    it gets every part's `info` (in part order), the others None."""
+    then the tail. The first part writes the head, the last part to finish joins the
+    file (`Fragments.extend`); it gets every part's `info` (in part order), the others
+    None."""
     if task.shards == 1:  # the file itself, not a fragment copied into it
         head, tail = frame()
         with out.open(name) as f:
@@ -159,14 +176,23 @@ def write_joined(
             f.write(tail)
         return [info]
     fragments = Fragments(out, name, task.shards)
+    first = task.shard == 0
     with fragments.open("chunks", task.shard) as f:
-        written = _write_chunks(f, chunks, sep)
+        if first:
+            f.write(frame()[0])
+        written = _write_chunks(f, chunks, sep, lead if first else b"")
     infos = fragments.finish(task.shard, (b"1" if written else b"0") + info)
     if infos is None:
         return None
-    head, tail = frame()
-    wrote = any(i[:1] == b"1" for i in infos)
-    fragments.join([head, lead if wrote else b"", Piece("chunks", sep), tail])
+    wrote = infos[0][:1] == b"1"
+    with fragments.extend("chunks") as f:
+        for k in range(1, task.shards):
+            if infos[k][:1] == b"1":
+                f.write(sep if wrote else lead)
+                fragments.copy("chunks", k, f)
+                wrote = True
+        f.write(frame()[1])
+    fragments.drop()
     return [i[1:] for i in infos]
 
 
