@@ -61,12 +61,14 @@ class ReadTask:
     def uri(self) -> str:
         return self.source.uri(self.member)
 
-    def builder(self, source_format: str | None = None) -> BatchBuilder:
+    def builder(self, source_format: str | None = None, share: int = 1) -> BatchBuilder:
+        """`share`: batches of `batch_rows / share` rows, for a reader whose rows cost more
+        memory than time until they are flushed."""
         return BatchBuilder(
             self.options.dataset,
             source_format or self.format,
             self.uri,
-            batch_rows=self.options.batch_rows,
+            batch_rows=max(1, self.options.batch_rows // share),
             on_error=self.options.on_error,
             boxed_vertices=self.options.boxed_vertices,
         )
