@@ -53,7 +53,7 @@ ONE_TASK_BYTES = 16 << 20
 BATCH_SHARE = 2
 """COCO's batches hold half the rows of others': most rows are vertices (13 an
 annotation on the 200 MB corpus), held as Python floats until the batch is flushed.
-COCO → YOLO, 200 MB, 2 workers: tree RSS 266–273 → 256–261 MB, the same time (six
+COCO → YOLO, 200 MB, 2 workers: tree RSS 266–273 → 252–261 MB, the same time (ten
 alternating pairs); an iTAG read, whose batches cost more each, took 30% longer so."""
 
 _KNOWN = {
