@@ -140,11 +140,14 @@ def encode_placed(sub: np.ndarray, left: int, top: int, height: int, width: int)
     w = max(0, min(sub.shape[1], width - left))
     columns = np.zeros((w, h + 2), dtype=np.int8)  # a zero above and below each column
     columns[:, 1:-1] = sub[:h, :w].T != 0
-    step = np.diff(columns, axis=1)
-    column, first = np.nonzero(step == 1)
-    last = np.nonzero(step == -1)[1]  # in the same order: each run's end after its start
-    at = (left + column) * height + top
-    starts, ends = at + first, at + last
+    step = np.diff(columns, axis=1)  # +1 where a run starts, -1 where it has ended
+    # Column by column, a start then its end, in turn: one pass over the flat steps,
+    # where two 2-D `nonzero` calls (a start's, an end's) were 60% of an Encord
+    # bitmask's time (5,608 masks of staging 200 MB: 1.07 s of 1.73).
+    edge = np.flatnonzero(step)
+    column, row = np.divmod(edge, h + 1)
+    at = (left + column) * height + top + row
+    starts, ends = at[0::2], at[1::2]
     joined = starts[1:] == ends[:-1]
     if joined.any():
         starts = starts[np.concatenate([[True], ~joined])]
