@@ -150,12 +150,14 @@ def test_joined_parts_give_one_tasks_bytes_in_any_order_they_finish(
     """Part 0 begins the file (renamed into place on a local disk, copied elsewhere); `lead`
     comes before the first chunk of any part, `sep` between two."""
 
+    def frame() -> tuple[bytes, bytes]:
+        return b"<", b">"
+
     def write(name: str, order: list[int]) -> bytes:
         url = str(tmp_path / name) if where == "local" else f"memory://joined/{name}"
         out = Output(url)
         for k in order:
             task = WriteTask("itag", None, k, len(chunks))
-            frame = lambda: (b"<", b">")  # noqa: E731
             _fragments.write_joined(task, out, "x.txt", chunks[k], frame, lead=b"[", sep=b",")
         out.commit()
         data = out.fs.cat_file(f"{out.final}/x.txt")

@@ -131,7 +131,7 @@ class Fragments:
         first, path = self._path(piece, 0), self.out.path(self.name)
         if self.out.local:
             os.replace(first, path)
-            return open(path, "ab")
+            return self.out.open_path(path, "ab")
         f = self.out.open(self.name)
         self.copy(piece, 0, f)
         return f
