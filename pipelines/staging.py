@@ -13,7 +13,8 @@ import os
 import posixpath
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import LabelflowError
-from pipelines.item_order import Keep, Run, ordered_rows, per_entry
+from pipelines.item_order import Keep, Run, item_rows, ordered_rows, per_entry, select_run
+from pipelines.item_spans import ItemSpans, item_spans
 from pipelines.schema import BOX, TABLES, conform
 from pipelines.storage import fs_for
 
 if TYPE_CHECKING:
     import duckdb
+
+_REMEMBERED: dict[str, dict[Hashable, Any]] = {}
+"""`Staging.remembered`: token → key → what was made."""
 
 _FETCH_ROWS = 8_192
 """Rows `iter_items` takes from each of its four streams at a time, each row a dict:
@@ -39,12 +44,6 @@ IN_MEMORY_ITEMS = 1_000_000
 """Planning a write holds the dataset's item ids in memory (pyarrow: fast, no DuckDB;
 ~160 bytes an item at its peak: 96 MB for 410k items) this many at a time; past one
 such window it asks DuckDB, whose aggregates spill to disk past its memory limit."""
-
-
-def item_run(items: int, part: int, parts: int) -> tuple[int, int]:
-    """The items (positions in source order, as `Staging.iter_items(positions=...)`
-    takes them) that part `part` of `parts` holds: runs of near-equal length."""
-    return items * part // parts, items * (part + 1) // parts
 
 
 @dataclass
@@ -80,7 +79,9 @@ COCO → YOLO 5.2 GB, 2 workers: tree PSS 432 → 388 MB, 113.3 → 113.8 s."""
 class Staging:
     """A read-only view of a staging dataset, local or on object storage."""
 
-    def __init__(self, url: str, memory_limit: str = MEMORY_LIMIT, threads: int = 1) -> None:
+    def __init__(
+        self, url: str, memory_limit: str = MEMORY_LIMIT, threads: int = 1, token: str = ""
+    ) -> None:
         self.url = url.rstrip("/")
         self.memory_limit = memory_limit
         self.threads = threads
@@ -93,6 +94,10 @@ class Staging:
         self._part_files: dict[str, list[str]] = {}
         self._file_sizes: dict[str, list[tuple[int, int]]] = {}
         """Per table, each part file's (rows, row groups)."""
+        self.token = token or uuid.uuid4().hex
+        """This view of the staging and those made of it (`view`, the copies a run's tasks
+        get): what a process works out about the files is kept for them (`remembered`)."""
+        self._selected: Run | None = None  # the run `_sel` holds
 
     def __getstate__(self) -> dict[str, Any]:
         # What is known of the files travels with the instance to the tasks of a run:
@@ -100,7 +105,7 @@ class Staging:
         # groups again (a YOLO shard opened ~15 before its own: 0.3 s of CPU on 1 GB).
         known = (self._part_files, self._file_sizes)
         return {"url": self.url, "memory_limit": self.memory_limit, "threads": self.threads,
-                "known": known}  # fmt: skip
+                "token": self.token, "known": known}  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         known = state.pop("known", ({}, {}))
@@ -114,6 +119,7 @@ class Staging:
             self.url,
             memory_limit or self.memory_limit,
             self.threads if threads is None else threads,
+            self.token,
         )
         other._part_files, other._file_sizes = self._part_files, self._file_sizes
         return other
@@ -194,6 +200,7 @@ class Staging:
         dictionary: Sequence[str] = (),
         match: tuple[Sequence[str], Callable[[pa.Table], pa.Array]] | None = None,
         groups: Collection[int] | None = None,
+        partitions: bool = False,
     ) -> Iterator[pa.Table]:
         """The table's `columns` in source order, a row group at a time, read by pyarrow
         alone: a task that needs no query is spared DuckDB (~45 MB a worker).
@@ -205,6 +212,7 @@ class Staging:
         them → a boolean array); the other columns of a row group are read only when
         a row passes.
         `groups`: only these row groups, numbered across the part files in order.
+        `partitions`: with the `dataset` each file's folder names, as DuckDB gives it.
         """
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -241,11 +249,32 @@ class Staging:
                     hi = n if stop is None else min(stop - first, n)
                     window = (lo, hi - lo) if (lo, hi) != (0, n) else None
                     if match is None:
-                        yield _row_group(pf, group, columns, window)
-                        continue
-                    passed = match[1](_row_group(pf, group, match[0], window))
-                    if pc.any(passed).as_py():
-                        yield _row_group(pf, group, columns, window).filter(passed)
+                        part = _row_group(pf, group, columns, window)
+                    else:
+                        passed = match[1](_row_group(pf, group, match[0], window))
+                        if not pc.any(passed).as_py():
+                            continue
+                        part = _row_group(pf, group, columns, window).filter(passed)
+                    yield _with_dataset(part, path) if partitions else part
+
+    def remembered(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """`make()`, made once a process for this staging's views and copies (`token`): a
+        run's tasks each get a copy, and a worker takes several. The files do not change
+        while a run reads them; a process keeps what it made for the last run only."""
+        known = _REMEMBERED.get(self.token)
+        if known is None:
+            _REMEMBERED.clear()
+            known = _REMEMBERED[self.token] = {}
+        if key not in known:
+            known[key] = make()
+        return known[key]
+
+    def item_spans(self, table: str) -> ItemSpans | None:
+        """Where each row group's items lie in the items table (`item_spans`), once a
+        process; None past `IN_MEMORY_ITEMS` (a pass over the table per window)."""
+        if not self.items_fit():
+            return None
+        return self.remembered(("spans", table), lambda: item_spans(self, table))
 
     def items_fit(self) -> bool:
         """Whether planning may hold every item id in memory (`IN_MEMORY_ITEMS`)."""
@@ -395,45 +424,18 @@ class Staging:
         box (all four `BOX` columns), for a writer that reads the box alone; with
         `vertex_kinds`, those of annotations of other kinds.
         """
-        con = self.con
-        conds, params = [], []
-        if not all_subsets:
-            if subset is None:
-                conds.append("subset IS NULL")
-            else:
-                conds.append("subset = ?")
-                params.append(subset)
-        where = f"WHERE {' AND '.join(conds)}" if conds else ""
         if shards > 1:
             assert positions is None, "a shard is a run of positions"
-            count = self.scalar(f"SELECT count(*) FROM items {where}", params)
-            positions = item_run(count or 0, shard, shards)
-        run = (
-            ""
-            if positions is None
-            else f"WHERE _pos > {int(positions[0])} AND _pos <= {int(positions[1])}"
-        )
-        con.execute(
-            "CREATE OR REPLACE TABLE _sel AS SELECT * FROM (SELECT item_id, width, height, "
-            "row_number() OVER (ORDER BY filename, file_row_number) AS _pos FROM items "
-            f"{where}) {run}",
-            params,
-        )
-        items = self._rows(
-            self._query(
-                "SELECT i.* EXCLUDE (filename, file_row_number), s._pos FROM items i "
-                "JOIN _sel s USING (item_id) ORDER BY s._pos"
-            )
-        )
-        # The run's items, for the streams read in item order without a sort (`item_order`).
-        sizes = "SELECT item_id, _pos, width, height FROM _sel ORDER BY _pos"
-        run = Run(con.sql(sizes).to_arrow_table())
+        run = select_run(self, subset, all_subsets, positions, shard, shards)
+        items_schema = self._schema("items", "* EXCLUDE (filename, file_row_number)")
+        items = self._rows(_batches(item_rows(self, run, items_schema)))
         a_cols = _select(ann_columns, "a")
         anns = self._rows(
             _batches(self._stream("annotations a", a_cols, run))
-            or self._query(
+            or self._joined(
+                run,
                 f"SELECT {a_cols}, s._pos FROM annotations a JOIN _sel s USING (item_id) "
-                "ORDER BY s._pos, a.filename, a.file_row_number"
+                "ORDER BY s._pos, a.filename, a.file_row_number",
             )
         )
         p_cols = _select(point_columns, "p")
@@ -464,10 +466,11 @@ class Staging:
                 vertices = self._stream("points p", p_cols, run, True, keep)
             pts = self._rows(
                 _batches(vertices)
-                or self._query(
+                or self._joined(
+                    run,
                     f"SELECT {p_cols}, p.ann_id AS _ann, s._pos FROM points p "
                     f"JOIN _sel s USING (item_id) {as_row} "
-                    "ORDER BY s._pos, p.ann_id, p.part, p.idx"
+                    "ORDER BY s._pos, p.ann_id, p.part, p.idx",
                 )
             )
         # In the order of the vertex stream above; a vertex without a part belongs to
@@ -479,10 +482,11 @@ class Staging:
             batches = (
                 _batches(_sized(t, run) if point_text else t for t in map(_part_zero, xy))
                 if xy is not None
-                else self._query(
+                else self._joined(
+                    run,
                     f"SELECT s._pos, p.ann_id AS _ann, coalesce(p.part, 0) AS part, p.x, p.y"
                     f"{sizes} FROM points p JOIN _sel s USING (item_id) "
-                    "ORDER BY s._pos, p.ann_id, p.part, p.idx"
+                    "ORDER BY s._pos, p.ann_id, p.part, p.idx",
                 )
             )
             if point_text:
@@ -491,9 +495,10 @@ class Staging:
         attrs = (
             self._rows(
                 _batches(self._stream("attributes t", _select(None, "t"), run))
-                or self._query(
+                or self._joined(
+                    run,
                     f"SELECT {_select(None, 't')}, s._pos FROM attributes t JOIN _sel s "
-                    "USING (item_id) ORDER BY s._pos, t.filename, t.file_row_number"
+                    "USING (item_id) ORDER BY s._pos, t.filename, t.file_row_number",
                 )
             )
             if with_attributes
@@ -501,9 +506,30 @@ class Staging:
         )
         yield from _merge(items, anns, pts, attrs, parts, _join_text if point_text else _join_xy)
 
-    def _query(self, sql: str) -> Iterator[pa.RecordBatch]:
+    def _joined(self, run: Run, sql: str) -> Iterator[pa.RecordBatch]:
+        """A stream DuckDB sorts (its table is not in item order), joined to the run's
+        items as `_sel` (`item_id`, `_pos`, `width`, `height`)."""
+        con = self.con
+        if self._selected is not run:  # once a run: its other streams may be reading it
+            con.register("_run", run.items)
+            # A real table: registered Arrow objects are invisible to other cursors.
+            con.execute("CREATE OR REPLACE TABLE _sel AS SELECT * FROM _run")
+            con.unregister("_run")
+            self._selected = run
         # Each stream gets its own cursor: a new query on a connection ends the previous one.
-        return iter(self.con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS))
+        return iter(con.cursor().sql(sql).to_arrow_reader(_FETCH_ROWS))
+
+    def _schema(self, table: str, columns: str) -> pa.Schema:
+        """The schema DuckDB gives `columns` of `table` (with its alias): once a process
+        for a run's staging (`remembered`)."""
+        sql = f"SELECT {columns} FROM {table} LIMIT 0"
+
+        def ask() -> pa.Schema:
+            # A cursor: the connection may hold a result its caller did not fetch to the end.
+            with self.con.cursor() as cursor:
+                return cursor.sql(sql).to_arrow_table().schema
+
+        return self.remembered(("schema", sql), ask)
 
     def _stream(
         self,
@@ -515,7 +541,7 @@ class Staging:
     ) -> Iterator[pa.Table] | None:
         """`columns` of `table` (with its alias) for the items of `run`, read in item order
         without DuckDB's sort, if the table is in that order (`item_order`); else None."""
-        schema = self.con.sql(f"SELECT {columns} FROM {table} LIMIT 0").to_arrow_table().schema
+        schema = self._schema(table, columns)
         return ordered_rows(self, table.split()[0], schema, run, vertices, keep)
 
     @staticmethod
@@ -574,6 +600,12 @@ def _may_hold_nulls(statistics: Any) -> bool:
 def _row_group(pf: Any, group: int, columns: Sequence[str], window: tuple | None) -> pa.Table:
     part = pf.read_row_group(group, columns=list(columns))
     return part.slice(*window) if window else part
+
+
+def _with_dataset(part: pa.Table, path: str) -> pa.Table:
+    folder = posixpath.basename(posixpath.dirname(path))
+    value = folder.removeprefix("dataset=") if folder.startswith("dataset=") else None
+    return part.append_column("dataset", pa.repeat(pa.scalar(value, pa.string()), len(part)))
 
 
 def _select(columns: Sequence[str] | None, alias: str) -> str:

@@ -169,3 +169,62 @@ def test_named_vertices_stay_in_call_order_among_plain_ones() -> None:
     assert points["ann_id"].to_pylist() == ["a1"] * 2 + ["a2"] + ["a3"] * 3 + ["a4"] * 2 + [
         "a5", "a5", "a6"]  # fmt: skip
     assert points["idx"].to_pylist() == [0, 1, 0, 0, 1, 2, 0, 1, 0, 1, 0]
+
+
+def _interleaved(staged: Path, to: Path) -> None:
+    """A copy of the staging whose items are in two files of row groups of 7 rows, their
+    subsets interleaved: "val", "train" and none in turn."""
+    for path in staged.rglob("*.parquet"):
+        target = to / path.relative_to(staged)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        table = pq.read_table(path)
+        if path.relative_to(staged).parts[0] != "items":
+            pq.write_table(table, target)
+            continue
+        turn = np.arange(len(table)) % 3
+        subsets = pa.array(np.where(turn == 0, "val", "train")).to_pylist()
+        subsets = [None if t == 2 else s for s, t in zip(subsets, turn, strict=True)]
+        table = table.set_column(table.schema.get_field_index("subset"), "subset",
+                                 pa.array(subsets, pa.string()))  # fmt: skip
+        half = len(table) // 2
+        for k, rows in enumerate((table.slice(0, half), table.slice(half))):
+            pq.write_table(rows, target.with_name(f"{target.stem}-{k}.parquet"), row_group_size=7)
+
+
+@pytest.mark.parametrize(
+    "ask",
+    [
+        {},
+        {"subset": "val", "all_subsets": False},
+        {"subset": None, "all_subsets": False, "positions": (2, 13)},
+        {"subset": "train", "all_subsets": False, "positions": (5, 17)},
+        {"subset": "train", "all_subsets": False, "shard": 1, "shards": 3},
+        {"positions": (6, 45)},
+        {"positions": (55, 90)},
+        {"subset": "val", "all_subsets": False, "positions": (12, 40)},
+    ],
+)
+def test_a_run_holds_the_items_duckdb_s_window_numbers_so(
+    staged: Path, tmp_path: Path, ask: dict[str, Any]
+) -> None:
+    """The run is found by pyarrow (`select_run`): the items, every column and the
+    `dataset` of their folder, are those DuckDB gives the same positions of the subset."""
+    _interleaved(staged, tmp_path)
+    staging = Staging(str(tmp_path))
+    assert len(staging._parts("items")) == 2
+    got = [g.item for g in staging.iter_items(**ask)]
+    where = ""
+    if "subset" in ask:
+        where = (
+            "WHERE subset IS NULL" if ask["subset"] is None else f"WHERE subset = '{ask['subset']}'"
+        )
+    sql = (f"SELECT * EXCLUDE (filename, file_row_number), row_number() OVER "
+           f"(ORDER BY filename, file_row_number) AS _pos FROM items {where}")  # fmt: skip
+    every = list(Staging._rows(iter(staging.con.sql(sql).to_arrow_table().to_batches())))
+    if "shards" in ask:
+        first, last = item_order.item_run(len(every), ask["shard"], ask["shards"])
+    else:
+        first, last = ask.get("positions", (0, len(every)))
+    want = [row for row in every if first < row.pop("_pos") <= last]
+    assert got == want
+    assert want and all(item["dataset"] for item in got)

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import IO, Any
 
 from pipelines.formats.base import WriteOptions, WriteTask
-from pipelines.staging import item_run
+from pipelines.item_order import item_run
 from pipelines.storage import Output, copy_stream
 
 MIN_PART_ITEMS = 2048

@@ -24,9 +24,10 @@ import pyarrow.compute as pc
 
 from pipelines.formats import _per_image as per_image
 from pipelines.formats.base import WriteOptions, WriteResult, WriteTask
+from pipelines.item_order import item_run
 from pipelines.item_spans import ItemSpans
 from pipelines.schema import BOX, TABLES, box_stated
-from pipelines.staging import Staging, item_run, sql_strings
+from pipelines.staging import Staging, sql_strings
 from pipelines.storage import Output
 
 ITEMS_PER_BATCH = 8_192
