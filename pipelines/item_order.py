@@ -9,6 +9,9 @@ a row group at a time and put in order there. The rows of one item keep the orde
 of the file, as DuckDB's `ORDER BY _pos, filename, file_row_number` keeps it, and
 vertices that order by annotation, part and index; a row group out of that order
 is sorted on its own. A table whose row groups interleave items is left to DuckDB.
+
+The run itself (`select_run`) and its items' own rows (`item_rows`) are read the
+same way: the subset's rows from the `subset` column, then those rows' row groups.
 """
 
 from __future__ import annotations
@@ -93,7 +96,10 @@ def select_run(
     (after the first-th, through the last-th) or in `shard` of `shards` runs. Found by
     pyarrow, from the `subset` column alone and then the run's own rows: DuckDB's window
     over the whole items table and its sorted join took a part 0.08 s."""
-    rows = _run_rows(staging, subset, all_subsets, positions, shard, shards)
+    if shards > 1:
+        count = staging.count_rows("items") if all_subsets else _subset_size(staging, subset)
+        positions = item_run(count, shard, shards)
+    rows = _rows_of_all(staging, positions) if all_subsets else _rows_of(staging, subset, positions)
     chunks = _items_at(staging, rows, _RUN_SCHEMA.names)
     items = pa.concat_tables(
         [_conform(chunk, _RUN_SCHEMA, False) for chunk in chunks] or [_RUN_SCHEMA.empty_table()]
@@ -106,22 +112,15 @@ def select_run(
 _RUN_SCHEMA = pa.schema([("item_id", pa.string()), ("width", pa.int32()), ("height", pa.int32())])
 
 
-def _run_rows(
-    staging: Staging,
-    subset: str | None,
-    all_subsets: bool,
-    positions: tuple[int, int] | None,
-    shard: int,
-    shards: int,
-) -> np.ndarray:
-    """The rows in the items table (ascending) of the subset's items the run holds."""
-    if shards > 1:
-        count = staging.count_rows("items") if all_subsets else _subset_size(staging, subset)
-        positions = item_run(count, shard, shards)
-    if all_subsets:
-        count = staging.count_rows("items")
-        first, last = positions or (0, count)
-        return np.arange(max(first, 0), min(last, count), dtype=np.int64)
+def _rows_of_all(staging: Staging, positions: tuple[int, int] | None) -> np.ndarray:
+    """The rows in the items table of the items at `positions` (all: None)."""
+    count = staging.count_rows("items")
+    first, last = positions or (0, count)
+    return np.arange(max(first, 0), min(last, count), dtype=np.int64)
+
+
+def _rows_of(staging: Staging, subset: str | None, positions: tuple[int, int] | None) -> np.ndarray:
+    """The rows in the items table (ascending) of the subset's items at `positions`."""
     first, last = positions or (0, np.iinfo(np.int64).max)
     found, seen = [], 0
     for rows in _subset_rows(staging, subset):
