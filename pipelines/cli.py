@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipelines import memory
@@ -152,6 +151,16 @@ def _run(config: RunConfig, quiet: bool) -> None:
     show = not quiet and sys.stderr.isatty()
     try:
         if show:
+            # Only here: a run that shows no bar (quiet, or not on a terminal) starts
+            # ~10 ms sooner.
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             with Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
