@@ -66,7 +66,7 @@ class Run:
         return self._groups[table]
 
     def _spans(self, staging: Staging, table: str) -> dict[int, tuple[int, int]] | None:
-        known = staging.item_spans(table)
+        known = staging.row_group_spans(table)
         if known is None:
             spans = window_spans(staging, table, self.ids, 0)
         else:  # the table's spans in the items table, as spans in the run

@@ -269,7 +269,7 @@ class Staging:
             known[key] = make()
         return known[key]
 
-    def item_spans(self, table: str) -> ItemSpans | None:
+    def row_group_spans(self, table: str) -> ItemSpans | None:
         """Where each row group's items lie in the items table (`item_spans`), once a
         process; None past `IN_MEMORY_ITEMS` (a pass over the table per window)."""
         if not self.items_fit():
@@ -603,6 +603,8 @@ def _row_group(pf: Any, group: int, columns: Sequence[str], window: tuple | None
 
 
 def _with_dataset(part: pa.Table, path: str) -> pa.Table:
+    """The rows with the `dataset` their file's folder names (`dataset=<name>`), which no
+    Parquet file holds: DuckDB's hive partitioning reads it from the path too."""
     folder = posixpath.basename(posixpath.dirname(path))
     value = folder.removeprefix("dataset=") if folder.startswith("dataset=") else None
     return part.append_column("dataset", pa.repeat(pa.scalar(value, pa.string()), len(part)))
