@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.item_spans import window_spans
+from pipelines.schema import TABLES
 
 if TYPE_CHECKING:
     from pipelines.staging import Staging
@@ -69,11 +70,17 @@ class Run:
         known = staging.row_group_spans(table)
         if known is None:
             spans = window_spans(staging, table, self.ids, 0)
-        else:  # the table's spans in the items table, as spans in the run
-            first = np.searchsorted(self.rows, [s[0] for s in known.spans if s], "left")
-            last = np.searchsorted(self.rows, [s[1] for s in known.spans if s], "right") - 1
-            found = iter(zip(first.tolist(), last.tolist(), strict=True))
-            spans = [next(found) if s else None for s in known.spans]
+        else:  # the table's spans in the items table, as spans of the run's items
+            rows = self.rows
+            spans = [
+                None
+                if s is None
+                else (
+                    int(np.searchsorted(rows, s[0])),
+                    int(np.searchsorted(rows, s[1], "right")) - 1,
+                )
+                for s in known.spans
+            ]
         groups: dict[int, tuple[int, int]] = {}
         last_rank = -1
         for number, span in enumerate(spans):
@@ -109,7 +116,7 @@ def select_run(
     return Run(items.append_column("_pos", pos), rows)
 
 
-_RUN_SCHEMA = pa.schema([("item_id", pa.string()), ("width", pa.int32()), ("height", pa.int32())])
+_RUN_SCHEMA = pa.schema([TABLES["items"].field(name) for name in ("item_id", "width", "height")])
 
 
 def _rows_of_all(staging: Staging, positions: tuple[int, int] | None) -> np.ndarray:
