@@ -6,6 +6,7 @@
     python bench/run.py jsonl  [--lines 50000] [--runs 3]
     python bench/run.py encord [--rows 10000] [--runs 3]
     python bench/run.py writers [--corpus medium] [--runs 3] [--tools staged_to_cvat_1w,...]
+    python bench/run.py exports [--corpus medium] [--runs 3]   # one-file CVAT XML, Datumaro
     python bench/run.py report              # tables + plot from what was recorded
 
 Every measured command runs in a fresh process tree under `bench/measure.py`:
@@ -315,15 +316,39 @@ def cmd_encord(env: Env, args: argparse.Namespace) -> None:
     run_rounds(env, "encord", path.stem, path, facts, tools, args.runs, env.out)
 
 
+def _staged(env: Env, corpus_name: str, corpus: Path) -> Path:
+    """The corpus read into labelflow's tables, on first use."""
+    staged = env.work / f"staged_{corpus_name}"
+    if not staged.exists():
+        subprocess.run([env.labelflow, "convert", str(corpus), "--from", "coco", "--to",
+                        "parquet", "--out", str(staged), "-q"], check=True)  # fmt: skip
+    return staged
+
+
+def cmd_exports(env: Env, args: argparse.Namespace) -> None:
+    """One-file exports read into the tables, 1 vs 2 workers: CVAT XML and Datumaro JSON
+    of the corpus (written by labelflow from its tables, on first use). Each file is one
+    read task, so a second worker has nothing to do: the two figures show what a
+    single-file export costs, and that a pool started for it costs little."""
+    corpus = env.corpus(args.corpus)
+    facts = corpus_facts(env, corpus)
+    staged = _staged(env, args.corpus, corpus)
+    for fmt in ("cvat", "datumaro"):
+        export = env.work / f"{fmt}_{args.corpus}"
+        if not export.exists():
+            subprocess.run([env.labelflow, "convert", str(staged), "--to", fmt,
+                            "--out", str(export), "-q"], check=True)  # fmt: skip
+        size = sum(f.stat().st_size for f in export.rglob("*") if f.is_file())
+        run_rounds(env, "exports", f"{fmt}_{args.corpus}", export, {**facts, "bytes": size},
+                   _read_1w_2w(fmt), args.runs, env.out)  # fmt: skip
+
+
 def cmd_writers(env: Env, args: argparse.Namespace) -> None:
     """Writers from staging Parquet (sharded YOLO, one-file COCO; CVAT XML, Datumaro,
     Encord and iTAG when asked for with --tools), 1 vs 2 workers."""
     corpus = env.corpus(args.corpus)
     facts = corpus_facts(env, corpus)
-    staged = env.work / f"staged_{args.corpus}"
-    if not staged.exists():
-        subprocess.run([env.labelflow, "convert", str(corpus), "--from", "coco", "--to",
-                        "parquet", "--out", str(staged), "-q"], check=True)  # fmt: skip
+    staged = _staged(env, args.corpus, corpus)
     warm(staged)
     for w in ("1", "2"):
         TOOLS[f"staged_to_yolo_{w}w"] = lambda env, corpus, facts, out, w=w: [
@@ -349,9 +374,13 @@ def _compile_labelflow(env: Env) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("suite", choices=["coco", "disk", "jsonl", "encord", "writers", "report"])
+    ap.add_argument(
+        "suite", choices=["coco", "disk", "jsonl", "encord", "writers", "exports", "report"]
+    )
     ap.add_argument("--corpora", default="small,medium,large")
-    ap.add_argument("--corpus", default="medium", help="disk and writers suites: which corpus")
+    ap.add_argument(
+        "--corpus", default="medium", help="disk, writers and exports suites: which corpus"
+    )
     ap.add_argument("--tools", default="", help="comma-separated subset of tools")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2, help="labelflow --workers")
@@ -378,7 +407,7 @@ def main() -> None:
     if not args.keep_caches:
         drop_caches()
     suites = {"coco": cmd_coco, "disk": cmd_disk, "jsonl": cmd_jsonl, "encord": cmd_encord,
-              "writers": cmd_writers}  # fmt: skip
+              "writers": cmd_writers, "exports": cmd_exports}  # fmt: skip
     suites[args.suite](env, args)
 
 
