@@ -7,7 +7,7 @@ one-file-per-image formats.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from lxml import etree
@@ -17,11 +17,15 @@ from pipelines.errors import ParseError
 _SAFE = {"resolve_entities": False, "no_network": True, "load_dtd": False, "huge_tree": True}
 
 
-def iterparse(f: IO[bytes], uri: str, tags: tuple[str, ...]) -> Iterator[etree._Element]:
+def iterparse(
+    f: IO[bytes], uri: str, tags: tuple[str, ...], line: Callable[[int], int] | None = None
+) -> Iterator[etree._Element]:
     """Yield each completed element whose tag is in `tags`, then free it.
 
     The caller reads what it needs from the element during the yield; after
-    that the element and its already-processed siblings are cleared.
+    that the element and its already-processed siblings are cleared. `line` maps
+    the parser's line numbers to the file's, for an error (`f` may be a part of the
+    file spliced behind its head).
     """
     context = etree.iterparse(f, events=("end",), tag=tags, **_SAFE)
     try:
@@ -33,8 +37,9 @@ def iterparse(f: IO[bytes], uri: str, tags: tuple[str, ...]) -> Iterator[etree._
                 while elem.getprevious() is not None:
                     del parent[0]
     except etree.XMLSyntaxError as exc:
-        line, col = exc.position if exc.position else (exc.lineno, 0)
-        raise ParseError(uri, f"line {line}, column {col}", f"malformed XML: {exc.msg}") from exc
+        at, col = exc.position if exc.position else (exc.lineno, 0)
+        at = line(at) if line else at
+        raise ParseError(uri, f"line {at}, column {col}", f"malformed XML: {exc.msg}") from exc
 
 
 def parse(f: IO[bytes], uri: str) -> etree._Element:

@@ -20,15 +20,17 @@ child of the root is mapped as soon as it is complete, then freed.
 
 from __future__ import annotations
 
+import io
 import math
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from pipelines import masks, xmlsafe
 from pipelines.builder import BatchBuilder, to_json
+from pipelines.formats._cvat_ranges import Range, Spliced
 from pipelines.formats.base import ReadTask
 from pipelines.grouping import unique_id
 from pipelines.schema import Batch
@@ -84,7 +86,9 @@ class _Node:
         return iter(self.children)
 
 
-def top_level(f: IO[bytes], uri: str) -> Iterator[tuple[Any, list]]:
+def top_level(
+    f: IO[bytes], uri: str, line: Callable[[int], int] | None = None
+) -> Iterator[tuple[Any, list]]:
     """Each child of the root with its children, nested matches folded back in.
 
     `tag` (inside an image) and `track` (inside a skeleton track) are also
@@ -94,7 +98,7 @@ def top_level(f: IO[bytes], uri: str) -> Iterator[tuple[Any, list]]:
     """
     held: list[Any] = []
     last = None
-    for el in xmlsafe.iterparse(f, uri, TOP_LEVEL):
+    for el in xmlsafe.iterparse(f, uri, TOP_LEVEL, line):
         parent = el.getparent()
         if parent is None:
             continue
@@ -242,14 +246,32 @@ class CvatReader:
         self.tags = 0
         self._media: dict[str, str] | None = None
         self._frames: dict[str, str] | None = None
+        self.part: Range | None = task.context.get("range")
+        """A range of the file's images (`_cvat_ranges`), or None: the whole file."""
+
+    def _line(self, el: Any) -> int:
+        """The file's line of an element (a range's document has the head's lines
+        before its own)."""
+        return self._file_line(el.sourceline)
+
+    def _file_line(self, line: int) -> int:
+        part = self.part
+        return line + part.lines - part.head_lines if part and line > part.head_lines else line
+
+    @property
+    def _records_head(self) -> bool:
+        """Whether this task records the document's own attributes (version, meta,
+        labels): the whole file's, or its first range's."""
+        return self.part is None or self.part.start == self.part.head
 
     # -- the document -----------------------------------------------------------
 
     def batches(self) -> Iterator[Batch]:
-        with self.task.source.open(self.task.member) as f:
-            for el, children in top_level(f, self.uri):
+        with self.task.source.open(self.task.member) as whole:
+            f = io.BufferedReader(Spliced(whole, self.part)) if self.part else whole
+            for el, children in top_level(f, self.uri, self._file_line):
                 tag = el.tag
-                if tag == "version":
+                if tag == "version" and self._records_head:
                     self.b.attribute(
                         self._dataset_owner,
                         None,
@@ -290,6 +312,10 @@ class CvatReader:
             if isinstance(meta.get(kind), dict):
                 self.info = meta[kind]
                 break
+        if self.info.get("subset"):
+            self.subset = self.info["subset"]
+        if not self._records_head:
+            return
         labels = self.info.get("labels", [])
         stored = {**meta}
         for kind in ("task", "job", "project"):
@@ -306,8 +332,6 @@ class CvatReader:
             self.b.attributes(
                 f"label:{label['name']}", None, props, owner_kind="label", source=ATTR_SOURCE
             )
-        if self.info.get("subset"):
-            self.subset = self.info["subset"]
 
     def _media_index(self) -> dict[str, str]:
         """Image files shipped beside the XML (images/...), by their path under images/."""
@@ -325,7 +349,7 @@ class CvatReader:
     def _image(self, el: Any, children: list) -> None:
         b = self.b
         a = dict(el.attrib)
-        where = f"line {el.sourceline}: <image>"
+        where = f"line {self._line(el)}: <image>"
         name = a.pop("name", None)
         native = a.pop("id", None)
         subset = a.pop("subset", None) or self.subset
@@ -339,7 +363,7 @@ class CvatReader:
             for child in children:
                 if child.tag in SHAPES or child.tag == "tag":
                     b.reject(
-                        f"line {child.sourceline}: <{child.tag}>",
+                        f"line {self._line(child)}: <{child.tag}>",
                         "its image was rejected",
                         record=dict(child.attrib),
                         record_kind="annotations",
@@ -382,7 +406,7 @@ class CvatReader:
             rows = self._shape(el, item_id, ann_id, size, track, elements)
         except _Bad as exc:
             self.b.reject(
-                f"line {el.sourceline}: <{el.tag}>",
+                f"line {self._line(el)}: <{el.tag}>",
                 str(exc),
                 record=dict(el.attrib),
                 native_id=(track or {}).get("id"),
@@ -642,7 +666,7 @@ class CvatReader:
                     raise _Bad("track shape without a frame")
             except _Bad as exc:
                 self.b.reject(
-                    f"line {shape.sourceline}: <{shape.tag}>",
+                    f"line {self._line(shape)}: <{shape.tag}>",
                     str(exc),
                     record=dict(shape.attrib),
                     native_id=attrs["id"],
@@ -666,7 +690,7 @@ class CvatReader:
                 raise _Bad("tag without a frame outside any image")
         except _Bad as exc:
             self.b.reject(
-                f"line {el.sourceline}: <tag>",
+                f"line {self._line(el)}: <tag>",
                 str(exc),
                 record=dict(el.attrib),
                 record_kind="annotations",

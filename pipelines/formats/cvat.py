@@ -2,7 +2,8 @@
 
 Reading (pipelines/formats/_cvat_read.py) takes an `annotations.xml`, a folder,
 or a CVAT export zip (annotations.xml + images/) in place; every XML file
-whose root is `<annotations>` is one task. Writing
+whose root is `<annotations>` is one task, or, when large, several: ranges of its
+images (pipelines/formats/_cvat_ranges.py). Writing
 (pipelines/formats/_cvat_write.py) gives one XML per subset: CVAT for video
 when the subset is one video's frames, CVAT for images otherwise.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from pipelines.formats._cvat_ranges import SPLIT_BYTES, image_ranges
 from pipelines.formats._cvat_read import read as _read
 from pipelines.formats._cvat_write import plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
@@ -53,7 +55,32 @@ def detect(source: Source) -> Detection | None:
 
 def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
     members = _xml_files(source) if source.is_dir else [""]
-    return [ReadTask("cvat", source, member=m, options=options) for m in members]
+    return [task for m in members for task in _tasks(source, m, options)]
+
+
+def _tasks(source: Source, member: str, options: ReadOptions) -> list[ReadTask]:
+    """The file as one task, or, large and with workers to share it, as ranges of its
+    images (`_cvat_ranges`); the tasks' byte spans cover the whole file."""
+    in_zip = source.url.lower().endswith(".zip")  # seeking in a compressed member is slow
+    parts = None
+    if options.workers > 1 and not in_zip and source.size(member) > SPLIT_BYTES:
+        with source.open(member) as f:
+            parts = image_ranges(f, options.workers)
+    if not parts:
+        return [ReadTask("cvat", source, member=member, options=options)]
+    ends = [0, *(p.end for p in parts[:-1]), source.size(member)]
+    return [
+        ReadTask(
+            "cvat",
+            source,
+            member,
+            start=ends[i],
+            end=ends[i + 1],
+            context={"range": p},
+            options=options,
+        )
+        for i, p in enumerate(parts)
+    ]
 
 
 def read(task: ReadTask) -> Iterator[Batch]:

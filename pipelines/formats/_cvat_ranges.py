@@ -1,0 +1,237 @@
+"""A large CVAT for images XML file read as ranges of its `<image>` elements, a task each.
+
+Planning scans the file's bytes once (no XML parser): where top-level `<image>`
+elements start, how many lines come before each, and whether splitting is safe. A
+task then parses the document's head (all before the first image: `<version>`,
+`<meta>`), its own images and the root's end tag as one document (`Spliced`); only
+the first range records the head's dataset and label attributes, and line numbers
+are the file's.
+
+Read whole instead, as one task: video (tracks, interpolation mode), a document with
+a comment, CDATA, a processing instruction or a declaration after its head (an
+`<image` there may not be an element), and a file where two images could want the
+same item id: the reader numbers the later ones (`unique_id`), which needs every id
+before them. Names spelt with entity references or line breaks count as such (the
+scan compares them as written).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from pipelines import xmlsafe
+from pipelines.errors import ParseError
+from pipelines.jsonframe import task_groups
+
+SPLIT_BYTES = 32 << 20
+"""A file larger than this is read in ranges when more than one worker runs."""
+SPAN_BYTES = 1 << 20
+"""Ranges are cut at the first image past every this many bytes, then grouped into tasks."""
+_BLOCK = 8 << 20
+_MAX_TAG = 64 << 10
+"""An `<image>` start tag cut by a block's end is completed from the next block when it
+starts this close to the end; a longer one makes the file read whole."""
+_MAX_HEAD = 16 << 20
+"""No image in this many bytes: the file is read whole."""
+_GAP = 256
+"""White space looked through between two images (more: the file is read whole)."""
+
+_NOT_SPLIT = re.compile(rb"<[!?]|<track")
+"""After the head: a comment, CDATA, a declaration or a processing instruction (an `<image`
+in it is no element), or a track (video)."""
+_IMAGE = re.compile(rb"<image((?:\s+[^\s=/>]+\s*=\s*(?:\"[^\"<]*\"|'[^'<]*'))*)\s*/?>")
+_KEYS = re.compile(rb"\s(name|subset|id)\s*=\s*[\"']([^\"']*)[\"']")
+"""The attributes an item id is made of (a value with a quote of the other kind in it
+is cut short: the ids are then compared shorter, which can only find more clashes)."""
+_SPELT = re.compile(rb"[&\t\n\r]")
+"""Entity references and line breaks, which the parser rewrites in attribute values."""
+_VIDEO = re.compile(rb"<mode>\s*interpolation\s*</mode>")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bytes [start, end) of the file: whole `<image>` elements."""
+
+    start: int
+    end: int
+    head: int
+    """Where the first image starts: bytes [0, head) are the document's head."""
+    head_lines: int
+    """Line breaks in the head."""
+    lines: int
+    """Line breaks before `start`."""
+
+
+def image_ranges(f: IO[bytes], workers: int) -> list[Range] | None:
+    """The file's images in ranges for `workers`, or None when it is to be read whole."""
+    starts = _scan(f)
+    if starts is None or len(starts) < 3:
+        return None
+    head, head_lines = starts[0]
+    spans = list(itertools.pairwise(starts))  # the last start is the root's end
+    groups = task_groups(spans, workers, lambda s: s[1][0] - s[0][0])
+    if len(groups) < 2:
+        return None
+    return [Range(g[0][0][0], g[-1][1][0], head, head_lines, g[0][0][1]) for g in groups]
+
+
+def _scan(f: IO[bytes]) -> list[tuple[int, int]] | None:
+    """(offset, line breaks before it) of the first image, of the first image past every
+    `SPAN_BYTES`, and of the root's end tag; None when the file must be read whole."""
+    names = _Names()
+    found: list[tuple[int, int]] = []
+    buf, base, lines = b"", 0, 0  # `lines`: line breaks before `base`
+    tail = b""  # the last `_GAP` bytes before `buf`
+    ends = (0, False)  # where the last image's start tag ends, and whether it closes it
+    next_cut = 0
+    while True:
+        block = f.read(_BLOCK)
+        buf += block
+        start = 0  # where this round's scan of `buf` starts
+        if not found:  # the head: all before the first image, whole elements, not video
+            first = _IMAGE.search(buf)
+            if first is None:
+                if not block or len(buf) > _MAX_HEAD:
+                    return None
+                continue
+            start = first.start()
+            if not _complete_head(buf[:start]):
+                return None
+        root_end = buf.find(b"</annotations", start)
+        limit = root_end if root_end >= 0 else len(buf) - (_MAX_TAG if block else 0)
+        images, scanned = 0, start
+        counted, breaks = 0, lines  # line breaks before `counted`
+        for tag in _IMAGE.finditer(buf, start):
+            at = tag.start()
+            if at >= limit:
+                break
+            window = buf[at - _GAP : at] if at >= _GAP else (tail + buf[:at])[-_GAP:]
+            if found and not _after_an_image(window, base + at, ends):
+                return None
+            images += 1
+            ends = base + tag.end(), tag.group(0).endswith(b"/>")
+            if not names.add(tag.group(1)):
+                return None
+            if base + at >= next_cut:
+                breaks += buf.count(b"\n", counted, at)
+                counted = at
+                found.append((base + at, breaks))
+                next_cut = base + at + SPAN_BYTES
+            scanned = tag.end()
+        keep = max(scanned, limit)
+        # Every `<image` passed was an image read; nothing after the head that could
+        # hide one (a marker cut by `keep` is looked at from both sides).
+        if buf.count(b"<image", start, keep) != images or _NOT_SPLIT.search(buf, start, keep + 5):
+            return None
+        if root_end >= 0:
+            found.append((base + root_end, lines + buf.count(b"\n", 0, root_end)))
+            return found if names.unique else None
+        if not block:
+            return None  # no end tag: the parser will say what is wrong
+        lines += buf.count(b"\n", 0, keep)
+        base += keep
+        tail = buf[max(0, keep - _GAP) : keep]
+        buf = buf[keep:]
+
+
+def _after_an_image(window: bytes, at: int, ends: tuple[int, bool]) -> bool:
+    """Whether the image starting at `at` (`window`: the `_GAP` bytes before it) comes
+    right after the one before, with only white space between: after its `</image>`,
+    or after its start tag if that closed it. Anything else at the top level (a video
+    frame's tag) is not a range's to read."""
+    kept = window.rstrip()
+    if not kept:  # nothing but white space as far as looked
+        return False
+    if kept.endswith(b"</image>"):
+        return True
+    end, closed = ends
+    return closed and at - (len(window) - len(kept)) == end
+
+
+def _complete_head(head: bytes) -> bool:
+    """Whether the bytes before the first image are the document's start and whole
+    elements (`<version>`, `<meta>`), and not video's."""
+    if _VIDEO.search(head):
+        return False
+    try:
+        xmlsafe.parse(io.BytesIO(head + b"</annotations>"), "")
+    except ParseError:
+        return False
+    return True
+
+
+class _Names:
+    """The item ids images would want, as written: whether any two could be the same.
+
+    An image's id is "<subset>/<name>", its subset its own `subset` attribute or the
+    document's (unknown here): two images without one clash on the same name, and one
+    without a subset clashes with one named `n` in subset `s` if its name is `s/n` or
+    `n` (the document's subset may be `s`)."""
+
+    def __init__(self) -> None:
+        self.plain: set[bytes] = set()
+        self.in_subset: set[tuple[bytes, bytes]] = set()
+        self.joined: set[bytes] = set()  # "s/n" of the images in a subset
+        self.subset_names: set[bytes] = set()  # their names alone
+        self.unique = True
+
+    def add(self, attributes: bytes) -> bool:
+        if _SPELT.search(attributes):
+            self.unique = False
+            return False
+        found = dict(_KEYS.findall(attributes))
+        name = found.get(b"name") or found.get(b"id") or b""
+        subset = found.get(b"subset") or b""
+        if subset:
+            joined = subset + b"/" + name
+            if (subset, name) in self.in_subset or joined in self.plain or name in self.plain:
+                self.unique = False
+            self.in_subset.add((subset, name))
+            self.joined.add(joined)
+            self.subset_names.add(name)
+        else:
+            if name in self.plain or name in self.joined or name in self.subset_names:
+                self.unique = False
+            self.plain.add(name)
+        return self.unique
+
+
+class Spliced(io.RawIOBase):
+    """The bytes of a range's document: the file's head, the range, the root's end tag."""
+
+    def __init__(self, f: IO[bytes], part: Range) -> None:
+        self._pieces: Iterator[bytes] = self._read(f, part)
+        self._left = b""
+
+    @staticmethod
+    def _read(f: IO[bytes], part: Range) -> Iterator[bytes]:
+        f.seek(0)
+        yield f.read(part.head)
+        f.seek(part.start)
+        left = part.end - part.start
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk
+        yield b"</annotations>\n"
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, out: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._left:
+            chunk = next(self._pieces, None)
+            if chunk is None:
+                return 0
+            self._left = chunk
+        n = min(len(out), len(self._left))
+        out[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
