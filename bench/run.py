@@ -334,13 +334,16 @@ def cmd_exports(env: Env, args: argparse.Namespace) -> None:
     facts = corpus_facts(env, corpus)
     staged = _staged(env, args.corpus, corpus)
     for fmt in ("cvat", "datumaro"):
+        tools = [t for t in _read_1w_2w(fmt) if not args.tools or t in args.tools.split(",")]
+        if not tools:
+            continue
         export = env.work / f"{fmt}_{args.corpus}"
         if not export.exists():
             subprocess.run([env.labelflow, "convert", str(staged), "--to", fmt,
                             "--out", str(export), "-q"], check=True)  # fmt: skip
         size = sum(f.stat().st_size for f in export.rglob("*") if f.is_file())
         run_rounds(env, "exports", f"{fmt}_{args.corpus}", export, {**facts, "bytes": size},
-                   _read_1w_2w(fmt), args.runs, env.out)  # fmt: skip
+                   tools, args.runs, env.out)  # fmt: skip
 
 
 def cmd_writers(env: Env, args: argparse.Namespace) -> None:
