@@ -175,3 +175,12 @@ def test_an_image_start_tag_cut_by_a_block_is_read_from_the_next(
     assert whole is not None and whole[-1][0] == data.index(b"</annotations>")
     assert all(data[at : at + 7] == b"<image " for at, _ in whole[:-1])
     assert all(data.count(b"\n", 0, at) == lines for at, lines in whole)
+
+
+def test_past_max_images_the_file_is_read_whole(
+    small_ranges, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    xml = _xml(tmp_path / "annotations.xml", [_image(i) for i in range(60)])
+    assert len(_tasks(xml)) > 1
+    monkeypatch.setattr(_cvat_ranges, "MAX_IMAGES", 59)  # what the id check may hold
+    assert len(_tasks(xml)) == 1

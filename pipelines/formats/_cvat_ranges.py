@@ -20,9 +20,12 @@ from __future__ import annotations
 import io
 import itertools
 import re
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
+
+import numpy as np
 
 from pipelines import xmlsafe
 from pipelines.errors import ParseError
@@ -30,6 +33,9 @@ from pipelines.jsonframe import task_groups
 
 SPLIT_BYTES = 32 << 20
 """A file larger than this is read in ranges when more than one worker runs."""
+MAX_IMAGES = 4_000_000
+"""Past this many images (a file of ~7 GB) the file is read whole: the scan keeps
+32 bytes an image to tell whether two could want the same item id."""
 SPAN_BYTES = 1 << 20
 """Ranges are cut at the first image past every this many bytes, then grouped into tasks."""
 _BLOCK = 8 << 20
@@ -171,34 +177,43 @@ class _Names:
     An image's id is "<subset>/<name>", its subset its own `subset` attribute or the
     document's (unknown here): two images without one clash on the same name, and one
     without a subset clashes with one named `n` in subset `s` if its name is `s/n` or
-    `n` (the document's subset may be `s`)."""
+    `n` (the document's subset may be `s`). Kept as 64-bit hashes, 32 bytes an image
+    (a collision only makes the file read whole), for at most `MAX_IMAGES`."""
 
     def __init__(self) -> None:
-        self.plain: set[bytes] = set()
-        self.in_subset: set[tuple[bytes, bytes]] = set()
-        self.joined: set[bytes] = set()  # "s/n" of the images in a subset
-        self.subset_names: set[bytes] = set()  # their names alone
-        self.unique = True
+        self.plain = array("q")  # names of images without a subset
+        self.pairs = array("q")  # (subset, name) of the others
+        self.joined = array("q")  # their "subset/name"
+        self.names = array("q")  # their names alone
+        self.readable = True  # no name the scan cannot compare as written
 
     def add(self, attributes: bytes) -> bool:
-        if _SPELT.search(attributes):
-            self.unique = False
+        """Record an image's start tag's attributes; False when the file is to be read
+        whole whatever follows."""
+        if _SPELT.search(attributes) or len(self.plain) + len(self.pairs) >= MAX_IMAGES:
+            self.readable = False
             return False
         found = dict(_KEYS.findall(attributes))
         name = found.get(b"name") or found.get(b"id") or b""
-        subset = found.get(b"subset") or b""
+        subset = found.get(b"subset")
         if subset:
-            joined = subset + b"/" + name
-            if (subset, name) in self.in_subset or joined in self.plain or name in self.plain:
-                self.unique = False
-            self.in_subset.add((subset, name))
-            self.joined.add(joined)
-            self.subset_names.add(name)
+            self.pairs.append(hash((subset, name)))
+            self.joined.append(hash(subset + b"/" + name))
+            self.names.append(hash(name))
         else:
-            if name in self.plain or name in self.joined or name in self.subset_names:
-                self.unique = False
-            self.plain.add(name)
-        return self.unique
+            self.plain.append(hash(name))
+        return True
+
+    @property
+    def unique(self) -> bool:
+        plain, pairs = np.frombuffer(self.plain, np.int64), np.frombuffer(self.pairs, np.int64)
+        return (
+            self.readable
+            and len(np.unique(plain)) == len(plain)
+            and len(np.unique(pairs)) == len(pairs)
+            and not np.intersect1d(plain, np.frombuffer(self.joined, np.int64)).size
+            and not np.intersect1d(plain, np.frombuffer(self.names, np.int64)).size
+        )
 
 
 class Spliced(io.RawIOBase):
@@ -206,7 +221,7 @@ class Spliced(io.RawIOBase):
 
     def __init__(self, f: IO[bytes], part: Range) -> None:
         self._pieces: Iterator[bytes] = self._read(f, part)
-        self._left = b""
+        self._left = memoryview(b"")
 
     @staticmethod
     def _read(f: IO[bytes], part: Range) -> Iterator[bytes]:
@@ -230,8 +245,8 @@ class Spliced(io.RawIOBase):
             chunk = next(self._pieces, None)
             if chunk is None:
                 return 0
-            self._left = chunk
+            self._left = memoryview(chunk)
         n = min(len(out), len(self._left))
         out[:n] = self._left[:n]
-        self._left = self._left[n:]
+        self._left = self._left[n:]  # a view: the chunk is not copied again
         return n
