@@ -184,3 +184,14 @@ def test_past_max_images_the_file_is_read_whole(
     assert len(_tasks(xml)) > 1
     monkeypatch.setattr(_cvat_ranges, "MAX_IMAGES", 59)  # what the id check may hold
     assert len(_tasks(xml)) == 1
+
+
+def test_ranges_of_a_file_on_another_file_system(small_ranges, tmp_path: Path) -> None:
+    """Through fsspec's file objects (as on S3), not the local disk's."""
+    import fsspec
+
+    xml = _xml(tmp_path / "annotations.xml", [_image(i) for i in range(60)])
+    fsspec.filesystem("memory").pipe("/lf-ranges/annotations.xml", xml.read_bytes())
+    url = "memory://lf-ranges/annotations.xml"
+    assert len(formats.get("cvat").plan_read(Source(url), ReadOptions(workers=2))) > 2
+    assert read_direct(url, "cvat", workers=2) == read_direct(url, "cvat")
