@@ -151,6 +151,11 @@ def test_malformed_xml_in_a_later_range_names_the_file_s_line(small_ranges, tmp_
             HEAD,
         ),
         (
+            "a video frame's tag after the last image",
+            [_image(i) for i in range(60)] + ['  <tag label="car" frame="3"/>\n'],
+            HEAD,
+        ),
+        (
             "a track",
             [_image(i) for i in range(60)] + ['<track id="0" label="car"></track>\n'],
             HEAD,

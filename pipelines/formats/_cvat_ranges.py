@@ -135,6 +135,9 @@ def _scan(f: IO[bytes]) -> list[tuple[int, int]] | None:
         if buf.count(b"<image", start, keep) != images or _NOT_SPLIT.search(buf, start, keep + 5):
             return None
         if root_end >= 0:
+            window = buf[max(0, root_end - _GAP) : root_end]
+            if not _after_an_image(window, base + root_end, ends):
+                return None  # something at the top level after the last image
             found.append((base + root_end, lines + buf.count(b"\n", 0, root_end)))
             return found if names.unique else None
         if not block:
@@ -146,10 +149,10 @@ def _scan(f: IO[bytes]) -> list[tuple[int, int]] | None:
 
 
 def _after_an_image(window: bytes, at: int, ends: tuple[int, bool]) -> bool:
-    """Whether the image starting at `at` (`window`: the `_GAP` bytes before it) comes
-    right after the one before, with only white space between: after its `</image>`,
-    or after its start tag if that closed it. Anything else at the top level (a video
-    frame's tag) is not a range's to read."""
+    """Whether what starts at `at` (an image, or the root's end tag; `window`: the
+    `_GAP` bytes before it) comes right after the image before, with only white space
+    between: after its `</image>`, or after its start tag if that closed it. Anything
+    else at the top level (a video frame's tag) is not a range's to read."""
     kept = window.rstrip()
     if not kept:  # nothing but white space as far as looked
         return False
