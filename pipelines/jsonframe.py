@@ -284,11 +284,21 @@ TASKS_PER_WORKER = 4
 """Several tasks per worker, so that the last ones finish close together."""
 
 
-def task_groups(spans: Sequence[S], workers: int, size: Callable[[S], int]) -> list[list[S]]:
+def task_groups(
+    spans: Sequence[S], workers: int, size: Callable[[S], int], seek_costs: bool = False
+) -> list[list[S]]:
     """Consecutive spans of a file (array chunks, row ranges) grouped into read tasks of
-    about a quarter of a worker's share each, between MIN_TASK_BYTES and TASK_BYTES."""
+    about a quarter of a worker's share each, between MIN_TASK_BYTES and TASK_BYTES.
+
+    `seek_costs`: reaching a span costs reading everything before it (a compressed
+    archive member): half a worker's share each, however large, so that the tasks
+    together decompress the member about twice, not once a task."""
     total = sum(size(s) for s in spans)
-    limit = max(MIN_TASK_BYTES, min(TASK_BYTES, total // (max(1, workers) * TASKS_PER_WORKER)))
+    if seek_costs:
+        limit = max(MIN_TASK_BYTES, total // (max(1, workers) * 2))
+    else:
+        share = total // (max(1, workers) * TASKS_PER_WORKER)
+        limit = max(MIN_TASK_BYTES, min(TASK_BYTES, share))
     groups: list[list[S]] = [[]]
     taken = 0
     for span in spans:

@@ -200,3 +200,17 @@ def test_ranges_of_a_file_on_another_file_system(small_ranges, tmp_path: Path) -
     url = "memory://lf-ranges/annotations.xml"
     assert len(formats.get("cvat").plan_read(Source(url), ReadOptions(workers=2))) > 2
     assert read_direct(url, "cvat", workers=2) == read_direct(url, "cvat")
+
+
+def test_ranges_of_a_member_of_an_export_zip(small_ranges, tmp_path: Path) -> None:
+    """A task reaches its range by decompressing what comes before it: ranges of half a
+    worker's share, fewer than on a plain file."""
+    import zipfile
+
+    xml = _xml(tmp_path / "annotations.xml", [_image(i) for i in range(60)])
+    archive = tmp_path / "task_export.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(xml, "annotations.xml")
+    in_zip = formats.get("cvat").plan_read(Source(str(archive)), ReadOptions(workers=2))
+    assert len(in_zip) == 4 < len(_tasks(xml))
+    assert read_direct(archive, "cvat", workers=2) == read_direct(archive, "cvat")

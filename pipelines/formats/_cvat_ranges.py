@@ -73,14 +73,16 @@ class Range:
     """Line breaks before `start`."""
 
 
-def image_ranges(f: IO[bytes], workers: int) -> list[Range] | None:
-    """The file's images in ranges for `workers`, or None when it is to be read whole."""
+def image_ranges(f: IO[bytes], workers: int, seek_costs: bool = False) -> list[Range] | None:
+    """The file's images in ranges for `workers`, or None when it is to be read whole.
+    `seek_costs`: `f` is a compressed member, where a task reaches its range by
+    decompressing all before it (`jsonframe.task_groups`)."""
     starts = _scan(f)
     if starts is None or len(starts) < 3:
         return None
     head, head_lines = starts[0]
     spans = list(itertools.pairwise(starts))  # the last start is the root's end
-    groups = task_groups(spans, workers, lambda s: s[1][0] - s[0][0])
+    groups = task_groups(spans, workers, lambda s: s[1][0] - s[0][0], seek_costs)
     if len(groups) < 2:
         return None
     return [Range(g[0][0][0], g[-1][1][0], head, head_lines, g[0][0][1]) for g in groups]
