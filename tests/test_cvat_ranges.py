@@ -169,13 +169,16 @@ def test_files_a_scan_cannot_split_safely_are_read_whole(
     assert len(_tasks(xml)) == 1, why
 
 
+@pytest.mark.parametrize("block, max_tag", [(997, 300), (997, 800), (4096, 64)])
 def test_an_image_start_tag_cut_by_a_block_is_read_from_the_next(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, block: int, max_tag: int
 ) -> None:
+    """Blocks end inside tags, lines and marks; with (997, 800) the first image starts
+    past what the first block may read, so the head is looked for again."""
     data = _xml(tmp_path / "a.xml", [_image(i) for i in range(200)]).read_bytes()
     whole = _cvat_ranges._scan(io.BytesIO(data))
-    monkeypatch.setattr(_cvat_ranges, "_BLOCK", 997)  # blocks end inside tags, lines, marks
-    monkeypatch.setattr(_cvat_ranges, "_MAX_TAG", 300)
+    monkeypatch.setattr(_cvat_ranges, "_BLOCK", block)
+    monkeypatch.setattr(_cvat_ranges, "_MAX_TAG", max_tag)
     assert _cvat_ranges._scan(io.BytesIO(data)) == whole
     assert whole is not None and whole[-1][0] == data.index(b"</annotations>")
     assert all(data[at : at + 7] == b"<image " for at, _ in whole[:-1])

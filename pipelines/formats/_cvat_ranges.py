@@ -118,8 +118,7 @@ def _scan(f: IO[bytes]) -> list[tuple[int, int]] | None:
             at = tag.start()
             if at >= limit:
                 break
-            window = buf[at - _GAP : at] if at >= _GAP else (tail + buf[:at])[-_GAP:]
-            if found and not _after_an_image(window, base + at, ends):
+            if found and not _after_an_image(_before(tail, buf, at), base + at, ends):
                 return None
             images += 1
             ends = base + tag.end(), tag.group(0).endswith(b"/>")
@@ -136,9 +135,10 @@ def _scan(f: IO[bytes]) -> list[tuple[int, int]] | None:
         # hide one (a marker cut by `keep` is looked at from both sides).
         if buf.count(b"<image", start, keep) != images or _NOT_SPLIT.search(buf, start, keep + 5):
             return None
+        if not found:  # the first image starts too near the block's end: read on
+            continue
         if root_end >= 0:
-            window = buf[max(0, root_end - _GAP) : root_end]
-            if not _after_an_image(window, base + root_end, ends):
+            if not _after_an_image(_before(tail, buf, root_end), base + root_end, ends):
                 return None  # something at the top level after the last image
             found.append((base + root_end, lines + buf.count(b"\n", 0, root_end)))
             return found if names.unique else None
@@ -148,6 +148,11 @@ def _scan(f: IO[bytes]) -> list[tuple[int, int]] | None:
         base += keep
         tail = buf[max(0, keep - _GAP) : keep]
         buf = buf[keep:]
+
+
+def _before(tail: bytes, buf: bytes, at: int) -> bytes:
+    """The `_GAP` bytes before `at` in `buf`, `tail` being those before `buf`."""
+    return buf[at - _GAP : at] if at >= _GAP else (tail + buf[:at])[-_GAP:]
 
 
 def _after_an_image(window: bytes, at: int, ends: tuple[int, bool]) -> bool:
