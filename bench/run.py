@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -288,13 +289,14 @@ def _generated(env: Env, script: str, flag: str, count: int, name: str) -> Path:
     return path
 
 
-def _read_1w_2w(fmt: str) -> list[str]:
-    """Tools reading `fmt` into the tables with 1 and with 2 workers."""
+def _read_1w_2w(fmt: str, name: str = "") -> list[str]:
+    """Tools (`name`, default `fmt`) reading `fmt` into the tables with 1 and 2 workers."""
+    name = name or fmt
     for w in ("1", "2"):
-        TOOLS[f"{fmt}_read_{w}w"] = lambda env, corpus, facts, out, w=w: [
+        TOOLS[f"{name}_read_{w}w"] = lambda env, corpus, facts, out, w=w: [
             env.labelflow, "convert", str(corpus), "--from", fmt, "--to", "parquet",
             "--out", str(out / "result"), "--workers", w, "-q"]  # fmt: skip
-    return [f"{fmt}_read_1w", f"{fmt}_read_2w"]
+    return [f"{name}_read_1w", f"{name}_read_2w"]
 
 
 def cmd_jsonl(env: Env, args: argparse.Namespace) -> None:
@@ -326,24 +328,36 @@ def _staged(env: Env, corpus_name: str, corpus: Path) -> Path:
 
 
 def cmd_exports(env: Env, args: argparse.Namespace) -> None:
-    """One-file exports read into the tables, 1 vs 2 workers: CVAT XML and Datumaro JSON
-    of the corpus (written by labelflow from its tables, on first use). Each file is one
-    read task, so a second worker has nothing to do: the two figures show what a
-    single-file export costs, and that a pool started for it costs little."""
+    """One-file exports read into the tables, 1 vs 2 workers: CVAT XML (as a file and
+    zipped, as CVAT hands it out) and Datumaro JSON of the corpus, written by labelflow
+    from its tables on first use."""
     corpus = env.corpus(args.corpus)
     facts = corpus_facts(env, corpus)
     staged = _staged(env, args.corpus, corpus)
-    for fmt in ("cvat", "datumaro"):
-        tools = [t for t in _read_1w_2w(fmt) if not args.tools or t in args.tools.split(",")]
+    for fmt, name in (("cvat", "cvat"), ("cvat", "cvat_zip"), ("datumaro", "datumaro")):
+        tools = _read_1w_2w(fmt, name)
+        tools = [t for t in tools if not args.tools or t in args.tools.split(",")]
         if not tools:
             continue
         export = env.work / f"{fmt}_{args.corpus}"
         if not export.exists():
             subprocess.run([env.labelflow, "convert", str(staged), "--to", fmt,
                             "--out", str(export), "-q"], check=True)  # fmt: skip
-        size = sum(f.stat().st_size for f in export.rglob("*") if f.is_file())
-        run_rounds(env, "exports", f"{fmt}_{args.corpus}", export, {**facts, "bytes": size},
+        if name == "cvat_zip":
+            export = _zipped(export, env.work / f"{name}_{args.corpus}.zip")
+        size = sum(f.stat().st_size for f in [export, *export.rglob("*")] if f.is_file())
+        run_rounds(env, "exports", f"{name}_{args.corpus}", export, {**facts, "bytes": size},
                    tools, args.runs, env.out)  # fmt: skip
+
+
+def _zipped(folder: Path, archive: Path) -> Path:
+    """The folder's files in a zip (deflate, level 6, as CVAT's exports), on first use."""
+    if not archive.exists():
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as z:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    z.write(f, f.relative_to(folder).as_posix())
+    return archive
 
 
 def cmd_writers(env: Env, args: argparse.Namespace) -> None:
