@@ -15,6 +15,7 @@ import shutil
 import signal
 import threading
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -84,11 +85,17 @@ class Source:
         rel = safe_member(member)
         return posixpath.join(self.root, rel) if self.root else rel
 
+    @property
+    def archive(self) -> bool:
+        """Whether the source is a zip, its members compressed: reaching a member's
+        offset decompresses everything before it (`reach`)."""
+        return self.url.lower().endswith(".zip")
+
     def uri(self, member: str = "") -> str:
         """A readable name for messages and the `source_uri` column."""
         return (
             f"{self.url}!{member}"
-            if member and self.url.lower().endswith(".zip")
+            if member and self.archive
             else (posixpath.join(self.url, member) if member else self.url)
         )
 
@@ -274,6 +281,18 @@ def _stops_deferred() -> Iterator[None]:
 
 
 _COPY_BLOCK = 1 << 20
+
+
+def reach(f: IO[bytes], offset: int) -> None:
+    """Move `f` forward to `offset`. A zip member's own seek decompresses in 16 MB
+    reads (a range near the end of a 143 MB member peaked at 97 MB of RSS before its
+    first byte, read on in `_COPY_BLOCK`s at 30 MB, and faster); other files seek."""
+    if not isinstance(f, zipfile.ZipExtFile):
+        f.seek(offset)
+        return
+    left = offset - f.tell()
+    while left > 0 and (chunk := f.read(min(left, _COPY_BLOCK))):
+        left -= len(chunk)
 
 
 def copy_stream(src: IO[bytes], dst: IO[bytes]) -> None:

@@ -18,7 +18,7 @@ from pipelines.errors import UnsafePathError
 from pipelines.formats.base import WriteOptions
 from pipelines.runner import convert
 from pipelines.staging import Staging
-from pipelines.storage import Output, Source, safe_join, safe_member
+from pipelines.storage import Output, Source, reach, safe_join, safe_member
 from tests.conftest import PEER
 
 COCO_VAL = PEER / "coco_instances/coco_instances/annotations/instances_val.json"
@@ -251,3 +251,17 @@ def test_copy_stream_reads_an_archived_file_through_python(tmp_path: Path) -> No
     with source.open("m.txt") as src, open(out, "wb") as dst:
         storage.copy_stream(src, dst)  # the member's bytes, not the archive's
     assert out.read_bytes() == b"x" * 100_000
+
+
+@pytest.mark.parametrize("where", ["file", "zip member"])
+def test_reach_moves_to_the_offset_in_a_file_and_in_a_zip_member(tmp_path, where) -> None:
+    data = bytes(range(256)) * 20_000  # 5 MB: several of reach's blocks
+    (tmp_path / "f.bin").write_bytes(data)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(tmp_path / "f.bin", "f.bin")
+    source = Source(str(tmp_path / ("f.bin" if where == "file" else "a.zip")))
+    with source.open("" if where == "file" else "f.bin") as f:
+        f.read(10)
+        reach(f, 3_000_001)
+        assert f.tell() == 3_000_001
+        assert f.read(5) == data[3_000_001:3_000_006]

@@ -63,14 +63,13 @@ def _tasks(source: Source, member: str, options: ReadOptions) -> list[ReadTask]:
     images (`_cvat_ranges`); the tasks' byte spans cover the whole file. In a zip, a
     task reaches its range by decompressing what comes before it (100 MB in ~0.4 s,
     where parsing it takes ~13 s): fewer, larger ranges there."""
-    in_zip = source.url.lower().endswith(".zip")
     parts = None
-    if options.workers > 1 and source.size(member) > SPLIT_BYTES:
+    if options.workers > 1 and (size := source.size(member)) > SPLIT_BYTES:
         with source.open(member) as f:
-            parts = image_ranges(f, options.workers, seek_costs=in_zip)
+            parts = image_ranges(f, options.workers, seek_costs=source.archive)
     if not parts:
         return [ReadTask("cvat", source, member=member, options=options)]
-    ends = [0, *(p.end for p in parts[:-1]), source.size(member)]
+    ends = [0, *(p.end for p in parts[:-1]), size]
     return [
         ReadTask(
             "cvat",

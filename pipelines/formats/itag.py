@@ -110,9 +110,9 @@ def detect(source: Source) -> Detection | None:
 
 def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
     tasks = []
-    in_zip = source.url.lower().endswith(".zip")  # seeking in a compressed member is slow
     for member in _members(source):
-        size = 0 if in_zip or options.workers <= 1 else source.size(member)
+        # Seeking in a compressed member decompresses all before it (`storage.reach`).
+        size = 0 if source.archive or options.workers <= 1 else source.size(member)
         if size <= SPLIT_BYTES:
             tasks.append(ReadTask(NAME, source, member=member, options=options))
             continue
