@@ -141,11 +141,11 @@ def _scan(f: IO[bytes]) -> list[tuple[int, int]] | None:
         if root_end >= 0:
             if not _after_an_image(_before(tail, buf, root_end), base + root_end, ends):
                 return None  # something at the top level after the last image
-            found.append((base + root_end, lines + buf.count(b"\n", 0, root_end)))
+            found.append((base + root_end, breaks + buf.count(b"\n", counted, root_end)))
             return found if names.unique else None
         if not block:
             return None  # no end tag: the parser will say what is wrong
-        lines += buf.count(b"\n", 0, keep)
+        lines = breaks + buf.count(b"\n", counted, keep)  # the cuts' counts carried on
         base += keep
         tail = buf[max(0, keep - _GAP) : keep]
         buf = buf[keep:]
