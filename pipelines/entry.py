@@ -12,7 +12,7 @@ import tempfile
 import traceback
 
 from pipelines import memory
-from pipelines.storage import STOP_SIGNALS
+from pipelines.storage import STOP_SIGNALS, STOPPED
 
 
 def main() -> None:
@@ -78,6 +78,7 @@ def _app() -> int:
 
 def _stop(signum: int, _frame: object) -> None:
     _ignore_stops()
+    STOPPED.append(signum)
     name = signal.Signals(signum).name
     print(f"labelflow: {name} received, stopping", file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)

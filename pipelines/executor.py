@@ -27,7 +27,7 @@ from concurrent import futures
 from typing import Any
 
 from pipelines import memory
-from pipelines.storage import Source
+from pipelines.storage import Source, raise_if_stopped
 
 Progress = Callable[[int, int, str], None]
 """Called as progress(done, total, what) after each task."""
@@ -238,6 +238,7 @@ class Executor:
         if self.workers == 1 or place == "inline" or (total <= 1 and place == "auto"):
             for i, args in enumerate(calls):
                 yield fn(*args)
+                raise_if_stopped()
                 if progress:
                     progress(i + 1, total, what)
             return
@@ -281,6 +282,7 @@ class Executor:
 
         def settle(i: int, result: Any) -> None:
             nonlocal done
+            raise_if_stopped()  # within the `try` below: the workers are ended
             results[i] = result
             done += 1
             if progress:

@@ -208,6 +208,7 @@ class Output:
             os.close(fd)
 
     def commit(self) -> None:
+        raise_if_stopped()
         with _stops_deferred():
             self._commit()
 
@@ -254,6 +255,18 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 and Kubernetes' SIGTERM, a closed terminal's SIGHUP. The executable turns each into
 an unwinding (`entry.run`); without that the last two would end it on the spot,
 leaving its workers and temporary files behind."""
+
+STOPPED: list[int] = []
+"""The stop signals this process received (`entry._stop`). A stop unwinds the run by
+raising where the signal lands; landing in a finalizer (a generator closed by the
+collector), the exception is printed and dropped, and the run would go on to commit."""
+
+
+def raise_if_stopped() -> None:
+    """Unwind as the stop would have, if one was received and its exception dropped:
+    between tasks (`executor`) and before a commit."""
+    if STOPPED:
+        raise SystemExit(128 + STOPPED[0])
 
 
 @contextlib.contextmanager

@@ -160,3 +160,30 @@ def test_a_stop_in_the_caller_leaves_no_task_of_the_pool_writing(
         runner.convert(slow_sources, "open_images", str(tmp_path / "out"), workers=2)
     time.sleep(3)  # what a task still running would write by now
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_whose_unwinding_python_dropped_still_leaves_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal that lands in a finalizer (a generator the collector closes) has its
+    exception printed and dropped. The stop it recorded ends the run at its next task,
+    and a commit never happens: the destination stays as it was."""
+    from pipelines.runner import convert
+    from tests.conftest import PEER
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "kept.txt").write_text("the previous output")
+    monkeypatch.setattr(storage, "STOPPED", [signal.SIGTERM])
+    source = PEER / "coco_instances/coco_instances/annotations/instances_val.json"
+    with pytest.raises(SystemExit) as stop:
+        convert([str(source)], "yolo", str(out), workers=1)
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in out.iterdir()] == ["kept.txt"]
+
+    written = Output(str(out))  # and a commit asked for directly
+    written.write("new.txt", b"new")
+    with pytest.raises(SystemExit):
+        written.commit()
+    assert [p.name for p in out.iterdir()] == ["kept.txt"]
