@@ -297,13 +297,13 @@ _COPY_BLOCK = 1 << 20
 
 
 def reach(f: IO[bytes], offset: int) -> None:
-    """Move `f` forward to `offset`. A zip member's own seek decompresses in 16 MB
+    """Move `f` to `offset`. A zip member's own seek forward decompresses in 16 MB
     reads (a range near the end of a 143 MB member peaked at 97 MB of RSS before its
-    first byte, read on in `_COPY_BLOCK`s at 30 MB, and faster); other files seek."""
-    if not isinstance(f, zipfile.ZipExtFile):
+    first byte, read on in `_COPY_BLOCK`s at 30 MB, and faster); other moves seek."""
+    left = offset - f.tell() if isinstance(f, zipfile.ZipExtFile) else -1
+    if left < 0:
         f.seek(offset)
         return
-    left = offset - f.tell()
     while left > 0 and (chunk := f.read(min(left, _COPY_BLOCK))):
         left -= len(chunk)
 

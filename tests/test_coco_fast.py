@@ -199,7 +199,7 @@ def test_odd_records_same_tables(seed: int, chunk_bytes: int, tmp_path: Path, mo
     path.write_text(json.dumps(_odd_corpus(seed)))
     monkeypatch.setattr(jsonframe, "CHUNK_BYTES", chunk_bytes)
     if seed != 1:  # images and annotations in tasks of their own, as for a big file
-        monkeypatch.setattr(coco, "ONE_TASK_BYTES", 0)
+        monkeypatch.setattr(jsonframe, "ONE_TASK_BYTES", 0)
         monkeypatch.setattr(jsonframe, "MIN_TASK_BYTES", 2000)
     fast = _assert_same(path, monkeypatch)
     tasks = coco.plan_read(Source(str(path)), ReadOptions(dataset="d"))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines import jsonframe
-from pipelines.formats import _coco_write, coco
+from pipelines.formats import _coco_write
 from pipelines.formats._fragments import Fragments, Piece
 from pipelines.formats.base import WriteOptions
 from pipelines.masks import encode, from_uncompressed, string_runs, to_uncompressed
@@ -120,7 +120,7 @@ def test_parts_read_only_the_files_that_hold_their_items(
             "categories": [{"id": 1, "name": "a"}],
         }  # fmt: skip
         (tmp_path / f"instances_{subset}.json").write_text(json.dumps(doc))
-    monkeypatch.setattr(coco, "ONE_TASK_BYTES", 0)
+    monkeypatch.setattr(jsonframe, "ONE_TASK_BYTES", 0)
     monkeypatch.setattr(jsonframe, "MIN_TASK_BYTES", 2000)
     monkeypatch.setattr(jsonframe, "CHUNK_BYTES", 1000)
     staged = tmp_path / "staged"

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipelines import formats, masks
+from pipelines import formats, jsonframe, masks
 from pipelines.errors import ParseError
 from pipelines.formats.base import ReadOptions
 from pipelines.runner import convert
@@ -140,13 +141,25 @@ def test_categories_after_items_and_odd_records() -> None:
     ]
 
 
-def test_malformed_json_names_file_and_place() -> None:
+def test_truncated_json_names_file_and_place() -> None:
     fmt = formats.get("datumaro")
-    (task,) = fmt.plan_read(Source(str(FIXTURES / "datumaro" / "malformed")), ReadOptions())
+    with pytest.raises(ParseError) as err:
+        fmt.plan_read(Source(str(FIXTURES / "datumaro" / "malformed")), ReadOptions())
+    assert err.value.source.endswith("annotations/default.json")
+    assert err.value.location == "byte 143"
+    assert "inside 'items': truncated" in err.value.reason
+
+
+def test_malformed_item_names_file_and_byte(tmp_path: Path) -> None:
+    path = tmp_path / "default.json"
+    good = '{"id": "a", "annotations": []}'
+    path.write_text('{"categories": {}, "items": [' + good + ', {"id": "b",, "x": 1}]}')
+    fmt = formats.get("datumaro")
+    (task,) = fmt.plan_read(Source(str(path)), ReadOptions())
     with pytest.raises(ParseError) as err:
         list(fmt.read(task))
-    assert err.value.source.endswith("annotations/default.json")
-    assert err.value.location == "$.items[0]"
+    assert err.value.source.endswith("default.json")
+    assert err.value.location == f"byte {path.read_text().index(',,') + 1}"
 
 
 def test_detect_tells_datumaro_from_coco(tmp_path: Path) -> None:
@@ -156,6 +169,70 @@ def test_detect_tells_datumaro_from_coco(tmp_path: Path) -> None:
     assert formats.detect(Source(str(DIVERSE)))[0][0] == "datumaro"
     single = Source(str(DIVERSE / "annotations" / "train.json"))
     assert formats.get("datumaro").detect(single).confidence > 0.5
+
+
+# -- one file read by several tasks ---------------------------------------------------
+
+
+@pytest.fixture
+def small_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files of a few kB split between tasks as a large one would be."""
+    monkeypatch.setattr(jsonframe, "ONE_TASK_BYTES", 0)
+    monkeypatch.setattr(jsonframe, "MIN_TASK_BYTES", 1)
+    monkeypatch.setattr(jsonframe, "CHUNK_BYTES", 200)
+
+
+def _synthetic(path: Path, ids: list) -> Path:
+    categories = {"label": {"labels": [{"name": "car"}, {"name": "dog"}], "attributes": ["a"]}}
+    items = []
+    for n, i in enumerate(ids):
+        box = [1, 2, 3, "x" if n == 23 else 4]  # one annotation to reject, far in
+        anns = [
+            {"id": 1, "type": "bbox", "label_id": n % 2, "bbox": box, "attributes": {"o": n}},
+            {"id": 2, "type": "polygon", "label_id": 0, "points": [0, 0, n, 1, 2, 2]},
+        ]
+        image = {"path": f"{i}.jpg", "size": [48, 64]}
+        items.append({"id": i, "annotations": anns, "image": image, "attr": {"frame": n}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"info": {"v": 1}, "categories": categories, "items": items}))
+    return path
+
+
+def _plan(path: Path, workers: int = 2) -> list:
+    return formats.get("datumaro").plan_read(Source(str(path)), ReadOptions(workers=workers))
+
+
+@pytest.mark.parametrize("source", [DIVERSE / "annotations" / "train.json", "synthetic", "zipped"])
+def test_tasks_give_the_whole_file_s_tables(small_tasks, tmp_path: Path, source) -> None:
+    if source in ("synthetic", "zipped"):
+        source = _synthetic(tmp_path / "dm" / "annotations" / "default.json", list(range(40)))
+    if source == "zipped":
+        source = Path(shutil.make_archive(str(tmp_path / "dm"), "zip", tmp_path / "dm"))
+    tasks = _plan(source)
+    assert len(tasks) > 1
+    assert [t.context["chunks"][0].first_index for t in tasks] == sorted(
+        {t.context["chunks"][0].first_index for t in tasks}
+    )
+    assert read_direct(source, "datumaro", workers=2) == read_direct(source, "datumaro")
+
+
+def test_ids_that_could_repeat_keep_the_file_in_one_task(small_tasks, tmp_path: Path) -> None:
+    path = _synthetic(tmp_path / "default.json", ["a", 7, "b", "7", *range(10, 40)])
+    assert len(_plan(path)) == 1
+    items = [i["item_id"] for i in read_direct(path, "datumaro", workers=2)["items"]]
+    assert items[:4] == ["default/a", "default/7", "default/b", "default/7#2"]
+    assert len(_plan(_synthetic(path, ["a", 7, "b", "8", *range(10, 40)]))) > 2
+    assert len(_plan(path, workers=1)) == 1
+
+
+def test_items_that_are_not_an_array_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "default.json"
+    path.write_text('{"categories": {"label": {"labels": [{"name": "car"}]}}, "items": {}}')
+    tables = read_direct(path, "datumaro")
+    assert [(r["location"], r["reason"]) for r in tables["rejects"]] == [
+        ("$.items", "items is not an array")
+    ]
+    assert [a["owner_id"] for a in tables["attributes"]] == ["label:car"]
 
 
 # -- writer ------------------------------------------------------------------------

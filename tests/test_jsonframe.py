@@ -127,3 +127,60 @@ def test_frame_with_blocks_classified_ahead(seed: int, monkeypatch) -> None:
     doc = _document(seed)
     pretty = json.dumps(doc, indent=2, ensure_ascii=False).encode()
     _check(doc, pretty, chunk_bytes=1 + seed * 5)
+
+
+def _canonical(v) -> bytes:
+    return (v if isinstance(v, str) else str(v)).encode()
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("block", [1, 3, 64, 1 << 20])
+def test_member_hashes_agree_with_a_full_parse(seed: int, block: int, monkeypatch) -> None:
+    monkeypatch.setattr(jsonframe, "BLOCK_BYTES", block)
+    rng = random.Random(seed)
+    tricky = {"s": "id", "id\\": 1, "v": {"id": 3, "x": ["id", {"id": 4}]}}  # not members
+    plain = [{**tricky, "id": rng.choice([f"n{i}", i, -i, "a,b{c}", "ü€"])} for i in range(40)]
+    odd = [dict(e) for e in plain]
+    odd[rng.randrange(40)].pop("id")
+    doc = {"info": {"id": 9}, "plain": plain, "odd": odd, "weird": [*plain[:3], [{"id": 1}]]}
+    for ascii_only in (False, True):
+        data = json.dumps(doc, ensure_ascii=ascii_only, indent=seed % 3 or None).encode()
+        values = {v.key: v for v in jsonframe.frame(io.BytesIO(data), "doc.json", member="id")}
+        got = values["plain"].member_hashes
+        spelt = ascii_only and any(e["id"] == "ü€" for e in plain)
+        if block == 1 << 20 and not spelt:
+            assert got is not None  # one block: nothing is cut, every id reads as written
+        if got is not None:
+            assert got.tolist() == [hash(_canonical(e["id"])) for e in plain]
+        assert values["odd"].member_hashes is None  # an element without the member
+        assert values["weird"].member_hashes is None  # an element that is not an object
+
+
+@pytest.mark.parametrize(
+    ("elements", "vouched"),
+    [
+        (b'{"id": "a"}, {"id": 7}, {"x": "id", "id": "7"}', True),
+        (b'{"id": "a", "id": "b"}, {"id": 1}', False),  # given twice
+        (b'{"id": "a\\u0062"}', False),  # escapes: the text is not the value
+        (b'{"\\u0069d": "a"}', False),  # the name spelt with escapes
+        (b'{"id": 1.0}', False),
+        (b'{"id": -0}', False),  # the integer 0 spelt otherwise
+        (b'{"id": null}', False),
+        (b"", True),
+    ],
+)
+def test_member_hashes_only_where_the_bytes_vouch(elements: bytes, vouched: bool) -> None:
+    data = b'{"items": [' + elements + b"]}"
+    (value,) = jsonframe.frame(io.BytesIO(data), "doc.json", member="id")
+    assert (value.member_hashes is not None) == vouched
+    if vouched:
+        expected = [hash(_canonical(e["id"])) for e in json.loads(data)["items"]]
+        assert value.member_hashes.tolist() == expected
+
+
+def test_member_hashes_past_the_limit_vouch_for_nothing() -> None:
+    data = json.dumps({"items": [{"id": i} for i in range(10)]}).encode()
+    (value,) = jsonframe.frame(io.BytesIO(data), "doc.json", member="id", max_members=9)
+    assert value.member_hashes is None
+    (value,) = jsonframe.frame(io.BytesIO(data), "doc.json", member="id", max_members=10)
+    assert value.member_hashes is not None

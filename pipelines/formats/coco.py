@@ -47,9 +47,6 @@ from pipelines.storage import Source
 LAYOUT = "coco_layout"
 """Attribute source for how the export spelled a value, not what it means."""
 
-ONE_TASK_BYTES = 16 << 20
-"""A file this small is read by one task: starting workers would cost more than it saves."""
-
 BATCH_SHARE = 2
 """COCO's batches hold half the rows of others': most rows are vertices (13 an
 annotation on the 200 MB corpus), held as Python floats until the batch is flushed.
@@ -135,7 +132,7 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
         anns = values.get("annotations")
         chunks = anns.chunks if anns and anns.kind == "array" else []
         end = max(chunks[-1].end, images.end) if chunks else images.end
-        if chunks and end - images.start <= ONE_TASK_BYTES:
+        if chunks and end - images.start <= jsonframe.ONE_TASK_BYTES:
             first.update(role="all", chunks=chunks)
             start = images.start
             tasks.append(ReadTask("coco", source, member, subset, start, end, first, options))

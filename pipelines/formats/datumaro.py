@@ -1,7 +1,8 @@
 """Datumaro 1.0 JSON (`annotations/<subset>.json`): read and written.
 
-Each file is streamed with ijson: the small top-level values (info,
-categories) are built whole, the `items` array one item at a time. Mapping:
+Each file is framed (pipelines/jsonframe.py): the small top-level values (info,
+categories) are parsed whole, the `items` array in chunks, split between tasks
+when no two items could want the same id. Mapping:
 
 - categories → label attributes (owner `label:<name>`, source "datumaro"):
   `parent`, the label's `attributes` names, `points` (keypoint names and
@@ -25,7 +26,9 @@ import posixpath
 from collections.abc import Iterator
 from typing import Any
 
-from pipelines import masks
+import numpy as np
+
+from pipelines import jsonframe, masks
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
 from pipelines.formats._datumaro_write import plan_write, write
@@ -33,7 +36,7 @@ from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
 from pipelines.grouping import unique_id
 from pipelines.schema import Batch
 from pipelines.skeleton import POINT_OWNER, point_owner
-from pipelines.storage import Source
+from pipelines.storage import HEAD_BYTES, Source
 from pipelines.streamjson import ijson
 
 SOURCE = "datumaro"
@@ -114,30 +117,42 @@ def detect(source: Source) -> Detection | None:
 
 def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
     members = _annotation_files(source) if source.is_dir else [""]
+    return [task for member in members for task in _plan_file(source, member, options)]
+
+
+def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTask]:
+    """The file's items array in chunks (pipelines/jsonframe.py), one task per group of
+    them when no two items could want the same id; else one task, which numbers the
+    repeats (`unique_id`) in file order."""
+    uri = source.uri(member)
+    with source.open(member) as f:
+        if not f.read(HEAD_BYTES).lstrip().startswith(b"{"):
+            raise ParseError(uri, "$", "not a JSON object: not a Datumaro file")
+        f.seek(0)
+        values = {v.key: v for v in jsonframe.frame(f, uri, member="id")}
+        items = values.pop("items", None)
+        head = {key: jsonframe.read_value(f, uri, v) for key, v in values.items()}
+    stem = posixpath.splitext(posixpath.basename(member or source.name))[0]
+    categories = head.pop("categories", None)
+    base = {"categories": categories if isinstance(categories, dict) else {}}
+    first = {**base, "head": head, "items_kind": items and items.kind, "chunks": []}
+    if items is None or items.kind != "array" or not items.length:
+        return [ReadTask("datumaro", source, member, stem, context=first, options=options)]
+    groups = [items.chunks]
+    ids = items.member_hashes
+    split = options.workers > 1 and items.end - items.start > jsonframe.ONE_TASK_BYTES
+    if split and ids is not None and len(np.unique(ids)) == len(ids):
+        groups = jsonframe.task_groups(items.chunks, options.workers, _bytes, source.archive)
     tasks = []
-    for member in members:
-        stem = posixpath.splitext(posixpath.basename(member or source.name))[0]
-        tasks.append(ReadTask("datumaro", source, member=member, subset=stem, options=options))
+    for group in groups:
+        ctx = {**(first if not tasks else base), "chunks": group}
+        start, end = group[0].start, group[-1].end
+        tasks.append(ReadTask("datumaro", source, member, stem, start, end, ctx, options))
     return tasks
 
 
-def _build(first: tuple[str, Any], events: Iterator) -> Any:
-    """The value starting with event `first`, consuming the rest of it from `events`."""
-    event, value = first
-    if event not in ("start_map", "start_array"):
-        return value
-    builder = ijson.ObjectBuilder()
-    builder.event(event, value)
-    depth = 1
-    for _, event, value in events:
-        builder.event(event, value)
-        if event in ("start_map", "start_array"):
-            depth += 1
-        elif event in ("end_map", "end_array"):
-            depth -= 1
-            if depth == 0:
-                break
-    return builder.value
+def _bytes(chunk: jsonframe.Chunk) -> int:
+    return chunk.end - chunk.start
 
 
 class _Reader:
@@ -155,62 +170,29 @@ class _Reader:
         self.files = frozenset(task.source.files) if task.source.is_dir else frozenset()
 
     def batches(self) -> Iterator[Batch]:
-        uri = self.task.uri
-        head, items_kind = self._head()
-        self._categories(head.pop("categories", None) or {})
-        for key, value in head.items():
-            if value not in ({}, None):
-                self.b.attribute(self.owner, None, key, value, owner_kind="dataset", source=SOURCE)
-        if items_kind not in ("start_array", None):
-            self.b.reject("$.items", "items is not an array", record_kind="items")
-        elif items_kind is not None:
-            i = -1
-            with self.task.source.open(self.task.member) as f:
-                try:
-                    # The items are built by ijson's C backend, one at a time.
-                    for i, item in enumerate(ijson.items(f, "items.item", use_float=True)):
-                        self._item(i, item)
-                        if self.b.full():
-                            yield self.b.flush()
-                except ijson.JSONError as exc:
-                    raise ParseError(uri, f"$.items[{i + 1}]", f"malformed JSON: {exc}") from exc
+        ctx = self.task.context
+        # The file's first task records its dataset and label attributes.
+        first = "head" in ctx
+        self._categories(ctx["categories"], record=first)
+        if first:
+            for key, value in ctx["head"].items():
+                if value not in ({}, None):
+                    self.b.attribute(
+                        self.owner, None, key, value, owner_kind="dataset", source=SOURCE
+                    )
+            if ctx["items_kind"] not in ("array", None):
+                self.b.reject("$.items", "items is not an array", record_kind="items")
+        with self.task.source.open(self.task.member) as f:
+            for start, items in jsonframe.iter_chunks(f, self.task.uri, ctx["chunks"]):
+                for i, item in enumerate(items, start):
+                    self._item(i, item)
+                    if self.b.full():
+                        yield self.b.flush()
+                del items
         yield self.b.flush()
 
-    def _head(self) -> tuple[dict[str, Any], str | None]:
-        """Every top-level value but the items, and the event that opens the items.
-
-        Reading stops at the items when the categories came before them (the
-        usual layout); otherwise it skips over the items to find them.
-        """
-        uri, where = self.task.uri, "$"
-        head: dict[str, Any] = {}
-        items_kind = None
-        with self.task.source.open(self.task.member) as f:
-            events = ijson.parse(f, use_float=True)
-            try:
-                first = next(events, None)
-                if first is None or first[1] != "start_map":
-                    raise ParseError(uri, "$", "not a JSON object: not a Datumaro file")
-                for prefix, event, key in events:
-                    if prefix != "" or event != "map_key":
-                        continue
-                    where = f"$.{key}"
-                    _, event, value = next(events)
-                    if key != "items":
-                        head[key] = _build((event, value), events)
-                        continue
-                    items_kind = event
-                    if "categories" in head:
-                        break
-                    if event in ("start_map", "start_array"):
-                        for p, e, _ in events:
-                            if p == "items" and e in ("end_map", "end_array"):
-                                break
-            except ijson.JSONError as exc:
-                raise ParseError(uri, where, f"malformed JSON: {exc}") from exc
-        return head, items_kind
-
-    def _categories(self, cats: dict) -> None:
+    def _categories(self, cats: dict, record: bool) -> None:
+        """The labels' names and points for the items; `record`: their attributes too."""
         b = self.b
         label_cat = cats.get("label") if isinstance(cats.get("label"), dict) else {}
         labels = [x for x in label_cat.get("labels") or [] if isinstance(x, dict)]
@@ -221,7 +203,7 @@ class _Reader:
                 continue
             props[x["name"]] = {k: v for k, v in x.items() if k != "name"}
             props[x["name"]].setdefault("parent", "")
-        if label_cat.get("attributes"):
+        if label_cat.get("attributes") and record:
             b.attribute(
                 self.owner,
                 None,
@@ -257,6 +239,8 @@ class _Reader:
             parent = x.get("parent")
             if parent and parent in self.labels:
                 self.child_names.setdefault(self.labels.index(parent), []).append(x.get("name"))
+        if not record:
+            return
         for name, p in props.items():
             b.attributes(f"label:{name}", None, p, owner_kind="label", source=SOURCE)
         if rest:
