@@ -328,13 +328,19 @@ def _staged(env: Env, corpus_name: str, corpus: Path) -> Path:
 
 
 def cmd_exports(env: Env, args: argparse.Namespace) -> None:
-    """One-file exports read into the tables, 1 vs 2 workers: CVAT XML (as a file and
-    zipped, as CVAT hands it out) and Datumaro JSON of the corpus, written by labelflow
+    """One-file exports read into the tables, 1 vs 2 workers: CVAT XML and Datumaro JSON
+    of the corpus (each as a file and zipped, as CVAT hands them out), written by labelflow
     from its tables on first use."""
     corpus = env.corpus(args.corpus)
     facts = corpus_facts(env, corpus)
     staged = _staged(env, args.corpus, corpus)
-    for fmt, name in (("cvat", "cvat"), ("cvat", "cvat_zip"), ("datumaro", "datumaro")):
+    exports = (
+        ("cvat", "cvat"),
+        ("cvat", "cvat_zip"),
+        ("datumaro", "datumaro"),
+        ("datumaro", "datumaro_zip"),
+    )
+    for fmt, name in exports:
         tools = _read_1w_2w(fmt, name)
         tools = [t for t in tools if not args.tools or t in args.tools.split(",")]
         if not tools:
@@ -343,7 +349,7 @@ def cmd_exports(env: Env, args: argparse.Namespace) -> None:
         if not export.exists():
             subprocess.run([env.labelflow, "convert", str(staged), "--to", fmt,
                             "--out", str(export), "-q"], check=True)  # fmt: skip
-        if name == "cvat_zip":
+        if name.endswith("_zip"):
             export = _zipped(export, env.work / f"{name}_{args.corpus}.zip")
         size = sum(f.stat().st_size for f in [export, *export.rglob("*")] if f.is_file())
         run_rounds(env, "exports", f"{name}_{args.corpus}", export, {**facts, "bytes": size},
