@@ -352,13 +352,23 @@ class BatchBuilder:
     def _table(self, schema: pa.Schema, rows: list[dict], constant: tuple[str, ...]) -> pa.Table:
         if not rows:
             return schema.empty_table()
-        plain = _plain_struct(schema, constant)
-        struct = pa.array(rows, type=plain)
-        return _assemble(schema, struct, self._constants(len(rows), constant))
+        plain = self._plain_table(schema, rows, constant)
+        return _assemble(schema, plain, self._constants(len(rows), constant))
 
     def _plain_table(self, schema: pa.Schema, rows: list[dict], constant: tuple[str, ...]):
-        """Rows as a table of the non-constant columns, dictionary columns still plain."""
-        return pa.Table.from_struct_array(pa.array(rows, type=_plain_struct(schema, constant)))
+        """Rows as a table of the non-constant columns, dictionary columns still plain.
+
+        Only the columns some row has are converted, the others are nulls: pyarrow
+        looks up every field of the type in every row, and an annotation row states
+        ~10 of 40 (a Datumaro batch's 3.5k annotations: 5 → 2.5 ms)."""
+        plain = _plain_struct(schema, constant)
+        present = set().union(*rows)
+        fields = [f for f in plain if f.name in present]
+        struct = pa.array(rows, type=pa.struct(fields))
+        given = {f.name: struct.field(i) for i, f in enumerate(fields)}
+        n = len(rows)
+        columns = [given[f.name] if f.name in given else pa.nulls(n, f.type) for f in plain]
+        return pa.Table.from_arrays(columns, names=plain.names)
 
     def _blocks_table(
         self, schema: pa.Schema, blocks: list[pa.Table], rows: list[dict], constant: tuple
