@@ -4,7 +4,7 @@ a Dask cluster.
 The calling process runs tasks beside its pool's workers (`Executor._shared`): a
 run on N workers has N - 1 worker processes. Several fork from a `forkserver` that
 has imported the engine once and shares it with them (threads would serialize on
-the GIL; `fork` after DuckDB's or Polars' threads have started is unsafe). A single
+the GIL; `fork` after DuckDB's threads have started is unsafe). A single
 worker is spawned: a forkserver would be one more process holding the same imports,
 shared with nobody. This module imports neither pyarrow nor the engine, so the
 command line can start a forkserver (`prepare`) before it imports them itself: the
