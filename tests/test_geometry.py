@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.schema import ANNOTATIONS, POINTS, Batch
-from transforms.geometry import fill_bbox_from_points, fill_polygon_area
+from transforms.geometry import fill_geometry
 
 KINDS = ["polygon", "polyline", "keypoints", "points", "bbox", "mask", "cuboid_2d"]
 
@@ -80,7 +80,7 @@ def _expected(batch: Batch) -> list[dict]:
 @pytest.mark.parametrize("seed", range(40))
 def test_boxes_and_areas_match_a_row_by_row_reference(seed: int) -> None:
     batch = _batch(seed)
-    got = fill_polygon_area(fill_bbox_from_points(batch)).annotations.to_pylist()
+    got = fill_geometry(batch).annotations.to_pylist()
     expected = _expected(batch)
     for g, e in zip(got, expected, strict=True):
         for key in ("bbox_x", "bbox_y", "bbox_w", "bbox_h", "area"):
@@ -92,8 +92,9 @@ def test_boxes_and_areas_match_a_row_by_row_reference(seed: int) -> None:
 
 def test_nothing_to_fill_returns_the_batch_itself() -> None:
     batch = _batch(3)
-    stated = batch.annotations.drop_columns(["area"]).append_column(
-        pa.field("area", pa.float64()), pa.array([1.0] * batch.annotations.num_rows)
-    )
-    batch = batch.replace(annotations=stated.select(ANNOTATIONS.names).cast(ANNOTATIONS))
-    assert fill_polygon_area(batch) is batch
+    stated = batch.annotations
+    for name in ("bbox_x", "bbox_y", "bbox_w", "bbox_h", "area"):
+        i = stated.schema.get_field_index(name)
+        stated = stated.set_column(i, name, pa.array([1.0] * stated.num_rows))
+    batch = batch.replace(annotations=stated)
+    assert fill_geometry(batch) is batch

@@ -7,14 +7,13 @@ geometry that can be derived (boxes and areas), so writers find them filled.
 from __future__ import annotations
 
 from pipelines.schema import Batch
-from transforms.geometry import fill_bbox_from_points, fill_polygon_area
+from transforms.geometry import fill_geometry
 from transforms.normalize import normalize_coordinates
 
 
 def standard(batch: Batch) -> Batch:
     batch = normalize_coordinates(batch)
-    batch = fill_bbox_from_points(batch)
-    return fill_polygon_area(batch)
+    return fill_geometry(batch)
 
 
-__all__ = ["fill_bbox_from_points", "fill_polygon_area", "normalize_coordinates", "standard"]
+__all__ = ["fill_geometry", "normalize_coordinates", "standard"]

@@ -36,10 +36,10 @@ class _Vertices:
     that annotation (the first row of an id given twice, as a join would match both
     rows with the same vertices)."""
 
-    def __init__(self, anns: pa.Table, points: pa.Table, keep: pa.Array | None = None) -> None:
+    def __init__(self, anns: pa.Table, points: pa.Table) -> None:
         ids = anns.column("ann_id")
         row = pc.index_in(points.column("ann_id"), value_set=ids)
-        found = pc.is_valid(row) if keep is None else pc.and_(pc.is_valid(row), keep)
+        found = pc.is_valid(row)
         self.points = points.filter(found)
         self.row = row.filter(found).to_numpy()
         self.rows = anns.num_rows
@@ -79,20 +79,33 @@ def _starts(*keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(change)
 
 
-def fill_bbox_from_points(batch: Batch) -> Batch:
-    """bbox_* of vertex shapes without a box: the extent of their points.
-
-    Keypoints count only labelled ones (visibility > 0, or unknown).
-    """
+def fill_geometry(batch: Batch) -> Batch:
+    """Boxes and polygon areas the batch's vertex shapes lack (`_boxes`, `_areas`)."""
     anns = batch.annotations
-    fill = _to_fill(anns, "bbox_x", _BOX_KINDS) if batch.points.num_rows else None
-    if fill is None:
+    if not batch.points.num_rows:
         return batch
-    vis = batch.points.column("visibility")
-    v = _Vertices(anns, batch.points, pc.or_kleene(pc.is_null(vis), pc.greater(vis, 0)))
-    if not len(v.row):
+    box = _to_fill(anns, "bbox_x", _BOX_KINDS)
+    area = _to_fill(anns, "area", _AREA_KINDS)
+    if box is None and area is None:
         return batch
-    row, x, y = v.row, v.column("x"), v.column("y")
+    vertices = _Vertices(anns, batch.points)
+    if not len(vertices.row):
+        return batch
+    if box is not None:
+        anns = _boxes(anns, box, vertices)
+    if area is not None:
+        anns = _areas(anns, area, vertices)
+    return batch.replace(annotations=anns)
+
+
+def _boxes(anns: pa.Table, fill: pa.Array, v: _Vertices) -> pa.Table:
+    """bbox_* of vertex shapes without a box: the extent of their points. Keypoints
+    count only labelled ones (visibility > 0, or unknown)."""
+    vis = v.column("visibility")  # float, NaN where unknown
+    seen = np.isnan(vis) | (vis > 0)
+    row, x, y = v.row[seen], v.column("x")[seen], v.column("y")[seen]
+    if not len(row):
+        return anns
     order = _order(row)
     if order is not None:
         row, x, y = row[order], x[order], y[order]
@@ -104,20 +117,13 @@ def fill_bbox_from_points(batch: Batch) -> Batch:
         i = anns.schema.get_field_index(name)
         derived = v.per_row(values, row[starts])
         anns = anns.set_column(i, name, pc.if_else(fill, derived, anns.column(name)))
-    return batch.replace(annotations=anns)
+    return anns
 
 
-def fill_polygon_area(batch: Batch) -> Batch:
+def _areas(anns: pa.Table, fill: pa.Array, v: _Vertices) -> pa.Table:
     """area of polygons without one: the shoelace area of each ring (part), its
     vertices in `idx` order and the last joined to the first, and a polygon's rings'
     absolute areas summed."""
-    anns = batch.annotations
-    fill = _to_fill(anns, "area", _AREA_KINDS) if batch.points.num_rows else None
-    if fill is None:
-        return batch
-    v = _Vertices(anns, batch.points)
-    if not len(v.row):
-        return batch
     row, part, x, y = v.row, v.column("part"), v.column("x"), v.column("y")
     order = _order(v.column("idx"), part, row)
     if order is not None:
@@ -133,5 +139,4 @@ def fill_polygon_area(batch: Batch) -> Batch:
     firsts = _starts(ring_rows)
     area = v.per_row(np.add.reduceat(rings, firsts), ring_rows[firsts])
     i = anns.schema.get_field_index("area")
-    anns = anns.set_column(i, "area", pc.if_else(fill, area, anns.column("area")))
-    return batch.replace(annotations=anns)
+    return anns.set_column(i, "area", pc.if_else(fill, area, anns.column("area")))
