@@ -514,13 +514,16 @@ def _fix_empty(f: IO[bytes], value: Value) -> None:
                 value.length = 0
 
 
-def read_value(f: IO[bytes], uri: str, value: Value) -> Any:
-    """Parse a whole (small) top-level value."""
+def read_value(f: IO[bytes], uri: str, value: Value, path: str = "") -> Any:
+    """Parse a whole (small) top-level value; `path` names it in errors ("$.info")."""
     f.seek(value.start)
-    return _loads(f.read(value.end - value.start), uri, value.start, wrap=False)
+    data = f.read(value.end - value.start)
+    return _loads(data, uri, value.start, _Where(path, None))
 
 
-def iter_chunks(f: IO[bytes], uri: str, chunks: list[Chunk]) -> Iterator[tuple[int, list]]:
+def iter_chunks(
+    f: IO[bytes], uri: str, chunks: list[Chunk], path: str = ""
+) -> Iterator[tuple[int, list]]:
     """Yield (index of the first element, elements) for each chunk, in order.
 
     The cyclic collector stays paused until the consumer asks for the next chunk:
@@ -529,13 +532,15 @@ def iter_chunks(f: IO[bytes], uri: str, chunks: list[Chunk]) -> Iterator[tuple[i
     """
     for c in chunks:
         with paused_gc():
-            yield c.first_index, parse_chunk(f, uri, c)
+            yield c.first_index, parse_chunk(f, uri, c, path)
 
 
-def parse_chunk(f: IO[bytes], uri: str, chunk: Chunk) -> list:
+def parse_chunk(f: IO[bytes], uri: str, chunk: Chunk, path: str = "") -> list:
+    """The chunk's elements; a syntax error names the element it is in when `path`
+    names the array ("$.items" → "$.items[12], byte 3456")."""
     reach(f, chunk.start)
     data = f.read(chunk.end - chunk.start)
-    return _loads(data, uri, chunk.start, wrap=True)
+    return _loads(data, uri, chunk.start, _Where(path, chunk.first_index))
 
 
 @contextmanager
@@ -557,7 +562,46 @@ def paused_gc() -> Iterator[None]:
         gc.enable()
 
 
-def _loads(data: bytes, uri: str, offset: int, wrap: bool) -> Any:
+@dataclass
+class _Where:
+    path: str
+    first_index: int | None
+    """The chunk's first element's index; None for a whole value."""
+
+    def location(self, data: bytes, at: int, offset: int) -> str:
+        """Where byte `at` of `data` (read from `offset`) is, for an error there."""
+        byte = f"byte {offset + at}"
+        if not self.path:
+            return byte
+        if self.first_index is None:
+            return f"{self.path}, {byte}"
+        return f"{self.path}[{self.first_index + _elements_before(data[:at])}], {byte}"
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _elements_before(text: bytes) -> int:
+    """How many whole elements, each followed by a comma, a chunk's text starts with
+    (the element an error at its end is in). Only on the way to an error: it parses
+    in Python, an element at a time."""
+    decoder = json.JSONDecoder()
+    s = text.decode("utf-8", errors="ignore")
+    count = pos = 0
+    while True:
+        try:
+            _, pos = decoder.raw_decode(s, _SPACE.match(s, pos).end())
+        except json.JSONDecodeError:
+            return count
+        pos = _SPACE.match(s, pos).end()
+        if s[pos : pos + 1] != ",":
+            return count
+        pos += 1
+        count += 1
+
+
+def _loads(data: bytes, uri: str, offset: int, where: _Where) -> Any:
+    wrap = where.first_index is not None
     text = b"[" + data + b"]" if wrap else data
     try:
         with paused_gc():
@@ -567,9 +611,11 @@ def _loads(data: bytes, uri: str, offset: int, wrap: bool) -> Any:
     # orjson refuses NaN and Infinity, which some exporters write; the standard
     # parser accepts them, so such records reach validation and are rejected there.
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        where = offset + exc.pos - (1 if wrap else 0)
-        raise ParseError(uri, f"byte {where}", f"malformed JSON: {exc.msg}") from exc
+        decoded = text.decode("utf-8", "surrogatepass")  # as json.loads decodes bytes
+        return json.loads(decoded)
     except UnicodeDecodeError as exc:
-        raise ParseError(uri, f"byte {offset + exc.start}", "invalid UTF-8") from exc
+        at, why = exc.start - wrap, "invalid UTF-8"
+    except json.JSONDecodeError as exc:
+        at = len(decoded[: exc.pos].encode()) - wrap  # the error's byte, not character
+        why = f"malformed JSON: {exc.msg}"
+    raise ParseError(uri, where.location(data, at, offset), why)

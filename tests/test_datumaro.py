@@ -150,16 +150,17 @@ def test_truncated_json_names_file_and_place() -> None:
     assert "inside 'items': truncated" in err.value.reason
 
 
-def test_malformed_item_names_file_and_byte(tmp_path: Path) -> None:
+def test_malformed_item_names_file_item_and_byte(tmp_path: Path) -> None:
     path = tmp_path / "default.json"
-    good = '{"id": "a", "annotations": []}'
-    path.write_text('{"categories": {}, "items": [' + good + ', {"id": "b",, "x": 1}]}')
+    good = '{"id": "ü", "annotations": [{"id": 1, "type": "label"}]}, '
+    path.write_text('{"categories": {}, "items": [' + good * 3 + '{"id": "b",, "x": 1}]}')
     fmt = formats.get("datumaro")
     (task,) = fmt.plan_read(Source(str(path)), ReadOptions())
     with pytest.raises(ParseError) as err:
         list(fmt.read(task))
     assert err.value.source.endswith("default.json")
-    assert err.value.location == f"byte {path.read_text().index(',,') + 1}"
+    byte = path.read_bytes().index(b",,") + 1  # bytes, not characters: ü is two
+    assert err.value.location == f"$.items[3], byte {byte}"
 
 
 def test_detect_tells_datumaro_from_coco(tmp_path: Path) -> None:

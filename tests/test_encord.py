@@ -389,7 +389,7 @@ MALFORMED = [
     (
         b'[{"label_hash": "a"}, {"label_hash": tru}]',
         "whole rows",
-        "$[0] or a row after it, byte",
+        "$[1], byte 37",
         "malformed JSON",
     ),
     (

@@ -184,3 +184,20 @@ def test_member_hashes_past_the_limit_vouch_for_nothing() -> None:
     assert value.member_hashes is None
     (value,) = jsonframe.frame(io.BytesIO(data), "doc.json", member="id", max_members=10)
     assert value.member_hashes is not None
+
+
+@pytest.mark.parametrize("bad", [7, 23, 39])
+@pytest.mark.parametrize(("broken", "why"), [(b'"x": tru', "malformed JSON"),
+                                             (b'"x": "\xff"', "invalid UTF-8")])  # fmt: skip
+def test_a_broken_element_is_named_by_its_index_and_byte(bad: int, broken: bytes, why: str) -> None:
+    elements = [b'{"x": [1, "\xc3\xbc,]"], "n": NaN}'] * 40  # ü, and a NaN orjson refuses
+    elements[bad] = b"{" + broken + b"}"
+    data = b'{"a": [' + b", ".join(elements) + b"]}"
+    (value,) = jsonframe.frame(io.BytesIO(data), "doc.json", chunk_bytes=100)
+    assert len(value.chunks) > 5
+    with pytest.raises(ParseError) as err:
+        for _ in jsonframe.iter_chunks(io.BytesIO(data), "doc.json", value.chunks, "$.a"):
+            pass
+    at = data.index(broken) + broken.index(b"tru" if b"tru" in broken else b"\xff")
+    assert err.value.location == f"$.a[{bad}], byte {at}"
+    assert why in err.value.reason

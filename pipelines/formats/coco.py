@@ -113,9 +113,9 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
             if "images" not in values or values["images"].kind != "array":
                 raise ParseError(uri, "$", "no 'images' array: not a COCO file")
             cats = values.get("categories")
-            categories = jsonframe.read_value(f, uri, cats) if cats else []
+            categories = jsonframe.read_value(f, uri, cats, "$.categories") if cats else []
             head = {
-                k: jsonframe.read_value(f, uri, v)
+                k: jsonframe.read_value(f, uri, v, f"$.{k}")
                 for k, v in values.items()
                 if k not in ("images", "annotations", "categories")
             }
@@ -159,7 +159,8 @@ def read(task: ReadTask) -> Iterator[Batch]:
             yield from _read_images(task, f, b)
         if ctx["role"] in ("annotations", "all"):
             reader = _AnnotationReader(task, b, _image_index(task))
-            for first, elements in jsonframe.iter_chunks(f, task.uri, ctx["chunks"]):
+            chunks = jsonframe.iter_chunks(f, task.uri, ctx["chunks"], "$.annotations")
+            for first, elements in chunks:
                 reader.add_chunk(first, elements)
                 del elements
                 if b.full():
@@ -177,7 +178,7 @@ def _read_images(task: ReadTask, f, b: BatchBuilder) -> Iterator[Batch]:
         if isinstance(cat, dict) and "name" in cat:
             extra = {k: v for k, v in cat.items() if k != "name"}
             b.attributes(f"label:{cat['name']}", None, extra, owner_kind="label", source="coco")
-    for first, images in jsonframe.iter_chunks(f, task.uri, ctx["images"].chunks):
+    for first, images in jsonframe.iter_chunks(f, task.uri, ctx["images"].chunks, "$.images"):
         try:
             for start, stop, columns in image_segments(stem, task.subset, first, images, to_json):
                 if columns is None:
@@ -240,7 +241,7 @@ def _image_index(task: ReadTask) -> ImageIds:
         ints: list[np.ndarray] = []
         texts: set[str] = set()
         with task.source.open(task.member) as f:
-            for _, chunk in jsonframe.iter_chunks(f, task.uri, images.chunks):
+            for _, chunk in jsonframe.iter_chunks(f, task.uri, images.chunks, "$.images"):
                 found: list[int] = []
                 for img in chunk:
                     if isinstance(img, dict):

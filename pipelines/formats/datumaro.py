@@ -131,7 +131,7 @@ def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTa
         f.seek(0)
         values = {v.key: v for v in jsonframe.frame(f, uri, member="id")}
         items = values.pop("items", None)
-        head = {key: jsonframe.read_value(f, uri, v) for key, v in values.items()}
+        head = {key: jsonframe.read_value(f, uri, v, f"$.{key}") for key, v in values.items()}
     stem = posixpath.splitext(posixpath.basename(member or source.name))[0]
     categories = head.pop("categories", None)
     base = {"categories": categories if isinstance(categories, dict) else {}}
@@ -183,7 +183,8 @@ class _Reader:
             if ctx["items_kind"] not in ("array", None):
                 self.b.reject("$.items", "items is not an array", record_kind="items")
         with self.task.source.open(self.task.member) as f:
-            for start, items in jsonframe.iter_chunks(f, self.task.uri, ctx["chunks"]):
+            chunks = jsonframe.iter_chunks(f, self.task.uri, ctx["chunks"], "$.items")
+            for start, items in chunks:
                 for i, item in enumerate(items, start):
                     self._item(i, item)
                     if self.b.full():

@@ -39,7 +39,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pipelines import jsonframe
-from pipelines.errors import ParseError
 from pipelines.formats._encord_read import RowReader
 from pipelines.formats._encord_stream import Events, Window, drive_row, stream
 from pipelines.formats._encord_write import plan_write, write
@@ -115,25 +114,17 @@ def read(task: ReadTask) -> Iterator[Batch]:
                 continue
             if whole:
                 value = jsonframe.Value("", start, end, "object")
-                row = _parsed(jsonframe.read_value, f, uri, value, where="$")
+                row = jsonframe.read_value(f, uri, value, path="$")
                 yield from drive_row(reader, 0, "$", row)
                 continue
             chunk = jsonframe.Chunk(start, end, first)
             # The collector stays off while the parsed rows live (see jsonframe.iter_chunks).
             with jsonframe.paused_gc():
-                rows = _parsed(jsonframe.parse_chunk, f, uri, chunk, where=f"$[{first}]")
+                rows = jsonframe.parse_chunk(f, uri, chunk, path="$")
                 for i, row in enumerate(rows, start=first):
                     yield from drive_row(reader, i, f"$[{i}]", row)
                 del rows
     yield b.flush()
-
-
-def _parsed(parse, f, uri: str, span, *, where: str):
-    try:
-        return parse(f, uri, span)
-    except ParseError as exc:
-        # Name the rows the bad bytes are in, not only the offset.
-        raise ParseError(uri, f"{where} or a row after it, {exc.location}", exc.reason) from exc
 
 
 FORMAT = Format(
