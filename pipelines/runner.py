@@ -109,6 +109,9 @@ def run_read_task(
 ) -> TaskResult:
     """Read one task into the staging dataset. Never raises for bad input: reports it."""
     result = TaskResult(uri=task.uri)
+    if task.failure:
+        result.error = task.failure
+        return result
     writer = PartWriter(staging_url, task.options.dataset, part, compression)
     fmt = formats.get(task.format)
     try:

@@ -141,13 +141,18 @@ def test_categories_after_items_and_odd_records() -> None:
     ]
 
 
-def test_truncated_json_names_file_and_place() -> None:
-    fmt = formats.get("datumaro")
-    with pytest.raises(ParseError) as err:
-        fmt.plan_read(Source(str(FIXTURES / "datumaro" / "malformed")), ReadOptions())
-    assert err.value.source.endswith("annotations/default.json")
-    assert err.value.location == "byte 143"
-    assert "inside 'items': truncated" in err.value.reason
+def test_a_truncated_file_fails_alone_naming_file_and_place(tmp_path: Path) -> None:
+    folder = tmp_path / "export" / "annotations"
+    folder.mkdir(parents=True)
+    shutil.copy(FIXTURES / "datumaro" / "malformed" / "annotations" / "default.json", folder)
+    shutil.copy(DIVERSE / "annotations" / "train.json", folder)
+    report = convert([str(tmp_path / "export")], "parquet", str(tmp_path / "out"), workers=1)
+    (failure,) = report.failures
+    assert failure.startswith(f"{folder / 'default.json'}: byte 143: ")
+    assert "inside 'items': truncated" in failure
+    assert report.counts["items"]["written"] == 2  # train.json's items
+    with pytest.raises(ParseError):  # a file alone fails as it is planned
+        formats.get("datumaro").plan_read(Source(str(folder / "default.json")), ReadOptions())
 
 
 def test_malformed_item_names_file_item_and_byte(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.builder import DEFAULT_BATCH_ROWS, BatchBuilder
+from pipelines.errors import ParseError
 from pipelines.memory import MMAP_THRESHOLD
 from pipelines.schema import Batch
 from pipelines.storage import Source
@@ -56,6 +57,9 @@ class ReadTask:
     end: int | None = None
     context: dict[str, Any] = field(default_factory=dict)
     options: ReadOptions = field(default_factory=ReadOptions)
+    failure: str | None = None
+    """Planning found the member broken (`plan_each`): the runner reports this instead
+    of reading it."""
 
     @property
     def uri(self) -> str:
@@ -72,6 +76,24 @@ class ReadTask:
             on_error=self.options.on_error,
             boxed_vertices=self.options.boxed_vertices,
         )
+
+
+def plan_each(
+    source: Source, members: list[str], fmt: str, plan: Callable[[str], list[ReadTask]]
+) -> list[ReadTask]:
+    """`plan` for each member of a source. In a folder or archive, a member whose
+    planning finds it broken (a truncated JSON file, framed before it is read) becomes
+    a task that the runner reports as failed, and the source's other members are read,
+    as they are when a member fails while it is read."""
+    tasks = []
+    for member in members:
+        try:
+            tasks.extend(plan(member))
+        except ParseError as exc:
+            if not source.is_dir:
+                raise
+            tasks.append(ReadTask(fmt, source, member, failure=str(exc)))
+    return tasks
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from pipelines.formats._coco_fast import (
     attribute_values,
     image_segments,
 )
-from pipelines.formats.base import Detection, Format, Later, ReadOptions, ReadTask
+from pipelines.formats.base import Detection, Format, Later, ReadOptions, ReadTask, plan_each
 from pipelines.masks import from_uncompressed
 from pipelines.schema import Batch
 from pipelines.storage import Source
@@ -105,45 +105,43 @@ def subset_of(member: str) -> str:
 
 def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
     members = _coco_files(source) if source.is_dir else [""]
-    tasks = []
-    for member in members:
-        uri = source.uri(member)
-        with source.open(member) as f:
-            values = {v.key: v for v in jsonframe.frame(f, uri)}
-            if "images" not in values or values["images"].kind != "array":
-                raise ParseError(uri, "$", "no 'images' array: not a COCO file")
-            cats = values.get("categories")
-            categories = jsonframe.read_value(f, uri, cats, "$.categories") if cats else []
-            head = {
-                k: jsonframe.read_value(f, uri, v, f"$.{k}")
-                for k, v in values.items()
-                if k not in ("images", "annotations", "categories")
-            }
-        stem = posixpath.splitext(posixpath.basename(member or source.name))[0]
-        base = {
-            "stem": stem,
-            "images": values["images"],
-            "categories": categories if isinstance(categories, list) else [],
+    return plan_each(source, members, "coco", lambda m: _plan_file(source, m, options))
+
+
+def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTask]:
+    uri = source.uri(member)
+    with source.open(member) as f:
+        values = {v.key: v for v in jsonframe.frame(f, uri)}
+        if "images" not in values or values["images"].kind != "array":
+            raise ParseError(uri, "$", "no 'images' array: not a COCO file")
+        cats = values.get("categories")
+        categories = jsonframe.read_value(f, uri, cats, "$.categories") if cats else []
+        head = {
+            k: jsonframe.read_value(f, uri, v, f"$.{k}")
+            for k, v in values.items()
+            if k not in ("images", "annotations", "categories")
         }
-        subset = subset_of(member or source.name)
-        # The first task carries the images and the dataset-level fields.
-        first = {**base, "head": head, "role": "images"}
-        images = values["images"]
-        anns = values.get("annotations")
-        chunks = anns.chunks if anns and anns.kind == "array" else []
-        end = max(chunks[-1].end, images.end) if chunks else images.end
-        if chunks and end - images.start <= jsonframe.ONE_TASK_BYTES:
-            first.update(role="all", chunks=chunks)
-            start = images.start
-            tasks.append(ReadTask("coco", source, member, subset, start, end, first, options))
-            continue
-        tasks.append(
-            ReadTask("coco", source, member, subset, images.start, images.end, first, options)
-        )
-        for group in jsonframe.task_groups(chunks, options.workers, _chunk_bytes):
-            ctx = {**base, "role": "annotations", "chunks": group}
-            start, end = group[0].start, group[-1].end
-            tasks.append(ReadTask("coco", source, member, subset, start, end, ctx, options))
+    stem = posixpath.splitext(posixpath.basename(member or source.name))[0]
+    base = {
+        "stem": stem,
+        "images": values["images"],
+        "categories": categories if isinstance(categories, list) else [],
+    }
+    subset = subset_of(member or source.name)
+    # The first task carries the images and the dataset-level fields.
+    first = {**base, "head": head, "role": "images"}
+    images = values["images"]
+    anns = values.get("annotations")
+    chunks = anns.chunks if anns and anns.kind == "array" else []
+    end = max(chunks[-1].end, images.end) if chunks else images.end
+    if chunks and end - images.start <= jsonframe.ONE_TASK_BYTES:
+        first.update(role="all", chunks=chunks)
+        return [ReadTask("coco", source, member, subset, images.start, end, first, options)]
+    tasks = [ReadTask("coco", source, member, subset, images.start, images.end, first, options)]
+    for group in jsonframe.task_groups(chunks, options.workers, _chunk_bytes):
+        ctx = {**base, "role": "annotations", "chunks": group}
+        start, end = group[0].start, group[-1].end
+        tasks.append(ReadTask("coco", source, member, subset, start, end, ctx, options))
     return tasks
 
 

@@ -32,7 +32,7 @@ from pipelines import jsonframe, masks
 from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
 from pipelines.formats._datumaro_write import plan_write, write
-from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
+from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask, plan_each
 from pipelines.grouping import unique_id
 from pipelines.schema import Batch
 from pipelines.skeleton import POINT_OWNER, point_owner
@@ -117,7 +117,7 @@ def detect(source: Source) -> Detection | None:
 
 def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
     members = _annotation_files(source) if source.is_dir else [""]
-    return [task for member in members for task in _plan_file(source, member, options)]
+    return plan_each(source, members, "datumaro", lambda m: _plan_file(source, m, options))
 
 
 def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTask]:

@@ -42,7 +42,7 @@ from pipelines import jsonframe
 from pipelines.formats._encord_read import RowReader
 from pipelines.formats._encord_stream import Events, Window, drive_row, stream
 from pipelines.formats._encord_write import plan_write, write
-from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
+from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask, plan_each
 from pipelines.schema import Batch
 from pipelines.storage import Source
 
@@ -82,18 +82,21 @@ def detect(source: Source) -> Detection | None:
 
 
 def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
-    tasks = []
-    for member in _label_files(source) if source.is_dir else [""]:
-        with source.open(member) as f:
-            values = jsonframe.frame(f, source.uri(member))
-        if len(values) == 1 and values[0].key == "" and values[0].kind == "array":
-            ranges = [(c.start, c.end, c.first_index) for c in values[0].chunks]
-        else:  # one label row object
-            ranges = [(0, source.size(member), -1)]
-        for group in jsonframe.task_groups(ranges, options.workers, _range_bytes):
-            tasks.append(ReadTask("encord", source, member, context={"ranges": group},
-                                  options=options))  # fmt: skip
-    return tasks
+    members = _label_files(source) if source.is_dir else [""]
+    return plan_each(source, members, "encord", lambda m: _plan_file(source, m, options))
+
+
+def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTask]:
+    with source.open(member) as f:
+        values = jsonframe.frame(f, source.uri(member))
+    if len(values) == 1 and values[0].key == "" and values[0].kind == "array":
+        ranges = [(c.start, c.end, c.first_index) for c in values[0].chunks]
+    else:  # one label row object
+        ranges = [(0, source.size(member), -1)]
+    return [
+        ReadTask("encord", source, member, context={"ranges": group}, options=options)
+        for group in jsonframe.task_groups(ranges, options.workers, _range_bytes)
+    ]
 
 
 def _range_bytes(span: tuple[int, int, int]) -> int:
