@@ -381,7 +381,8 @@ def task_groups(
 
 
 MAX_MEMBERS = 4_000_000
-"""Most member values `frame` hashes (8 bytes each, 8 more for where they are)."""
+"""Most member values `frame` hashes: 24 bytes each (the hash, where it is, where its
+element opens) until the array is vouched for."""
 
 
 def frame(

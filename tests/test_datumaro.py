@@ -231,7 +231,7 @@ def test_ids_that_could_repeat_keep_the_file_in_one_task(small_tasks, tmp_path: 
     assert len(_plan(path, workers=1)) == 1
 
 
-def test_items_that_are_not_an_array_are_rejected(tmp_path: Path) -> None:
+def test_items_not_an_array_are_rejected_and_categories_not_an_object_kept(tmp_path: Path) -> None:
     path = tmp_path / "default.json"
     path.write_text('{"categories": {"label": {"labels": [{"name": "car"}]}}, "items": {}}')
     tables = read_direct(path, "datumaro")
@@ -239,6 +239,10 @@ def test_items_that_are_not_an_array_are_rejected(tmp_path: Path) -> None:
         ("$.items", "items is not an array")
     ]
     assert [a["owner_id"] for a in tables["attributes"]] == ["label:car"]
+    path.write_text('{"categories": ["car"], "items": [{"id": "a"}]}')  # not an object: kept
+    (kept,) = read_direct(path, "datumaro")["attributes"]
+    assert (kept["owner_id"], kept["key"], kept["value"]) == ("dataset:default", "categories",
+                                                             '["car"]')  # fmt: skip
 
 
 # -- writer ------------------------------------------------------------------------

@@ -133,8 +133,9 @@ def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTa
         items = values.pop("items", None)
         head = {key: jsonframe.read_value(f, uri, v, f"$.{key}") for key, v in values.items()}
     stem = posixpath.splitext(posixpath.basename(member or source.name))[0]
-    categories = head.pop("categories", None)
-    base = {"categories": categories if isinstance(categories, dict) else {}}
+    # Categories that are not an object are kept as they are, a dataset attribute.
+    categories = head.pop("categories") if isinstance(head.get("categories"), dict) else {}
+    base = {"categories": categories}
     first = {**base, "head": head, "items_kind": items and items.kind, "chunks": []}
     if items is None or items.kind != "array" or not items.length:
         return [ReadTask("datumaro", source, member, stem, context=first, options=options)]
