@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,19 @@ def test_malformed_xml_in_a_later_range_names_the_file_s_line(small_ranges, tmp_
     ("why", "images", "head"),
     [
         (
-            "a name twice",
-            [_image(i, "same.jpg" if i in (3, 50) else None) for i in range(60)],
+            "a name twice, and a '#' in another",
+            [
+                _image(i, "same.jpg" if i in (3, 50) else "a#2.jpg" if i == 9 else None)
+                for i in range(60)
+            ],
+            HEAD,
+        ),
+        (
+            "a name twice, and a quote in another",
+            [
+                _image(i, "same.jpg" if i in (3, 50) else "it's.jpg" if i == 9 else None)
+                for i in range(60)
+            ],
             HEAD,
         ),
         (
@@ -169,6 +181,32 @@ def test_files_a_scan_cannot_split_safely_are_read_whole(
     assert len(_tasks(xml)) == 1, why
 
 
+@pytest.mark.parametrize(
+    ("stem", "subsets"),
+    [("annotations", False), ("train", False), ("annotations", True)],
+)  # a task's export (the document's subset: none, or the file's), a project's
+def test_repeated_names_are_numbered_across_ranges_as_in_the_whole_file(
+    small_ranges, tmp_path: Path, stem: str, subsets: bool
+) -> None:
+    """As a project's tasks' images (frame_000000.jpg in each): the same names again and
+    again, a few once only."""
+    names = [f"frame_{i % 7:06d}.jpg" for i in range(80)]
+    names[33] = "once.jpg"
+    subset = [
+        "Validation" if subsets and i % 3 == 0 else "Train" if subsets else "" for i in range(80)
+    ]
+    images = [_image(i, n, s) for i, (n, s) in enumerate(zip(names, subset, strict=True))]
+    xml = _xml(tmp_path / f"{stem}.xml", images)
+    tasks = _tasks(xml)
+    assert len(tasks) > 2
+    repeats = [t.context["range"].repeats for t in tasks]
+    assert not repeats[0] and all(repeats[1:])
+    whole, split = read_direct(xml, "cvat"), read_direct(xml, "cvat", workers=2)
+    assert split == whole
+    ids = [i["item_id"] for i in whole["items"]]
+    assert len(set(ids)) == 80 and sum(i.endswith("frame_000001.jpg#2") for i in ids) >= 1
+
+
 @pytest.mark.parametrize("block, max_tag", [(997, 300), (997, 800), (4096, 64)])
 def test_an_image_start_tag_cut_by_a_block_is_read_from_the_next(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, block: int, max_tag: int
@@ -179,10 +217,14 @@ def test_an_image_start_tag_cut_by_a_block_is_read_from_the_next(
     whole = _cvat_ranges._scan(io.BytesIO(data))
     monkeypatch.setattr(_cvat_ranges, "_BLOCK", block)
     monkeypatch.setattr(_cvat_ranges, "_MAX_TAG", max_tag)
-    assert _cvat_ranges._scan(io.BytesIO(data)) == whole
-    assert whole is not None and whole[-1][0] == data.index(b"</annotations>")
+    assert whole is not None
+    whole, _ = whole
+    assert _cvat_ranges._scan(io.BytesIO(data))[0] == whole
+    assert whole[-1][0] == data.index(b"</annotations>")
     assert all(data[at : at + 7] == b"<image " for at, _ in whole[:-1])
     assert all(data.count(b"\n", 0, at) == lines for at, lines in whole)
+    tags = [at for at, _ in _cvat_ranges._image_tags(io.BytesIO(data), whole[0][0], len(data))]
+    assert tags == [m.start() for m in re.finditer(b"<image ", data)]
 
 
 def test_past_max_images_the_file_is_read_whole(

@@ -7,20 +7,30 @@ task then parses the document's head (all before the first image: `<version>`,
 the first range records the head's dataset and label attributes, and line numbers
 are the file's.
 
+Two images that want the same item id are numbered by the reader (`unique_id`: the
+second `#2`), which needs the ids before them: where only images of the same name
+(and subset) can clash, a second scan counts, for each range, the earlier images of
+each name it repeats (`Range.repeats`), and the range's reader takes those as given.
+
 Read whole instead, as one task: video (tracks, interpolation mode), a document with
 a comment, CDATA, a processing instruction or a declaration after its head (an
-`<image` there may not be an element), and a file where two images could want the
-same item id: the reader numbers the later ones (`unique_id`), which needs every id
-before them. Names spelt with entity references or line breaks count as such (the
-scan compares them as written).
+`<image` there may not be an element), and a file where images could clash other
+than by the same name: an image without a subset named as another's "subset/name"
+or name (the document's subset is not known to the scan), a `#` in a name or subset
+(a name that a number given to another could spell), names spelt with entity
+references, line breaks or a quote of the other kind (the scan compares them as
+written), or a document in another encoding than UTF-8.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import io
 import itertools
 import re
 from array import array
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -58,6 +68,9 @@ is cut short: the ids are then compared shorter, which can only find more clashe
 _SPELT = re.compile(rb"[&\t\n\r]")
 """Entity references and line breaks, which the parser rewrites in attribute values."""
 _VIDEO = re.compile(rb"<mode>\s*interpolation\s*</mode>")
+_OTHER_ENCODING = re.compile(rb"""\s*<\?xml[^>]*encoding\s*=\s*["'](?!utf-?8["'])""", re.I)
+_NOT_COUNTED = re.compile(rb"[#\"']")
+_EXACT_KEYS = re.compile(rb"""\s(name|subset|id)\s*=\s*(?:"([^"]*)"|'([^']*)')""")
 
 
 @dataclass(frozen=True)
@@ -72,26 +85,37 @@ class Range:
     """Line breaks in the head."""
     lines: int
     """Line breaks before `start`."""
+    repeats: tuple[tuple[str, str, int], ...] = ()
+    """(subset, name, images before the range with them) for each name in the range
+    that an earlier image has: the reader takes those ids as given."""
 
 
 def image_ranges(f: IO[bytes], workers: int, seek_costs: bool = False) -> list[Range] | None:
     """The file's images in ranges for `workers`, or None when it is to be read whole.
     `seek_costs`: `f` is a compressed member, where a task reaches its range by
     decompressing all before it (`jsonframe.task_groups`)."""
-    starts = _scan(f)
-    if starts is None or len(starts) < 3:
+    scanned = _scan(f)
+    if scanned is None or len(scanned[0]) < 3:
         return None
+    starts, names = scanned
     head, head_lines = starts[0]
     spans = list(itertools.pairwise(starts))  # the last start is the root's end
     groups = task_groups(spans, workers, lambda s: s[1][0] - s[0][0], seek_costs)
     if len(groups) < 2:
         return None
-    return [Range(g[0][0][0], g[-1][1][0], head, head_lines, g[0][0][1]) for g in groups]
+    ranges = [Range(g[0][0][0], g[-1][1][0], head, head_lines, g[0][0][1]) for g in groups]
+    if names.unique:
+        return ranges
+    repeats = _repeats(f, ranges, names)
+    if repeats is None:
+        return None
+    return [dataclasses.replace(r, repeats=given) for r, given in zip(ranges, repeats, strict=True)]
 
 
-def _scan(f: IO[bytes]) -> list[tuple[int, int]] | None:
+def _scan(f: IO[bytes]) -> tuple[list[tuple[int, int]], _Names] | None:
     """(offset, line breaks before it) of the first image, of the first image past every
-    `SPAN_BYTES`, and of the root's end tag; None when the file must be read whole."""
+    `SPAN_BYTES`, and of the root's end tag, and the images' names; None when the file
+    must be read whole."""
     names = _Names()
     found: list[tuple[int, int]] = []
     buf, base, lines = b"", 0, 0  # `lines`: line breaks before `base`
@@ -142,7 +166,7 @@ def _scan(f: IO[bytes]) -> list[tuple[int, int]] | None:
             if not _after_an_image(_before(tail, buf, root_end), base + root_end, ends):
                 return None  # something at the top level after the last image
             found.append((base + root_end, breaks + buf.count(b"\n", counted, root_end)))
-            return found if names.unique else None
+            return (found, names) if names.countable else None
         if not block:
             return None  # no end tag: the parser will say what is wrong
         lines = breaks + buf.count(b"\n", counted, keep)  # the cuts' counts carried on
@@ -173,7 +197,7 @@ def _after_an_image(window: bytes, at: int, ends: tuple[int, bool]) -> bool:
 def _complete_head(head: bytes) -> bool:
     """Whether the bytes before the first image are the document's start and whole
     elements (`<version>`, `<meta>`), and not video's."""
-    if _VIDEO.search(head):
+    if _VIDEO.search(head) or _OTHER_ENCODING.match(head):
         return False
     try:
         xmlsafe.parse(io.BytesIO(head + b"</annotations>"), "")
@@ -216,15 +240,82 @@ class _Names:
         return True
 
     @property
-    def unique(self) -> bool:
-        plain, pairs = np.frombuffer(self.plain, np.int64), np.frombuffer(self.pairs, np.int64)
+    def countable(self) -> bool:
+        """Whether two images can want the same id only by the same name and subset."""
+        plain = np.frombuffer(self.plain, np.int64)
         return (
             self.readable
-            and len(np.unique(plain)) == len(plain)
-            and len(np.unique(pairs)) == len(pairs)
             and not np.intersect1d(plain, np.frombuffer(self.joined, np.int64)).size
             and not np.intersect1d(plain, np.frombuffer(self.names, np.int64)).size
         )
+
+    @property
+    def unique(self) -> bool:
+        plain, pairs = np.frombuffer(self.plain, np.int64), np.frombuffer(self.pairs, np.int64)
+        return (
+            self.countable
+            and len(np.unique(plain)) == len(plain)
+            and len(np.unique(pairs)) == len(pairs)
+        )
+
+    def repeated(self) -> set[int]:
+        """The hashes given to more than one image."""
+        out: set[int] = set()
+        for hashes in (self.plain, self.pairs):
+            values, counts = np.unique(np.frombuffer(hashes, np.int64), return_counts=True)
+            out.update(values[counts > 1].tolist())
+        return out
+
+
+def _repeats(f: IO[bytes], ranges: list[Range], names: _Names) -> list[tuple] | None:
+    """For each range, (subset, name, count) of the names it shares with images
+    before it, and how many of those came before it: a second scan of the images'
+    start tags, keeping the names the first scan found more than once. None when the
+    counts could not give the reader's numbering: a `#` in a name or a subset (another
+    image's number could spell it), a quote in one, a name that is not UTF-8."""
+    repeated = names.repeated()
+    starts = [r.start for r in ranges]
+    seen: Counter[tuple[bytes, bytes]] = Counter()
+    given: list[dict[tuple[bytes, bytes], int]] = [{} for _ in ranges]
+    for at, attributes in _image_tags(f, ranges[0].start, ranges[-1].end):
+        found = {key: a or b for key, a, b in _EXACT_KEYS.findall(attributes)}
+        name = found.get(b"name") or found.get(b"id") or b""
+        subset = found.get(b"subset") or b""
+        if _NOT_COUNTED.search(name + subset):
+            return None
+        if (hash((subset, name)) if subset else hash(name)) not in repeated:
+            continue
+        key = (subset, name)
+        within = given[bisect.bisect_right(starts, at) - 1]
+        if key not in within:  # its first image in the range: how many came before
+            within[key] = seen[key]
+        seen[key] += 1
+    try:
+        return [tuple((s.decode(), n.decode(), c) for (s, n), c in g.items() if c) for g in given]
+    except UnicodeDecodeError:
+        return None
+
+
+def _image_tags(f: IO[bytes], start: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(offset, attributes) of every `<image>` start tag in bytes [start, end), which
+    `_scan` found to hold images and white space alone."""
+    f.seek(start)
+    base, buf = start, b""
+    while base < end:
+        block = f.read(_BLOCK)
+        buf += block
+        limit = min(len(buf) - (_MAX_TAG if block else 0), end - base)
+        scanned = 0
+        for tag in _IMAGE.finditer(buf, 0, min(len(buf), end - base)):
+            if tag.start() >= limit:
+                break
+            yield base + tag.start(), tag.group(1)
+            scanned = tag.end()
+        if not block:
+            return
+        keep = max(scanned, limit)
+        base += keep
+        buf = buf[keep:]
 
 
 class Spliced(io.RawIOBase):

@@ -248,6 +248,7 @@ class CvatReader:
         self._frames: dict[str, str] | None = None
         self.part: Range | None = task.context.get("range")
         """A range of the file's images (`_cvat_ranges`), or None: the whole file."""
+        self._repeats = self.part.repeats if self.part else ()
 
     def _line(self, el: Any) -> int:
         """The file's line of an element (a range's document has the head's lines
@@ -371,6 +372,8 @@ class CvatReader:
             return
         name = name or native
         self.images += 1
+        if self._repeats:
+            self._given_before()
         item_id = unique_id(f"{subset}/{name}" if subset else name, self.ids)
         media = self._media_index()
         member = media.get(name) or (media.get(f"{subset}/{name}") if subset else None)
@@ -390,6 +393,17 @@ class CvatReader:
             if child.tag in SHAPES or child.tag == "tag":
                 self._annotation(child, item_id, f"{item_id}/{n}", (width, height))
                 n += 1
+
+    def _given_before(self) -> None:
+        """The ids that images before this range gave the names it repeats (`Range.repeats`),
+        now that the document's subset is known: the id, then #2, #3... (no name has a
+        `#` that could have taken one of those)."""
+        for subset, name, count in self._repeats:
+            subset = subset or self.subset
+            candidate = f"{subset}/{name}" if subset else name
+            self.ids.add(candidate)
+            self.ids.update(f"{candidate}#{n}" for n in range(2, count + 1))
+        self._repeats = ()
 
     # -- one shape ----------------------------------------------------------------
 
