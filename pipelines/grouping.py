@@ -12,13 +12,20 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def unique_id(candidate: str, taken: set[str]) -> str:
-    """`candidate`, or `candidate#n` with the lowest free n > 1; recorded in `taken`."""
-    new_id, n = candidate, 1
+def unique_id(candidate: str, taken: set[str], last: dict[str, int] | None = None) -> str:
+    """`candidate`, or `candidate#n` with the lowest free n > 1; recorded in `taken`.
+
+    `last`, kept by the caller beside `taken`: the n each candidate was last given.
+    The numbers below it were taken then and stay taken, so the search resumes there:
+    a name's k-th repeat costs one lookup, not k (a project of 50 tasks with the same
+    10k frame names: 0.5M lookups, not 13M)."""
+    new_id, n = candidate, last.get(candidate, 1) if last is not None else 1
     while new_id in taken:
         n += 1
         new_id = f"{candidate}#{n}"
     taken.add(new_id)
+    if last is not None and n > 1:
+        last[candidate] = n
     return new_id
 
 

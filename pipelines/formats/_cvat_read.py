@@ -241,6 +241,7 @@ class CvatReader:
         self.meta: dict[str, Any] = {}
         self.info: dict[str, Any] = {}
         self.ids: set[str] = set()
+        self.numbered: dict[str, int] = {}  # `unique_id`'s last number for each name
         self.video: _Video | None = None
         self.images = 0
         self.tags = 0
@@ -374,7 +375,7 @@ class CvatReader:
         self.images += 1
         if self._repeats:
             self._given_before()
-        item_id = unique_id(f"{subset}/{name}" if subset else name, self.ids)
+        item_id = unique_id(f"{subset}/{name}" if subset else name, self.ids, self.numbered)
         media = self._media_index()
         member = media.get(name) or (media.get(f"{subset}/{name}") if subset else None)
         b.item(
@@ -403,6 +404,8 @@ class CvatReader:
             candidate = f"{subset}/{name}" if subset else name
             self.ids.add(candidate)
             self.ids.update(f"{candidate}#{n}" for n in range(2, count + 1))
+            if count > 1:
+                self.numbered[candidate] = count
         self._repeats = ()
 
     # -- one shape ----------------------------------------------------------------

@@ -166,6 +166,7 @@ class _Reader:
         self.point_names: dict[int, list] = {}
         self.child_names: dict[int, list[str]] = {}
         self.ids: set[str] = set()
+        self.numbered: dict[str, int] = {}  # `unique_id`'s last number for each id
         root = posixpath.dirname(posixpath.dirname(task.member)) if task.member else ""
         self.images = posixpath.join(root, "images") + "/" if root else "images/"
         self.files = frozenset(task.source.files) if task.source.is_dir else frozenset()
@@ -278,7 +279,7 @@ class _Reader:
                 )
             return
         native = str(item["id"])
-        item_id = unique_id(f"{self.subset}/{native}", self.ids)
+        item_id = unique_id(f"{self.subset}/{native}", self.ids, self.numbered)
         extra = {k: v for k, v in item.items() if k not in _ITEM_KNOWN}
         row: dict[str, Any] = {"item_id": item_id, "native_id": native, "subset": self.subset}
         image, pcd = item.get("image"), item.get("point_cloud")
