@@ -129,6 +129,11 @@ def test_malformed_xml_in_a_later_range_names_the_file_s_line(small_ranges, tmp_
             HEAD,
         ),
         (
+            "a name twice, in a document in Latin-1",
+            [_image(i, "same.jpg" if i in (3, 50) else None) for i in range(60)],
+            "<?xml version='1.0' encoding='ISO-8859-1'?>" + HEAD.split("?>", 1)[1],
+        ),
+        (
             "a name twice, and a quote in another",
             [
                 _image(i, "same.jpg" if i in (3, 50) else "it's.jpg" if i == 9 else None)

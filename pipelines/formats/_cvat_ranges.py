@@ -197,7 +197,7 @@ def _after_an_image(window: bytes, at: int, ends: tuple[int, bool]) -> bool:
 def _complete_head(head: bytes) -> bool:
     """Whether the bytes before the first image are the document's start and whole
     elements (`<version>`, `<meta>`), and not video's."""
-    if _VIDEO.search(head) or _OTHER_ENCODING.match(head):
+    if _VIDEO.search(head):
         return False
     try:
         xmlsafe.parse(io.BytesIO(head + b"</annotations>"), "")
@@ -272,7 +272,11 @@ def _repeats(f: IO[bytes], ranges: list[Range], names: _Names) -> list[tuple] | 
     before it, and how many of those came before it: a second scan of the images'
     start tags, keeping the names the first scan found more than once. None when the
     counts could not give the reader's numbering: a `#` in a name or a subset (another
-    image's number could spell it), a quote in one, a name that is not UTF-8."""
+    image's number could spell it), a quote in one, a document or a name in another
+    encoding than UTF-8."""
+    f.seek(0)
+    if _OTHER_ENCODING.match(f.read(min(ranges[0].head, 1024))):
+        return None  # the names' bytes are not the reader's text
     repeated = names.repeated()
     starts = [r.start for r in ranges]
     seen: Counter[tuple[bytes, bytes]] = Counter()
