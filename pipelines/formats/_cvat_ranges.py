@@ -19,7 +19,7 @@ than by the same name: an image without a subset named as another's "subset/name
 or name (the document's subset is not known to the scan), a `#` in a name or subset
 (a name that a number given to another could spell), names spelt with entity
 references, line breaks or a quote of the other kind (the scan compares them as
-written), or a document in another encoding than UTF-8.
+written), or repeated names in a document in another encoding than UTF-8.
 """
 
 from __future__ import annotations
