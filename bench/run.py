@@ -29,8 +29,10 @@ the peers'). Corpora are generated on first use (`bench/make_coco.py`,
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -330,7 +332,8 @@ def _staged(env: Env, corpus_name: str, corpus: Path) -> Path:
 def cmd_exports(env: Env, args: argparse.Namespace) -> None:
     """One-file exports read into the tables, 1 vs 2 workers: CVAT XML and Datumaro JSON
     of the corpus (each as a file and zipped, as CVAT hands them out), written by labelflow
-    from its tables on first use."""
+    from its tables on first use, and the CVAT XML with its images' names repeated as a
+    project's tasks repeat their frames' (`cvat_repeats`)."""
     corpus = env.corpus(args.corpus)
     facts = corpus_facts(env, corpus)
     staged = _staged(env, args.corpus, corpus)
@@ -339,6 +342,7 @@ def cmd_exports(env: Env, args: argparse.Namespace) -> None:
         ("cvat", "cvat_zip"),
         ("datumaro", "datumaro"),
         ("datumaro", "datumaro_zip"),
+        ("cvat", "cvat_repeats"),
     )
     for fmt, name in exports:
         tools = _read_1w_2w(fmt, name)
@@ -351,9 +355,32 @@ def cmd_exports(env: Env, args: argparse.Namespace) -> None:
                             "--out", str(export), "-q"], check=True)  # fmt: skip
         if name.endswith("_zip"):
             export = _zipped(export, env.work / f"{name}_{args.corpus}.zip")
+        if name == "cvat_repeats":
+            export = _repeated_names(export, env.work / f"{name}_{args.corpus}")
         size = sum(f.stat().st_size for f in [export, *export.rglob("*")] if f.is_file())
         run_rounds(env, "exports", f"{name}_{args.corpus}", export, {**facts, "bytes": size},
                    tools, args.runs, env.out)  # fmt: skip
+
+
+REPEATED_NAMES = 5000
+"""`cvat_repeats`: image i is named frame_{i % 5000:06d}.jpg (16 images a name on 80k)."""
+
+
+def _repeated_names(folder: Path, out: Path) -> Path:
+    """The folder's annotations.xml with its images renamed so that names repeat, on
+    first use (read whole in memory: 143 MB for the medium corpus)."""
+    if not out.exists():
+        text = (folder / "annotations.xml").read_bytes()
+        count = itertools.count(1)
+
+        def rename(m: re.Match) -> bytes:
+            i = next(count)
+            return b'<image id="%d" name="frame_%06d.jpg"' % (i, i % REPEATED_NAMES)
+
+        out.mkdir(parents=True)
+        renamed = re.sub(rb'<image id="[^"]*" name="[^"]*"', rename, text)
+        (out / "annotations.xml").write_bytes(renamed)
+    return out
 
 
 def _zipped(folder: Path, archive: Path) -> Path:
