@@ -29,6 +29,16 @@ def unique_id(candidate: str, taken: set[str], last: dict[str, int] | None = Non
     return new_id
 
 
+def given_before(taken: set[str], last: dict[str, int], candidate: str, count: int) -> None:
+    """Record what `count` earlier `unique_id(candidate, ...)` calls gave, read by another
+    task: the candidate, then #2 ... #count, when no id has a `#` of its own that
+    could have taken one of those."""
+    taken.add(candidate)
+    taken.update(f"{candidate}#{n}" for n in range(2, count + 1))
+    if count > 1:
+        last[candidate] = count
+
+
 def int_like(v: Any) -> int | None:
     """The integer a value spells (5, "5", "-2"), or None."""
     if isinstance(v, bool):

@@ -222,11 +222,19 @@ def test_tasks_give_the_whole_file_s_tables(small_tasks, tmp_path: Path, source)
     assert read_direct(source, "datumaro", workers=2) == read_direct(source, "datumaro")
 
 
-def test_ids_that_could_repeat_keep_the_file_in_one_task(small_tasks, tmp_path: Path) -> None:
-    path = _synthetic(tmp_path / "default.json", ["a", 7, "b", "7", *range(10, 40)])
+def test_repeated_ids_are_numbered_across_tasks_as_in_the_whole_file(
+    small_tasks, tmp_path: Path
+) -> None:
+    path = _synthetic(tmp_path / "default.json", ["a", 7, "b", "7", *(i % 6 for i in range(36))])
+    tasks = _plan(path)
+    assert len(tasks) > 2 and any(t.context["repeats"] for t in tasks)
+    whole, split = read_direct(path, "datumaro"), read_direct(path, "datumaro", workers=2)
+    assert split == whole
+    items = [i["item_id"] for i in whole["items"]]
+    assert items[:5] == ["default/a", "default/7", "default/b", "default/7#2", "default/0"]
+    assert items.count("default/5#6") == 1 and len(set(items)) == len(items)
+    path = _synthetic(path, ["a", "a#2", *range(10, 40), "a"])  # a number an id spells
     assert len(_plan(path)) == 1
-    items = [i["item_id"] for i in read_direct(path, "datumaro", workers=2)["items"]]
-    assert items[:4] == ["default/a", "default/7", "default/b", "default/7#2"]
     assert len(_plan(_synthetic(path, ["a", 7, "b", "8", *range(10, 40)]))) > 2
     assert len(_plan(path, workers=1)) == 1
 

@@ -32,7 +32,7 @@ from pipelines import masks, xmlsafe
 from pipelines.builder import BatchBuilder, to_json
 from pipelines.formats._cvat_ranges import Range, Spliced
 from pipelines.formats.base import ReadTask
-from pipelines.grouping import unique_id
+from pipelines.grouping import given_before, unique_id
 from pipelines.schema import Batch
 from pipelines.skeleton import POINT_OWNER, point_owner, visibility
 
@@ -397,15 +397,10 @@ class CvatReader:
 
     def _given_before(self) -> None:
         """The ids that images before this range gave the names it repeats (`Range.repeats`),
-        now that the document's subset is known: the id, then #2, #3... (no name has a
-        `#` that could have taken one of those)."""
+        now that the document's subset is known."""
         for subset, name, count in self._repeats:
             subset = subset or self.subset
-            candidate = f"{subset}/{name}" if subset else name
-            self.ids.add(candidate)
-            self.ids.update(f"{candidate}#{n}" for n in range(2, count + 1))
-            if count > 1:
-                self.numbered[candidate] = count
+            given_before(self.ids, self.numbered, f"{subset}/{name}" if subset else name, count)
         self._repeats = ()
 
     # -- one shape ----------------------------------------------------------------

@@ -33,7 +33,7 @@ from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
 from pipelines.formats._datumaro_write import plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask, plan_each
-from pipelines.grouping import unique_id
+from pipelines.grouping import given_before, unique_id
 from pipelines.schema import Batch
 from pipelines.skeleton import POINT_OWNER, point_owner
 from pipelines.storage import HEAD_BYTES, Source
@@ -122,8 +122,9 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
 
 def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTask]:
     """The file's items array in chunks (pipelines/jsonframe.py), one task per group of
-    them when no two items could want the same id; else one task, which numbers the
-    repeats (`unique_id`) in file order."""
+    them. Items that repeat an id are numbered `#2`, `#3`... in file order
+    (`unique_id`): each task is told how many items before it had each id it repeats
+    (`_repeats`), or the file is one task when the ids cannot be counted so."""
     uri = source.uri(member)
     with source.open(member) as f:
         if not f.read(HEAD_BYTES).lstrip().startswith(b"{"):
@@ -140,16 +141,50 @@ def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTa
     if items is None or items.kind != "array" or not items.length:
         return [ReadTask("datumaro", source, member, stem, context=first, options=options)]
     groups = [items.chunks]
+    repeats: list[list] = [[]]
     ids = items.member_hashes
-    split = options.workers > 1 and items.end - items.start > jsonframe.ONE_TASK_BYTES
-    if split and ids is not None and len(np.unique(ids)) == len(ids):
-        groups = jsonframe.task_groups(items.chunks, options.workers, _bytes, source.archive)
+    large = items.end - items.start > jsonframe.ONE_TASK_BYTES
+    if options.workers > 1 and large and ids is not None:
+        split = jsonframe.task_groups(items.chunks, options.workers, _bytes, source.archive)
+        counted = _repeats(source, member, split, ids)
+        if counted is not None:
+            groups, repeats = split, counted
     tasks = []
-    for group in groups:
-        ctx = {**(first if not tasks else base), "chunks": group}
+    for group, given in zip(groups, repeats, strict=True):
+        ctx = {**(first if not tasks else base), "chunks": group, "repeats": given}
         start, end = group[0].start, group[-1].end
         tasks.append(ReadTask("datumaro", source, member, stem, start, end, ctx, options))
     return tasks
+
+
+def _repeats(
+    source: Source, member: str, groups: list[list[jsonframe.Chunk]], ids: np.ndarray
+) -> list[list[tuple[str, int]]] | None:
+    """For each group of chunks, (id, items before the group with it) for each id it
+    shares with an earlier item; None when a `#` in an id could make a number given to
+    another spell it. The ids' hashes (`Value.member_hashes`) say which repeat: only
+    then are the items parsed here, one chunk at a time, for their ids."""
+    values, counts = np.unique(ids, return_counts=True)
+    if (counts == 1).all():
+        return [[] for _ in groups]
+    repeated = set(values[counts > 1].tolist())
+    hashes = ids.tolist()
+    seen: dict[str, int] = {}
+    out = []
+    uri = source.uri(member)
+    with source.open(member) as f:
+        for group in groups:
+            within: dict[str, int] = {}
+            for first, items in jsonframe.iter_chunks(f, uri, group, "$.items"):
+                for i, item in enumerate(items, first):
+                    native = str(item["id"])  # the scan vouched for an id in each
+                    if "#" in native:
+                        return None
+                    if hashes[i] in repeated:
+                        within.setdefault(native, seen.get(native, 0))
+                        seen[native] = seen.get(native, 0) + 1
+            out.append([(native, n) for native, n in within.items() if n])
+    return out
 
 
 def _bytes(chunk: jsonframe.Chunk) -> int:
@@ -167,6 +202,8 @@ class _Reader:
         self.child_names: dict[int, list[str]] = {}
         self.ids: set[str] = set()
         self.numbered: dict[str, int] = {}  # `unique_id`'s last number for each id
+        for native, count in task.context.get("repeats", ()):  # items before this task's
+            given_before(self.ids, self.numbered, f"{self.subset}/{native}", count)
         root = posixpath.dirname(posixpath.dirname(task.member)) if task.member else ""
         self.images = posixpath.join(root, "images") + "/" if root else "images/"
         self.files = frozenset(task.source.files) if task.source.is_dir else frozenset()
