@@ -212,6 +212,21 @@ def test_repeated_names_are_numbered_across_ranges_as_in_the_whole_file(
     assert len(set(ids)) == 80 and sum(i.endswith("frame_000001.jpg#2") for i in ids) >= 1
 
 
+def test_past_always_split_bytes_one_worker_reads_ranges_too(
+    small_ranges, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A whole file's reader keeps every id it gave; one worker reads a large file in
+    ranges so that it holds a range's ids at a time."""
+    names = [f"{i % 9}.jpg" for i in range(60)]  # repeats, numbered across ranges
+    xml = _xml(tmp_path / "annotations.xml", [_image(i, n) for i, n in enumerate(names)])
+    plan = formats.get("cvat").plan_read
+    assert len(plan(Source(str(xml)), ReadOptions(workers=1))) == 1
+    whole = read_direct(xml, "cvat")
+    monkeypatch.setattr(cvat, "ALWAYS_SPLIT_BYTES", 0)
+    assert len(plan(Source(str(xml)), ReadOptions(workers=1))) > 2
+    assert read_direct(xml, "cvat") == whole
+
+
 @pytest.mark.parametrize("block, max_tag", [(997, 300), (997, 800), (4096, 64)])
 def test_an_image_start_tag_cut_by_a_block_is_read_from_the_next(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, block: int, max_tag: int

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from pipelines.formats._cvat_ranges import SPLIT_BYTES, image_ranges
+from pipelines.formats._cvat_ranges import ALWAYS_SPLIT_BYTES, SPLIT_BYTES, image_ranges
 from pipelines.formats._cvat_read import read as _read
 from pipelines.formats._cvat_write import plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask
@@ -59,12 +59,14 @@ def plan_read(source: Source, options: ReadOptions) -> list[ReadTask]:
 
 
 def _tasks(source: Source, member: str, options: ReadOptions) -> list[ReadTask]:
-    """The file as one task, or, large and with workers to share it, as ranges of its
-    images (`_cvat_ranges`); the tasks' byte spans cover the whole file. In a zip, a
-    task reaches its range by decompressing what comes before it (100 MB in ~0.4 s,
-    where parsing it takes ~13 s): fewer, larger ranges there."""
+    """The file as one task, or, large and with workers to share it (or past
+    ALWAYS_SPLIT_BYTES), as ranges of its images (`_cvat_ranges`); the tasks' byte
+    spans cover the whole file. In a zip, a task reaches its range by decompressing
+    what comes before it (100 MB in ~0.4 s, where parsing it takes ~13 s): fewer,
+    larger ranges there."""
     parts = None
-    if options.workers > 1 and (size := source.size(member)) > SPLIT_BYTES:
+    size = source.size(member)
+    if size > (SPLIT_BYTES if options.workers > 1 else ALWAYS_SPLIT_BYTES):
         with source.open(member) as f:
             parts = image_ranges(f, options.workers, seek_costs=source.archive)
     if not parts:
