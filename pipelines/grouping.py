@@ -29,6 +29,26 @@ def unique_id(candidate: str, taken: set[str], last: dict[str, int] | None = Non
     return new_id
 
 
+class Earlier:
+    """For tasks that each read a part of a file whose repeated ids the reader numbers
+    in file order (`unique_id`): how many times each id came before each part. Ids are
+    added in file order with their part's index; `before` gives, per part, (id, count)
+    for each id the part shares with an earlier one, for `given_before`."""
+
+    def __init__(self, parts: int) -> None:
+        self.seen: dict[Any, int] = {}
+        self.firsts: list[dict[Any, int]] = [{} for _ in range(parts)]
+
+    def add(self, part: int, key: Any) -> None:
+        firsts = self.firsts[part]
+        if key not in firsts:  # its first in the part: how many came before
+            firsts[key] = self.seen.get(key, 0)
+        self.seen[key] = self.seen.get(key, 0) + 1
+
+    def before(self) -> list[list[tuple[Any, int]]]:
+        return [[(key, n) for key, n in firsts.items() if n] for firsts in self.firsts]
+
+
 def given_before(taken: set[str], last: dict[str, int], candidate: str, count: int) -> None:
     """Record what `count` earlier `unique_id(candidate, ...)` calls gave, read by another
     task: the candidate, then #2 ... #count, when no id has a `#` of its own that

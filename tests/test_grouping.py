@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pipelines.grouping import unique_id
+from pipelines.grouping import Earlier, unique_id
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -21,3 +21,12 @@ def test_resuming_from_the_last_number_gives_the_same_ids(seed: int) -> None:
     assert [unique_id(n, taken, last) for n in names] == expected
     assert len(set(expected)) == len(names)
     assert expected[names.index("a")] == "a"
+
+
+def test_earlier_counts_what_came_before_each_part() -> None:
+    parts = [["a", "b", "a"], ["c", "a"], ["b", "b", "c"], []]
+    earlier = Earlier(len(parts))
+    for part, keys in enumerate(parts):
+        for key in keys:
+            earlier.add(part, key)
+    assert earlier.before() == [[], [("a", 2)], [("b", 1), ("c", 1)], []]

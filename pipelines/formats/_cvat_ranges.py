@@ -30,7 +30,6 @@ import io
 import itertools
 import re
 from array import array
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
@@ -39,6 +38,7 @@ import numpy as np
 
 from pipelines import xmlsafe
 from pipelines.errors import ParseError
+from pipelines.grouping import Earlier
 from pipelines.jsonframe import task_groups
 from pipelines.storage import reach
 
@@ -283,8 +283,7 @@ def _repeats(f: IO[bytes], ranges: list[Range], names: _Names) -> list[tuple] | 
         return None  # the names' bytes are not the reader's text
     repeated = names.repeated()
     starts = [r.start for r in ranges]
-    seen: Counter[tuple[bytes, bytes]] = Counter()
-    given: list[dict[tuple[bytes, bytes], int]] = [{} for _ in ranges]
+    earlier = Earlier(len(ranges))
     for at, attributes in _image_tags(f, ranges[0].start, ranges[-1].end):
         found = {key: a or b for key, a, b in _EXACT_KEYS.findall(attributes)}
         name = found.get(b"name") or found.get(b"id") or b""
@@ -293,13 +292,9 @@ def _repeats(f: IO[bytes], ranges: list[Range], names: _Names) -> list[tuple] | 
             return None
         if (hash((subset, name)) if subset else hash(name)) not in repeated:
             continue
-        key = (subset, name)
-        within = given[bisect.bisect_right(starts, at) - 1]
-        if key not in within:  # its first image in the range: how many came before
-            within[key] = seen[key]
-        seen[key] += 1
+        earlier.add(bisect.bisect_right(starts, at) - 1, (subset, name))
     try:
-        return [tuple((s.decode(), n.decode(), c) for (s, n), c in g.items() if c) for g in given]
+        return [tuple((s.decode(), n.decode(), c) for (s, n), c in g) for g in earlier.before()]
     except UnicodeDecodeError:
         return None
 

@@ -33,7 +33,7 @@ from pipelines.builder import BatchBuilder, is_finite, to_json
 from pipelines.errors import ParseError
 from pipelines.formats._datumaro_write import plan_write, write
 from pipelines.formats.base import Detection, Format, ReadOptions, ReadTask, plan_each
-from pipelines.grouping import given_before, unique_id
+from pipelines.grouping import Earlier, given_before, unique_id
 from pipelines.schema import Batch
 from pipelines.skeleton import POINT_OWNER, point_owner
 from pipelines.storage import HEAD_BYTES, Source
@@ -143,13 +143,14 @@ def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTa
     groups = [items.chunks]
     repeats: list[list] = [[]]
     ids = items.member_hashes
+    repeated = None if ids is None else _repeated(ids)
     # Ids known to be unique need no set of the ids given so far, which grows with the
     # items (one task of 826 MB: 410k ids).
-    unique = ids is not None and len(np.unique(ids)) == len(ids)
+    unique = repeated is not None and not repeated
     large = items.end - items.start > jsonframe.ONE_TASK_BYTES
-    if options.workers > 1 and large and ids is not None:
+    if options.workers > 1 and large and repeated is not None:
         split = jsonframe.task_groups(items.chunks, options.workers, _bytes, source.archive)
-        counted = _repeats(source, member, split, ids)
+        counted = _repeats(source, member, split, ids, repeated)
         if counted is not None:
             groups, repeats = split, counted
     tasks = []
@@ -161,34 +162,38 @@ def _plan_file(source: Source, member: str, options: ReadOptions) -> list[ReadTa
     return tasks
 
 
+def _repeated(ids: np.ndarray) -> set[int]:
+    """The id hashes (`Value.member_hashes`) more than one item has."""
+    values, counts = np.unique(ids, return_counts=True)
+    return set(values[counts > 1].tolist())
+
+
 def _repeats(
-    source: Source, member: str, groups: list[list[jsonframe.Chunk]], ids: np.ndarray
+    source: Source,
+    member: str,
+    groups: list[list[jsonframe.Chunk]],
+    ids: np.ndarray,
+    repeated: set[int],
 ) -> list[list[tuple[str, int]]] | None:
     """For each group of chunks, (id, items before the group with it) for each id it
     shares with an earlier item; None when a `#` in an id could make a number given to
-    another spell it. The ids' hashes (`Value.member_hashes`) say which repeat: only
-    then are the items parsed here, one chunk at a time, for their ids."""
-    values, counts = np.unique(ids, return_counts=True)
-    if (counts == 1).all():
+    another spell it. Only where hashes repeat are the items parsed here, one chunk at
+    a time, for their ids."""
+    if not repeated:
         return [[] for _ in groups]
-    repeated = set(values[counts > 1].tolist())
     hashes = ids.tolist()
-    seen: dict[str, int] = {}
-    out = []
+    earlier = Earlier(len(groups))
     uri = source.uri(member)
     with source.open(member) as f:
-        for group in groups:
-            within: dict[str, int] = {}
+        for g, group in enumerate(groups):
             for first, items in jsonframe.iter_chunks(f, uri, group, "$.items"):
                 for i, item in enumerate(items, first):
                     native = str(item["id"])  # the scan vouched for an id in each
                     if "#" in native:
                         return None
                     if hashes[i] in repeated:
-                        within.setdefault(native, seen.get(native, 0))
-                        seen[native] = seen.get(native, 0) + 1
-            out.append([(native, n) for native, n in within.items() if n])
-    return out
+                        earlier.add(g, native)
+    return earlier.before()
 
 
 def _bytes(chunk: jsonframe.Chunk) -> int:
