@@ -40,6 +40,14 @@ def _image(i: int, name: str | None = None, subset: str = "") -> str:
     )
 
 
+_FRAME_TAG = '  <tag label="car" frame="3"/>\n'
+
+
+def _between_images(line: str) -> list[str]:
+    """Sixty images with `line` after the thirtieth."""
+    return [_image(i) for i in range(30)] + [line] + [_image(i) for i in range(30, 60)]
+
+
 def _xml(path: Path, images: list[str], head: str = HEAD) -> Path:
     path.write_text(head + "".join(images) + "</annotations>\n")
     return path
@@ -148,28 +156,16 @@ def test_malformed_xml_in_a_later_range_names_the_file_s_line(small_ranges, tmp_
             HEAD,
         ),
         ("an entity", [_image(i, "a&amp;b.jpg" if i == 40 else None) for i in range(60)], HEAD),
-        (
-            "a comment",
-            [_image(i) for i in range(30)]
-            + ["<!-- <image> -->\n"]
-            + [_image(i) for i in range(30, 60)],
-            HEAD,
-        ),
+        ("a comment", _between_images("<!-- <image> -->\n"), HEAD),
         (
             "video",
             [_image(i) for i in range(60)],
             HEAD.replace("annotation</mode>", "interpolation</mode>"),
         ),
-        (
-            "a video frame's tag between images",
-            [_image(i) for i in range(30)]
-            + ['  <tag label="car" frame="3"/>\n']
-            + [_image(i) for i in range(30, 60)],
-            HEAD,
-        ),
+        ("a video frame's tag between images", _between_images(_FRAME_TAG), HEAD),
         (
             "a video frame's tag after the last image",
-            [_image(i) for i in range(60)] + ['  <tag label="car" frame="3"/>\n'],
+            [_image(i) for i in range(60)] + [_FRAME_TAG],
             HEAD,
         ),
         (
