@@ -211,6 +211,7 @@ class _Reader:
         self.child_names: dict[int, list[str]] = {}
         self.ids: set[str] = set()
         self.numbered: dict[str, int] = {}  # `unique_id`'s last number for each id
+        self.unique_ids = bool(task.context.get("unique_ids"))  # none to number: no set
         for native, count in task.context.get("repeats", ()):  # items before this task's
             given_before(self.ids, self.numbered, f"{self.subset}/{native}", count)
         root = posixpath.dirname(posixpath.dirname(task.member)) if task.member else ""
@@ -326,7 +327,7 @@ class _Reader:
             return
         native = str(item["id"])
         item_id = f"{self.subset}/{native}"
-        if not self.task.context.get("unique_ids"):
+        if not self.unique_ids:
             item_id = unique_id(item_id, self.ids, self.numbered)
         extra = {k: v for k, v in item.items() if k not in _ITEM_KNOWN}
         row: dict[str, Any] = {"item_id": item_id, "native_id": native, "subset": self.subset}
